@@ -1,0 +1,48 @@
+"""The `herbs` command: one subcommand per job, each defined next to the code it runs.
+
+A command module exposes `register(subparsers)`, which adds its parser and sets `func`.
+User mistakes (`HerbsError`) end in one sentence and exit code 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from herbs.errors import HerbsError
+
+COMMAND_MODULES = (
+    "herbs.model.commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="herbs",
+        description="Train, evaluate and use HERBS fine-grained classifiers (Swin Transformer + HERBS heads).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for every error")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except HerbsError as err:
+        if args.debug:
+            raise
+        print(f"herbs {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,305 @@
+"""Typed run configuration: YAML file -> dataclasses, `section.key=value` overrides, validation.
+
+Every setting lives in one section dataclass below, documented where it is declared. The
+defaults are the published CUB-200-2011 recipe (HERBS_SPEC.md §8), so a YAML file only
+states what differs. `load_config` is the single way a run gets its config; `to_yaml` writes
+the resolved config that `load_config` reads back unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+from herbs.errors import ConfigError
+
+TAPS = ("layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass
+class ModelConfig:
+    """The HERBS model: a timm Swin backbone plus the pyramid, selector and combiner."""
+
+    backbone: str = "swin_large_patch4_window12_384"  # any timm Swin Transformer name
+    # Extra keyword arguments for `timm.create_model` (embed_dim, depths, num_heads, window_size,
+    # drop_path_rate, ...): how tiny test configs shrink the backbone.
+    backbone_args: dict = field(default_factory=dict)
+    pretrained: bool = True  # timm weights for `backbone` (hub or local HF cache)
+    pretrained_file: Optional[str] = None  # local .pth/.safetensors backbone weights; wins over `pretrained`
+    img_size: int = 384  # square input side in pixels
+    num_classes: int = 200
+    fpn_size: int = 1536  # F: width of the pyramid features
+    num_selects: list = field(default_factory=lambda: [256, 128, 64, 32])  # foreground tokens kept per tap
+    drop_path_rate: float = 0.1  # backbone stochastic depth
+    grad_checkpointing: bool = False  # recompute backbone activations in backward to save memory
+
+
+@dataclass
+class DataConfig:
+    """Where the shards are and how images become batches."""
+
+    shards: str = "shards/cub200"  # directory holding manifest.json and the tar shards
+    train_split: str = "train"
+    val_split: str = "val"  # model selection; never the test split
+    test_split: str = "test"  # evaluated once, at the end of training
+    batch_size: int = 8  # micro-batch per process
+    eval_batch_size: int = 16
+    num_workers: int = 4  # decoding/augmentation worker processes per training process
+    shuffle_buffer: int = 1000  # samples held for shuffling inside each worker
+    resize: int = 510  # images are resized to resize x resize before cropping to model.img_size
+    hflip: bool = True
+    blur_p: float = 0.1  # Gaussian blur (kernel 5, sigma 0.1-5) probability
+    sharpness_p: float = 0.1  # sharpness x1.5 probability
+    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class LossConfig:
+    """HERBS loss weights (HERBS_SPEC.md §6); a zero weight skips its term."""
+
+    temperature: float = 64.0  # T0; halved every `temperature_halve_every` epochs
+    temperature_halve_every: int = 10
+    lambda_b0: float = 1.375  # high-temperature refinement (KL between the two pyramids)
+    lambda_b: float = 0.3  # per-tap cross-entropy
+    lambda_s: float = 0.0  # cross-entropy of the selected tokens
+    lambda_n: float = 5.0  # background suppression
+    lambda_c: float = 1.0  # combiner cross-entropy
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule (warmup then cosine, per optimizer step)."""
+
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 5e-4  # peak learning rate
+    min_lr: float = 0.0  # learning rate at the end of the cosine
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd
+    betas: list = field(default_factory=lambda: [0.9, 0.999])  # adamw
+    weight_decay: float = 3e-4
+    warmup_steps: int = 1500  # optimizer steps of linear warmup
+    max_grad_norm: Optional[float] = None  # gradient clipping; None disables it
+
+
+@dataclass
+class TrainConfig:
+    """The training run: length, precision, accumulation, checkpoints."""
+
+    epochs: int = 80
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (debug and smoke runs)
+    gradient_accumulation_steps: int = 4
+    mixed_precision: str = "fp16"  # no | bf16 | fp16
+    seed: int = 42
+    eval_every: int = 1  # epochs between validation runs
+    checkpoint_every: int = 500  # optimizer steps between checkpoints
+    keep_checkpoints: int = 3  # newest step checkpoints kept on disk
+    max_nonfinite_steps: int = 10  # stop after this many non-finite losses in a row
+    compile: bool = False  # torch.compile the model
+    output_dir: str = "runs"  # run directory is <output_dir>/<log.project>/<log.name>
+    debug: bool = False  # one process, no workers, anomaly detection, deterministic algorithms
+
+
+@dataclass
+class LogConfig:
+    """Metrics and experiment tracking."""
+
+    project: str = "herbs"
+    name: Optional[str] = None  # run name; defaults to the config file's stem
+    every: int = 50  # optimizer steps between logged metrics
+    wandb: bool = True
+    wandb_mode: str = "auto"  # auto (offline without an API key) | online | offline
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _closest(name: str, choices) -> str:
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.0)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _section_classes() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML value to the declared field type, or say which key has the wrong type."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif annotation is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    elif annotation is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    else:
+        return value
+    name = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"config key '{where}' must be a {name}, got {value!r}; fix it in the YAML file or the override")
+
+
+def _apply(section_obj: Any, section: str, values: dict) -> None:
+    hints = typing.get_type_hints(type(section_obj))
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"unknown config key '{section}.{key}'{_closest(key, hints)}")
+        setattr(section_obj, key, _coerce(value, hints[key], f"{section}.{key}"))
+
+
+def from_dict(data: dict) -> Config:
+    """Build a validated Config from nested dicts (a parsed YAML file)."""
+    config = Config()
+    classes = _section_classes()
+    for section, values in (data or {}).items():
+        if section not in classes:
+            raise ConfigError(f"unknown config section '{section}'{_closest(section, classes)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{section}' must be a mapping of keys to values, got {values!r}")
+        _apply(getattr(config, section), section, values)
+    validate(config)
+    return config
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """`section.key=value` -> (section, key, YAML-parsed value)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override '{text}' is not of the form section.key=value (e.g. optim.lr=1e-3)")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.split(".", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return section, key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Read a YAML config (or start from the defaults), apply overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist; pass an existing YAML file (see configs/)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file '{path}' is not valid YAML ({err.__class__.__name__}); fix its syntax") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file '{path}' must hold a mapping of sections, not {type(data).__name__}")
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            data[section] = {}
+        data[section][key] = value
+    config = from_dict(data)
+    if config.log.name is None and path is not None:
+        config.log.name = path.stem
+    return config
+
+
+def token_counts(config: ModelConfig) -> list[int]:
+    """Tokens of each tap for a square image: H/8, H/16, H/32, H/32 per side for patch 4."""
+    side = config.img_size // config.backbone_args.get("patch_size", 4)
+    return [(side // 2) ** 2, (side // 4) ** 2, (side // 8) ** 2, (side // 8) ** 2]
+
+
+def validate(config: Config) -> None:
+    """Values that parse but cannot work: say which and why, before anything is built."""
+    m, d, t, o, log = config.model, config.data, config.train, config.optim, config.log
+    if m.num_classes < 2:
+        raise ConfigError(f"model.num_classes must be at least 2, got {m.num_classes}")
+    if m.fpn_size < 4:
+        raise ConfigError(f"model.fpn_size must be at least 4 (the combiner uses fpn_size // 4), got {m.fpn_size}")
+    if len(m.num_selects) != 4 or not all(isinstance(n, int) and n > 0 for n in m.num_selects):
+        raise ConfigError(f"model.num_selects must be 4 positive integers (one per tap), got {m.num_selects}")
+    if sum(m.num_selects) // 64 < 1:
+        raise ConfigError(
+            f"model.num_selects sums to {sum(m.num_selects)}, but the combiner needs at least 64 selected tokens "
+            "(it pools them into sum // 64 graph nodes); raise num_selects"
+        )
+    stride = 8 * m.backbone_args.get("patch_size", 4)  # three patch mergings after the patch embedding
+    if m.img_size % stride != 0:
+        raise ConfigError(
+            f"model.img_size {m.img_size} cannot go through the Swin pyramid: use a multiple of {stride} (e.g. 224 or 384)"
+        )
+    for tap, n, tokens in zip(TAPS, m.num_selects, token_counts(m)):
+        if n >= tokens:
+            raise ConfigError(
+                f"model.num_selects for {tap} is {n} but that tap has only {tokens} tokens at img_size "
+                f"{m.img_size}; choose fewer than {tokens}"
+            )
+    if d.resize < m.img_size:
+        raise ConfigError(f"data.resize ({d.resize}) must be at least model.img_size ({m.img_size}), the crop size")
+    if d.batch_size < 1 or d.eval_batch_size < 1:
+        raise ConfigError("data.batch_size and data.eval_batch_size must be at least 1")
+    if d.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be 0 or more, got {d.num_workers}")
+    if len(d.mean) != 3 or len(d.std) != 3:
+        raise ConfigError("data.mean and data.std must have 3 values (R, G, B)")
+    if o.name not in ("sgd", "adamw"):
+        raise ConfigError(f"optim.name must be 'sgd' or 'adamw', got '{o.name}'")
+    if o.lr <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {o.lr}")
+    if t.mixed_precision not in ("no", "bf16", "fp16"):
+        raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got '{t.mixed_precision}'")
+    if t.gradient_accumulation_steps < 1:
+        raise ConfigError("train.gradient_accumulation_steps must be at least 1")
+    if t.epochs < 1:
+        raise ConfigError("train.epochs must be at least 1")
+    if t.keep_checkpoints < 1:
+        raise ConfigError("train.keep_checkpoints must be at least 1")
+    if log.wandb_mode not in ("auto", "online", "offline"):
+        raise ConfigError(f"log.wandb_mode must be auto, online or offline, got '{log.wandb_mode}'")
