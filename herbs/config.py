@@ -289,6 +289,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.num_workers must be 0 or more, got {d.num_workers}")
     if len(d.mean) != 3 or len(d.std) != 3:
         raise ConfigError("data.mean and data.std must have 3 values (R, G, B)")
+    if not any((config.loss.lambda_b0, config.loss.lambda_b, config.loss.lambda_s, config.loss.lambda_n, config.loss.lambda_c)):
+        raise ConfigError("every loss weight (loss.lambda_*) is zero; set at least one above zero")
     if o.name not in ("sgd", "adamw"):
         raise ConfigError(f"optim.name must be 'sgd' or 'adamw', got '{o.name}'")
     if o.lr <= 0:

@@ -1,0 +1,78 @@
+"""This project's exported model format: a directory with `model.safetensors`, the resolved
+`config.yaml` and `meta.json` (class names, where the weights came from).
+
+Every `herbs` command that needs a trained model reads this format. Writes go to a temporary
+directory that is renamed into place, so a crash never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from herbs.config import Config, load_config
+from herbs.errors import CheckpointError
+from herbs.model.herbs_model import HERBSModel
+from herbs.model.state_dict import load_matching
+
+FORMAT = "herbs-model"
+WEIGHTS, CONFIG, META = "model.safetensors", "config.yaml", "meta.json"
+
+
+def save_model(model: HERBSModel, config: Config, out_dir: str | Path, **meta) -> Path:
+    """Write `model` (unwrapped, on any device) with its config; `meta` adds JSON fields such as class_names."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / WEIGHTS))
+    config.save(tmp / CONFIG)
+    (tmp / META).write_text(json.dumps({"format": FORMAT, "version": 1, **meta}, indent=1))
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out_dir)
+    return out_dir
+
+
+def read_meta(model_dir: str | Path) -> dict:
+    model_dir = Path(model_dir)
+    meta_path = model_dir / META
+    if not model_dir.is_dir():
+        raise CheckpointError(f"model directory '{model_dir}' does not exist; pass a directory written by herbs")
+    if not meta_path.is_file() or not (model_dir / WEIGHTS).is_file() or not (model_dir / CONFIG).is_file():
+        raise CheckpointError(
+            f"'{model_dir}' is not a herbs model directory (it needs {WEIGHTS}, {CONFIG} and {META}); "
+            "for a checkpoint of the original HERBS code run `herbs import-checkpoint` first"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"'{meta_path}' is not valid JSON; the model directory is damaged") from err
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"'{meta_path}' does not describe a herbs model (format {meta.get('format')!r})")
+    return meta
+
+
+def load_model(model_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[HERBSModel, Config, dict]:
+    """Build the model from the directory's config and load its weights; returns (model in eval mode, config, meta)."""
+    model_dir = Path(model_dir)
+    meta = read_meta(model_dir)
+    config = load_config(model_dir / CONFIG)
+    model = HERBSModel(config.model, load_pretrained=False)
+    try:
+        state = load_file(str(model_dir / WEIGHTS), device=str(map_location))
+    except Exception as err:
+        raise CheckpointError(f"'{model_dir / WEIGHTS}' cannot be read ({err}); the model directory is damaged") from err
+    load_matching(model, state, f"model '{model_dir}'")
+    return model.to(map_location).eval(), config, meta
