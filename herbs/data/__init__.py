@@ -1,0 +1,20 @@
+"""Datasets to WebDataset tar shards, and shards to uint8 batches on every rank.
+
+    cub, nabirds, folder, demo   read a dataset's own layout (or generate one) as a `SourceDataset`
+    val_split                    hold out a class-stratified validation part of train
+    writer                       `SourceDataset` -> `<split>-NNNNNN.tar` + `manifest.json`
+    manifest                     load, check and verify what the writer wrote
+    tario                        the tar format: deterministic writing, sample reading by index
+    plan                         which shard ranges each (rank, worker) reads in an epoch
+    transforms                   decoding and the published augmentation on uint8 tensors
+    stream                       training and evaluation loaders over the shards
+    commands                     `herbs shard ...`
+
+Nothing here knows about the model or Accelerate: a loader is given its rank and world size.
+"""
+
+from herbs.errors import HerbsError
+
+
+class DataError(HerbsError):
+    """A dataset, shard or manifest that cannot be used as it is, and what to do about it."""

@@ -1,0 +1,46 @@
+"""Labelled image folders: `root/<class>/<image>` (all train), or `root/train/<class>/<image>`
+plus optional `root/val/...` and `root/test/...`. Classes are the sorted folder names, as in the
+original HERBS code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from herbs.data import DataError
+from herbs.data.source import Sample, SourceDataset
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "val", "test")
+
+
+def class_dirs(root: Path) -> dict[str, Path]:
+    return {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+
+
+def images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
+
+
+def read_folder(root: str | Path) -> SourceDataset:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder '{root}' does not exist; pass a folder holding one sub-folder of images per class")
+    split_roots = {name: root / name for name in SPLITS if (root / name).is_dir()} if (root / "train").is_dir() else {"train": root}
+    classes = class_dirs(split_roots["train"])
+    if not classes:
+        raise DataError(f"'{split_roots['train']}' has no class folders; put each class's images in a folder named after the class")
+    names = sorted(classes)
+    index_of = {name: index for index, name in enumerate(names)}
+    splits = {}
+    for split, split_root in split_roots.items():
+        samples = []
+        for name, folder in class_dirs(split_root).items():
+            if name not in index_of:
+                raise DataError(f"class folder '{folder}' has no counterpart in '{split_roots['train']}'; every class needs training images")
+            samples += [Sample(source=str(p.relative_to(root)), label=index_of[name], path=p) for p in images_in(folder)]
+        splits[split] = samples
+    present = {sample.label for sample in splits["train"]}
+    empty = [name for name in names if index_of[name] not in present]
+    if empty:
+        raise DataError(f"class folder '{classes[empty[0]]}' has no images (suffixes {', '.join(sorted(IMAGE_SUFFIXES))}); add images or remove it")
+    return SourceDataset(kind="folder", class_names=names, original_ids=names, splits=splits, root=root)
