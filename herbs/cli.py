@@ -14,6 +14,7 @@ from herbs.errors import HerbsError
 
 COMMAND_MODULES = (
     "herbs.model.commands",
+    "herbs.data.commands",
 )
 
 

@@ -1,0 +1,144 @@
+"""`manifest.json`: what a shards directory holds. The writer writes it last; loaders read
+epoch lengths, classes and shard names from it and never list or open tars to find out.
+
+    {"format": 1, "dataset": "cub",
+     "classes": [{"name": "Black_footed_Albatross", "id": "1"}, ...],
+     "hierarchy": [{"name": "Albatross", "classes": [0, 1, 2]}, ...],
+     "tree": {"<id>": {"name": ..., "parent": "<id>" | null}, ...},      (NABirds only)
+     "splits": {"train": {"num_samples": 5994, "shards": [{"name": "train-000000.tar",
+                "num_samples": 1052, "bytes": ..., "sha256": ...}, ...]}, ...},
+     "notes": {"seed": 0, "val_fraction": 0.0, "reencoded_as_png": 0, "unreadable": []}}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from herbs.data import DataError
+from herbs.data.source import ClassGroup
+from herbs.data.tario import ShardInfo, count_samples, sha256_file
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+RESHARD = "write the shards again with `herbs shard ...`"
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    name: str
+    shards: tuple[ShardInfo, ...]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(shard.num_samples for shard in self.shards)
+
+
+@dataclass
+class Manifest:
+    root: Path  # the shards directory
+    dataset: str  # cub | nabirds | folder | demo
+    class_names: list[str]
+    original_ids: list[str]  # the dataset's own id of each class index
+    hierarchy: list[ClassGroup]  # class groups for group-level metrics; may be empty
+    splits: dict[str, SplitInfo]
+    tree: dict[str, tuple[str, Optional[str]]] = field(default_factory=dict)  # id -> (name, parent id)
+    notes: dict = field(default_factory=dict)  # how the shards were written
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split(self, name: str) -> SplitInfo:
+        if name not in self.splits:
+            raise DataError(
+                f"split '{name}' is not in {self.root / MANIFEST} (it has {', '.join(sorted(self.splits))}); "
+                "choose one of those, or write a val split with `herbs shard ... --val-fraction 0.1`"
+            )
+        return self.splits[name]
+
+    def path(self, shard: ShardInfo) -> Path:
+        return self.root / shard.name
+
+    def to_json(self) -> str:
+        data = {
+            "format": FORMAT,
+            "dataset": self.dataset,
+            "classes": [{"name": n, "id": i} for n, i in zip(self.class_names, self.original_ids)],
+            "hierarchy": [{"name": g.name, "classes": list(g.classes)} for g in self.hierarchy],
+            "tree": {node: {"name": name, "parent": parent} for node, (name, parent) in self.tree.items()},
+            "splits": {
+                s.name: {"num_samples": s.num_samples, "shards": [vars(shard) for shard in s.shards]}
+                for s in self.splits.values()
+            },
+            "notes": self.notes,
+        }
+        return json.dumps(data, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, root: Path, text: str) -> "Manifest":
+        data = json.loads(text)
+        if data.get("format") != FORMAT:
+            raise DataError(f"{root / MANIFEST} has format {data.get('format')!r}, this herbs reads format {FORMAT}; {RESHARD}")
+        return cls(
+            root=root,
+            dataset=data["dataset"],
+            class_names=[c["name"] for c in data["classes"]],
+            original_ids=[c["id"] for c in data["classes"]],
+            hierarchy=[ClassGroup(g["name"], tuple(g["classes"])) for g in data["hierarchy"]],
+            splits={
+                name: SplitInfo(name, tuple(ShardInfo(**shard) for shard in s["shards"]))
+                for name, s in data["splits"].items()
+            },
+            tree={node: (t["name"], t["parent"]) for node, t in data["tree"].items()},
+            notes=data["notes"],
+        )
+
+
+def load_manifest(shards_dir: str | Path, *, verify: bool = False) -> Manifest:
+    """The manifest of `shards_dir`, with every listed shard checked to exist (and, with
+    `verify`, checked against its sample count and sha256: a full read of the shards)."""
+    root = Path(shards_dir)
+    path = root / MANIFEST
+    if not path.is_file():
+        reason = "does not exist" if not root.is_dir() else f"has no {MANIFEST} (never written, or the writing was interrupted)"
+        raise DataError(f"shards directory '{root}' {reason}; {RESHARD} (e.g. `herbs shard demo {root}`)")
+    try:
+        manifest = Manifest.from_json(root, path.read_text())
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path} is not a readable herbs manifest ({err.__class__.__name__}: {err}); {RESHARD}") from None
+    missing = [shard.name for s in manifest.splits.values() for shard in s.shards if not manifest.path(shard).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"shard '{root / missing[0]}'{more} listed in {path} is missing; copy it back or {RESHARD}")
+    if verify:
+        check_shards(manifest)
+    return manifest
+
+
+def shard_problem(manifest: Manifest, shard: ShardInfo) -> Optional[str]:
+    path = manifest.path(shard)
+    size = path.stat().st_size
+    if size != shard.bytes:
+        return f"shard '{path}' has {size} bytes but the manifest lists {shard.bytes}"
+    digest = sha256_file(path)
+    if digest != shard.sha256:
+        return f"shard '{path}' has sha256 {digest[:12]}... but the manifest lists {shard.sha256[:12]}..."
+    count = count_samples(path)
+    if count != shard.num_samples:
+        return f"shard '{path}' holds {count} samples but the manifest lists {shard.num_samples}"
+    return None
+
+
+def check_shards(manifest: Manifest) -> None:
+    problems = [p for s in manifest.splits.values() for shard in s.shards if (p := shard_problem(manifest, shard))]
+    if problems:
+        more = f" (and {len(problems) - 1} more shards fail)" if len(problems) > 1 else ""
+        raise DataError(f"{problems[0]}{more}; the shards were damaged or changed after writing: {RESHARD}")
+
+
+def verify_shards(shards_dir: str | Path) -> Manifest:
+    """Check every shard's size, sha256 and sample count against the manifest; one sentence if any fails."""
+    return load_manifest(shards_dir, verify=True)

@@ -1,0 +1,157 @@
+"""`SourceDataset` -> `<split>-NNNNNN.tar` shards + `manifest.json`.
+
+JPEG and PNG bytes go into the shards untouched; any other format is re-encoded as PNG
+(lossless) and counted in the manifest's notes. Samples are shuffled once, with the seed,
+before they are packed, so that any run of samples in a shard is a random draw of classes
+(the datasets list their images class by class). The manifest is deleted first and written
+last, so a directory with a manifest always holds complete shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from herbs.data import DataError
+from herbs.data.manifest import MANIFEST, Manifest, SplitInfo
+from herbs.data.source import Sample, SourceDataset
+from herbs.data.tario import Fields, ShardInfo, ShardWriter, member_bytes
+from herbs.data.val_split import hold_out_val
+
+log = logging.getLogger(__name__)
+
+SHARD_NAME = re.compile(r"^\w+-\d{6}\.tar(\.tmp)?$")
+UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
+
+
+@dataclass(frozen=True)
+class ShardSize:
+    """When to start a new shard: after `samples` samples, or before exceeding `bytes`."""
+
+    samples: Optional[int] = None
+    bytes: Optional[int] = None
+
+    def full(self, writer: ShardWriter, fields: Fields) -> bool:
+        if writer.num_samples == 0:
+            return False
+        if self.samples is not None:
+            return writer.num_samples >= self.samples
+        return writer.bytes + member_bytes(fields) > self.bytes
+
+
+def parse_shard_size(text: str) -> ShardSize:
+    """"1000" is a number of samples; "100MB", "1.5GB", "500kB" are bytes (powers of 1000)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]?b?)\s*", text.lower())
+    if not match or float(match.group(1)) <= 0 or (not match.group(2) and "." in match.group(1)):
+        raise DataError(f"--shard-size '{text}' is neither a number of samples (1000) nor a size in bytes (100MB, 1GB)")
+    number, unit = match.groups()
+    if not unit:
+        return ShardSize(samples=int(number))
+    return ShardSize(bytes=int(float(number) * UNITS[unit if unit.endswith("b") else unit + "b"]))
+
+
+def image_fields(data: bytes) -> Optional[tuple[str, bytes, Optional[str]]]:
+    """(extension, bytes, original format if re-encoded), or None for bytes that are no image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format in ("JPEG", "PNG"):
+                return ("jpg" if image.format == "JPEG" else "png"), data, None
+            image.load()
+            converted = image if image.mode in PNG_MODES else image.convert("RGBA" if "A" in image.mode else "RGB")
+            out = io.BytesIO()
+            converted.save(out, format="PNG")
+            return "png", out.getvalue(), image.format
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+
+
+def check_output(out: Path, dataset: SourceDataset) -> None:
+    if dataset.root is None:
+        return
+    root, target = dataset.root.resolve(), out.resolve()
+    if target == root or root in target.parents:
+        raise DataError(f"output '{out}' is inside the dataset '{dataset.root}', which is never written into; choose a folder outside it")
+
+
+def sample_fields(sample: Sample, dataset: SourceDataset, image: tuple[str, bytes, Optional[str]]) -> Fields:
+    ext, data, reencoded_from = image
+    meta = {"source": sample.source, "class": dataset.class_names[sample.label], "class_id": dataset.original_ids[sample.label]}
+    if sample.bbox is not None:
+        meta["bbox"] = list(sample.bbox)
+    if reencoded_from:
+        meta["reencoded_from"] = reencoded_from
+    return {ext: data, "cls": str(sample.label).encode(), "json": json.dumps(meta, sort_keys=True).encode()}
+
+
+def write_split(name: str, samples: list[Sample], dataset: SourceDataset, out: Path, size: ShardSize, seed: int, notes: dict) -> SplitInfo:
+    order = list(samples)
+    random.Random(f"{seed}/{name}").shuffle(order)
+    shards: list[ShardInfo] = []
+    writer: Optional[ShardWriter] = None
+    written = 0
+    for sample in tqdm(order, desc=f"shard {name}", unit="img", dynamic_ncols=True):
+        try:
+            data = sample.read()
+        except OSError as err:
+            raise DataError(f"cannot read image '{sample.path}' ({err.strerror}); check that the dataset is readable") from None
+        image = image_fields(data)
+        if image is None:
+            log.warning("skipping '%s': not a readable image", sample.source)
+            notes["unreadable"].append(sample.source)
+            continue
+        notes["reencoded_as_png"] += image[2] is not None
+        fields = sample_fields(sample, dataset, image)
+        if writer is not None and size.full(writer, fields):
+            shards.append(writer.close())
+            writer = None
+        if writer is None:
+            writer = ShardWriter(out / f"{name}-{len(shards):06d}.tar")
+        writer.add(f"{name}_{written:06d}", fields)
+        written += 1
+    if writer is not None:
+        shards.append(writer.close())
+    return SplitInfo(name, tuple(shards))
+
+
+def write_shards(
+    dataset: SourceDataset,
+    out: str | Path,
+    *,
+    shard_size: ShardSize = ShardSize(bytes=100 * 10**6),
+    seed: int = 0,
+    val_fraction: float = 0.0,
+) -> Manifest:
+    out = Path(out)
+    check_output(out, dataset)
+    if val_fraction:
+        dataset = hold_out_val(dataset, val_fraction, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    notes = {"seed": seed, "val_fraction": val_fraction, "reencoded_as_png": 0, "unreadable": []}
+    splits = {}
+    for name, samples in dataset.splits.items():
+        split = write_split(name, samples, dataset, out, shard_size, seed, notes)
+        if split.num_samples:
+            splits[name] = split
+        else:
+            log.warning("split '%s' has no images and is left out", name)
+    manifest = Manifest(out, dataset.kind, dataset.class_names, dataset.original_ids, dataset.groups, splits, dataset.tree, notes)
+    written = {shard.name for split in splits.values() for shard in split.shards}
+    for stale in out.iterdir():  # shards of an earlier, larger run would only confuse
+        if SHARD_NAME.match(stale.name) and stale.name not in written:
+            stale.unlink()
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(manifest.to_json())
+    os.replace(tmp, out / MANIFEST)
+    return manifest

@@ -1,0 +1,186 @@
+"""Shard writing, the manifest and verification, through the real `herbs shard` command."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from data_helpers import CUB_CLASSES, make_cub, make_nabirds, photo, tiny_dataset
+from herbs.cli import main
+from herbs.data import DataError
+from herbs.data import writer as writer_module
+from herbs.data.manifest import MANIFEST, load_manifest, verify_shards
+from herbs.data.source import Sample, SourceDataset
+from herbs.data.writer import ShardSize, parse_shard_size, write_shards
+
+
+def files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def members(path) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar}
+
+
+def test_cub_shards_keep_counts_classes_bytes_and_metadata(tmp_path, capsys):
+    src = make_cub(tmp_path / "cub", per_class=6, train_per_class=4)
+    before = files(src)
+    assert main(["shard", "cub", str(src), str(tmp_path / "out"), "--shard-size", "7", "--val-fraction", "0.25"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert files(src) == before  # nothing written into the source dataset
+
+    manifest = load_manifest(tmp_path / "out")
+    assert manifest.dataset == "cub" and manifest.class_names == CUB_CLASSES and manifest.num_classes == 5
+    assert manifest.original_ids == ["1", "2", "3", "4", "5"]
+    assert {g.name: g.classes for g in manifest.hierarchy} == {"Albatross": (0, 1), "Warbler": (2, 3), "Cardinal": (4,)}
+    assert {n: s.num_samples for n, s in manifest.splits.items()} == {"train": 15, "val": 5, "test": 10}
+    assert [s.num_samples for s in manifest.split("train").shards] == [7, 7, 1]
+    assert [s.name for s in manifest.split("test").shards] == ["test-000000.tar", "test-000001.tar"]
+
+    samples = {}
+    for shard in manifest.split("test").shards:
+        for name, data in members(manifest.path(shard)).items():
+            key, ext = name.split(".", 1)
+            samples.setdefault(key, {})[ext] = data
+    assert sorted(samples) == [f"test_{i:06d}" for i in range(10)]
+    for fields in samples.values():
+        meta = json.loads(fields["json"])
+        assert fields["jpg"] == (src / meta["source"]).read_bytes()  # original JPEG bytes, untouched
+        label = int(fields["cls"])
+        assert meta["class"] == CUB_CLASSES[label] and meta["class_id"] == str(label + 1)
+        assert len(meta["bbox"]) == 4
+
+
+def test_shards_read_with_webdataset_itself(tmp_path):
+    write_shards(tiny_dataset(num_classes=3, train=4, test=2), tmp_path / "out", shard_size=ShardSize(samples=5))
+    manifest = load_manifest(tmp_path / "out")
+    urls = [str(manifest.path(s)) for s in manifest.split("train").shards]
+    samples = list(wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None).decode("rgb8"))
+    assert len(samples) == 12
+    assert {int(s["cls"]) for s in samples} == {0, 1, 2}
+    assert samples[0]["jpg"].shape == (30, 40, 3)
+
+
+def test_nabirds_shards_keep_ids_hierarchy_and_tree(tmp_path):
+    src = make_nabirds(tmp_path / "nabirds")
+    assert main(["shard", "nabirds", str(src), str(tmp_path / "out")]) == 0
+    manifest = load_manifest(tmp_path / "out")
+    assert manifest.original_ids == ["295", "296", "313", "1000"]
+    assert manifest.class_names[3] == "Northern Cardinal (Adult Male)"
+    assert {g.name: g.classes for g in manifest.hierarchy}["Mallard"] == (0, 1)
+    assert manifest.tree["296"] == ("Mallard (Female/Juvenile)", "100")
+    assert {n: s.num_samples for n, s in manifest.splits.items()} == {"train": 12, "test": 8}
+
+
+def test_same_input_gives_byte_identical_shards(tmp_path):
+    src = make_cub(tmp_path / "cub", per_class=3, train_per_class=2)
+    for out in ("a", "b"):
+        assert main(["shard", "cub", str(src), str(tmp_path / out), "--shard-size", "4kB", "--seed", "5"]) == 0
+    a, b = files(tmp_path / "a"), files(tmp_path / "b")
+    assert len(a) > 3 and a == b
+    main(["shard", "cub", str(src), str(tmp_path / "c"), "--shard-size", "4kB", "--seed", "6"])
+    assert files(tmp_path / "c")["train-000000.tar"] != a["train-000000.tar"]  # the seed sets the order
+
+
+def test_other_formats_are_reencoded_losslessly_and_said_so(tmp_path, capsys):
+    image = photo(20, 10, seed=1)
+    bmp, png = io.BytesIO(), io.BytesIO()
+    image.save(bmp, format="BMP")
+    image.save(png, format="PNG")
+    dataset = SourceDataset("folder", ["a"], ["a"], {"train": [Sample("x.bmp", 0, data=bmp.getvalue()), Sample("y.png", 0, data=png.getvalue()),
+                                                              Sample("z.jpg", 0, data=b"not an image")]})
+    manifest = write_shards(dataset, tmp_path / "out")
+    assert manifest.notes["reencoded_as_png"] == 1 and manifest.notes["unreadable"] == ["z.jpg"]
+    stored = members(tmp_path / "out" / "train-000000.tar")
+    pngs = [data for name, data in stored.items() if name.endswith(".png")]
+    assert png.getvalue() in pngs  # PNG kept as it was
+    for data in pngs:
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), np.asarray(image))
+    assert manifest.split("train").num_samples == 2
+
+
+def test_interrupted_writer_leaves_no_manifest_and_a_rerun_completes(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    dataset = tiny_dataset(num_classes=2, train=6, test=2)
+    write_shards(dataset, out, shard_size=ShardSize(samples=3))
+    real, calls = writer_module.image_fields, []
+
+    def interrupted(data):
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return real(data)
+
+    monkeypatch.setattr(writer_module, "image_fields", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(dataset, out, shard_size=ShardSize(samples=3))
+    assert not (out / MANIFEST).exists()
+    with pytest.raises(DataError, match="has no manifest.json"):
+        load_manifest(out)
+    monkeypatch.setattr(writer_module, "image_fields", real)
+    write_shards(dataset, out, shard_size=ShardSize(samples=2))  # smaller shards: the earlier, larger run leaves files behind
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST] + [f"test-{i:06d}.tar" for i in range(2)] + [f"train-{i:06d}.tar" for i in range(6)]
+    verify_shards(out)
+
+
+def test_verify_catches_a_checksum_mismatch(tmp_path, capsys):
+    out = tmp_path / "out"
+    write_shards(tiny_dataset(num_classes=2, train=4, test=2), out, shard_size=ShardSize(samples=3))
+    assert main(["shard", "verify", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("ok:")
+    shard = out / "train-000001.tar"
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF  # same size, one byte changed
+    shard.write_bytes(bytes(data))
+    assert main(["shard", "verify", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "train-000001.tar" in err and "sha256" in err and "\n" not in err
+    with pytest.raises(DataError, match="sha256"):
+        load_manifest(out, verify=True)
+    load_manifest(out)  # without verify only existence is checked: cheap on every rank
+
+
+def test_missing_things_are_one_sentence(tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="does not exist"):
+        load_manifest(out)
+    write_shards(tiny_dataset(num_classes=2, train=4, test=2), out, shard_size=ShardSize(samples=3))
+    with pytest.raises(DataError, match=r"split 'val' is not in .* \(it has test, train\)"):
+        load_manifest(out).split("val")
+    (out / "train-000002.tar").unlink()
+    with pytest.raises(DataError, match="train-000002.tar"):
+        load_manifest(out)
+    assert main(["shard", "verify", str(out)]) == 2
+    assert "train-000002.tar' listed in" in capsys.readouterr().err
+    (out / MANIFEST).write_text("{not json")
+    with pytest.raises(DataError, match="not a readable herbs manifest"):
+        load_manifest(out)
+    assert main(["shard", "cub", str(tmp_path / "nowhere"), str(out)]) == 2
+    assert "'" + str(tmp_path / "nowhere") + "' does not exist" in capsys.readouterr().err
+
+
+def test_output_inside_the_source_is_refused(tmp_path, capsys):
+    src = make_cub(tmp_path / "cub", per_class=1, train_per_class=1)
+    before = files(src)
+    assert main(["shard", "cub", str(src), str(src / "shards")]) == 2
+    assert "inside the dataset" in capsys.readouterr().err
+    assert files(src) == before
+
+
+@pytest.mark.parametrize("text, expected", [("1000", ShardSize(samples=1000)), ("100MB", ShardSize(bytes=10**8)),
+                                            ("1.5gb", ShardSize(bytes=15 * 10**8)), ("64k", ShardSize(bytes=64000))])
+def test_shard_size_parsing(text, expected):
+    assert parse_shard_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "big", "-5", "1.5", "0"])
+def test_bad_shard_size(text):
+    with pytest.raises(DataError, match="--shard-size"):
+        parse_shard_size(text)
