@@ -18,15 +18,19 @@ class Selection(NamedTuple):
 
 
 def _take(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    return x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.size(-1)))
+    """x[b, order[b]] for every b, as one index_select on the flattened tokens (much faster than gather)."""
+    batch, count = order.shape
+    rows = (order + torch.arange(batch, device=order.device).unsqueeze(1) * x.size(1)).flatten()
+    return x.reshape(-1, x.size(-1)).index_select(0, rows).view(batch, count, x.size(-1))
 
 
 def select_tokens(features: torch.Tensor, logits: torch.Tensor, num_select: int) -> Selection:
     """Rank tokens by their probability of the sample's predicted class; split at `num_select`."""
-    predicted = logits.mean(1).argmax(-1)  # argmax of the mean logits == argmax of its softmax
-    probs = logits.softmax(-1)
-    confidence = probs.gather(2, predicted.view(-1, 1, 1).expand(-1, probs.size(1), 1)).squeeze(-1)
-    order = confidence.sort(dim=1, descending=True).indices
+    with torch.no_grad():  # the ranking is not differentiated; only the gathered tokens are
+        predicted = logits.mean(1).argmax(-1)  # argmax of the mean logits == argmax of its softmax
+        probs = logits.softmax(-1)
+        confidence = probs.gather(2, predicted.view(-1, 1, 1).expand(-1, probs.size(1), 1)).squeeze(-1)
+        order = confidence.sort(dim=1, descending=True).indices
     keep, drop = order[:, :num_select], order[:, num_select:]
     return Selection(_take(features, keep), _take(logits, keep), _take(logits, drop))
 

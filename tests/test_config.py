@@ -1,0 +1,60 @@
+"""Config: YAML + overrides -> typed sections, round trip, and one clear error per mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from herbs.config import Config, load_config
+from herbs.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["cub200", "nabirds", "tiny"])
+def test_shipped_configs_load_and_round_trip(tmp_path, name):
+    config = load_config(CONFIGS / f"{name}.yaml")
+    assert isinstance(config, Config) and config.log.name == name
+    config.save(tmp_path / "resolved.yaml")
+    assert load_config(tmp_path / "resolved.yaml") == config
+
+
+def test_published_recipe_is_the_cub_config():
+    c = load_config(CONFIGS / "cub200.yaml")
+    assert (c.model.img_size, c.model.num_classes, c.model.fpn_size, c.model.num_selects) == (384, 200, 1536, [256, 128, 64, 32])
+    assert (c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.nesterov, c.optim.warmup_steps) == ("sgd", 5e-4, 3e-4, True, 1500)
+    assert (c.data.batch_size, c.train.gradient_accumulation_steps, c.train.mixed_precision) == (8, 4, "fp16")
+    assert load_config(CONFIGS / "nabirds.yaml").model.num_classes == 555
+
+
+def test_overrides_are_typed():
+    c = load_config(CONFIGS / "tiny.yaml", ["optim.lr=1e-3", "model.num_selects=[32, 16, 8, 8]", "log.name=my run", "train.max_steps=3"])
+    assert c.optim.lr == 0.001 and isinstance(c.optim.lr, float)
+    assert c.model.num_selects == [32, 16, 8, 8]
+    assert c.log.name == "my run" and c.train.max_steps == 3
+
+
+@pytest.mark.parametrize("override, message", [
+    (["optim.lrr=1"], "unknown config key 'optim.lrr' (did you mean 'lr'?)"),
+    (["optimm.lr=1"], "unknown config section 'optimm' (did you mean 'optim'?)"),
+    (["train.epochs=many"], "'train.epochs' must be a int"),
+    (["model.num_selects=[16, 8, 8, 8]"], "at least 64 selected tokens"),
+    (["model.num_selects=[800, 32, 16, 16]"], "layer1 is 800 but that tap has only 784 tokens"),
+    (["model.img_size=230"], "multiple of 32"),
+    (["train.mixed_precision=fp8"], "no, bf16 or fp16"),
+    (["lr=1"], "section.key=value"),
+])
+def test_bad_settings_name_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "tiny.yaml", override)
+    assert message in str(err.value)
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

@@ -1,0 +1,87 @@
+"""`herbs import-checkpoint`: original checkpoints in, herbs model directories out; bad input is one sentence."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from herbs.cli import main
+from herbs.model.checkpoint import load_model
+
+
+def herbs(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "herbs.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_imported_reference_model_reproduces_the_original(reference_dir, tmp_path):
+    out = tmp_path / "model"
+    result = herbs("import-checkpoint", reference_dir / "checkpoint.pt", "--config", reference_dir / "config.yaml", "--out", out)
+    assert result.returncode == 0, result.stderr
+    model, config, meta = load_model(out)
+    assert meta["epoch"] == 0 and config.model.num_classes == 10
+    inputs = torch.load(reference_dir / "input.pt", weights_only=True)
+    expected = torch.load(reference_dir / "outputs_eval.pt", weights_only=True)
+    with torch.no_grad():
+        got = model(inputs["images"])
+    assert (got["comb_outs"] - expected["comb_outs"]).abs().max() <= 1e-4
+    assert (got["layer1"] - expected["layer1"]).abs().max() <= 1e-4
+
+
+def test_help_describes_the_commands():
+    assert "import-checkpoint" in herbs("--help").stdout
+    text = herbs("import-checkpoint", "--help").stdout
+    assert "original HERBS code" in text and "--config" in text and "--out" in text
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_mismatched_config_names_the_parameter(reference_dir, tmp_path):
+    config = yaml.safe_load((reference_dir / "config.yaml").read_text())
+    config["num_classes"] = 12
+    path = tmp_path / "wrong.yaml"
+    path.write_text(yaml.safe_dump(config))
+    line = _error_line(herbs("import-checkpoint", reference_dir / "checkpoint.pt", "--config", path, "--out", tmp_path / "m"))
+    assert "classifier" in line and "(10," in line and "(12," in line
+    assert not (tmp_path / "m").exists()
+
+
+def test_file_that_is_not_a_herbs_checkpoint(reference_dir, tmp_path):
+    path = tmp_path / "resnet.pt"
+    torch.save({"model": {"conv1.weight": torch.zeros(2, 3, 3, 3)}}, path)
+    line = _error_line(herbs("import-checkpoint", path, "--config", reference_dir / "config.yaml", "--out", tmp_path / "m"))
+    assert "not a checkpoint of the original HERBS code" in line and "resnet.pt" in line
+
+
+def test_missing_file_and_pickle(reference_dir, tmp_path):
+    line = _error_line(herbs("import-checkpoint", tmp_path / "none.pt", "--config", reference_dir / "config.yaml", "--out", tmp_path / "m"))
+    assert "does not exist" in line
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {}, "hook": object()}, evil)
+    line = _error_line(herbs("import-checkpoint", evil, "--config", reference_dir / "config.yaml", "--out", tmp_path / "m"))
+    assert "weights-only" in line
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(Exception, match="does not exist"):
+        main(["--debug", "import-checkpoint", str(tmp_path / "x.pt"), "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "m")])
+
+
+def test_config_without_backbone_means_published_swin_large(tmp_path):
+    from herbs.model.original import config_from_original
+
+    path = tmp_path / "cub.yaml"
+    path.write_text(yaml.safe_dump({"num_classes": 200, "data_size": 384, "fpn_size": 1536,
+                                    "num_selects": {"layer1": 256, "layer2": 128, "layer3": 64, "layer4": 32}}))
+    config = config_from_original(path)
+    assert config.model.backbone == "swin_large_patch4_window12_384" and config.model.backbone_args == {}
+    assert (config.model.img_size, config.model.num_selects) == (384, [256, 128, 64, 32])
