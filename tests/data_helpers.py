@@ -4,14 +4,18 @@ NABirds' own file formats, and shard directories written by herbs itself."""
 from __future__ import annotations
 
 import io
+import json
+import tarfile
 import uuid
 import zlib
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image
 
 from herbs.data.source import Sample, SourceDataset
+from herbs.data.tario import ShardWriter, sha256_file
 from herbs.data.writer import ShardSize, write_shards
 
 
@@ -109,3 +113,28 @@ def tiny_dataset(num_classes: int = 4, train: int = 10, test: int = 5, seed: int
 def write_tiny_shards(out: Path, shard_samples: int = 12, **dataset) -> Path:
     write_shards(tiny_dataset(**dataset), out, shard_size=ShardSize(samples=shard_samples))
     return out
+
+
+def rewrite_shard(out: Path, shard_name: str, changes: dict[str, Optional[dict]], *, truncate_to: Optional[int] = None) -> None:
+    """Damage a written shard the way the real world does: `changes` maps a sample key to field
+    overrides (None drops the field), `truncate_to` cuts the file. The manifest is updated to the
+    new file (as if it had been written so), so only the streaming code sees the damage."""
+    path = out / shard_name
+    with tarfile.open(path) as tar:
+        samples: dict[str, dict[str, bytes]] = {}
+        for member in tar:
+            key, ext = member.name.split(".", 1)
+            samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    writer = ShardWriter(path)
+    for key, fields in samples.items():
+        fields = {**fields, **changes.get(key, {})}
+        writer.add(key, {ext: data for ext, data in fields.items() if data is not None})
+    writer.close()
+    if truncate_to is not None:
+        path.write_bytes(path.read_bytes()[:truncate_to])
+    manifest = json.loads((out / "manifest.json").read_text())
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            if shard["name"] == shard_name:
+                shard["bytes"], shard["sha256"] = path.stat().st_size, sha256_file(path)
+    (out / "manifest.json").write_text(json.dumps(manifest))

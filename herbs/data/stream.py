@@ -1,0 +1,321 @@
+"""Training and evaluation loaders over a shards directory, for one rank of `world_size`.
+
+Every batch is built inside a loader worker and is a dict:
+
+    image    uint8 [B, 3, crop, crop]; make it float on the device with `transforms.normalize`
+    label    int64 [B]
+    key      list of B sample keys, unique within the split (`<split>_NNNNNN`)
+    skipped  int: samples of this batch that could not be used (undecodable image, label outside
+             the classes, sample missing from a damaged shard), each logged with its key.
+             Training batches replace them with the next usable samples of the same worker,
+             so they always hold B images; evaluation batches drop them.
+
+Rank and world size are arguments, never read from the environment or a process group, and
+the loaders do their own splitting: do NOT pass them through `accelerator.prepare`, which
+would split them a second time. (`prepare` returns a `TrainStream` or `EvalStream` as it is.)
+
+Training. Each worker of each rank is a slot (`plan.py`) holding ceil(N / slots) samples of
+the epoch; it reads them through a shuffle buffer, again and again with a new shuffle if it
+needs more, and cuts them into exactly `batches_per_worker` batches of `batch_size`. Every
+rank therefore yields `len(stream)` batches per epoch, from the manifest alone. Shard order,
+shuffle and augmentation come from `(seed, epoch, rank, worker)` and the batch's position;
+augmentation randomness is drawn per sample slot, so batch k of an epoch does not depend on
+how batches 0..k-1 were made. `stream.epoch(e, start_batch=k)` therefore yields exactly
+batches k.. of the uninterrupted epoch e: each worker steps over the raw samples of its
+earlier batches without decoding them, and the workers' roles are rotated so that the
+loader's round-robin over its workers continues where the interrupted one stopped.
+
+Evaluation. The slots partition the split exactly (every sample once across all ranks, in
+file order); ranks may yield different numbers of batches, so gather results once at the end
+(e.g. `accelerate.utils.gather_object`) rather than per batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections import deque
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from herbs.config import DataConfig
+from herbs.data import DataError
+from herbs.data.manifest import Manifest, load_manifest
+from herbs.data.plan import Piece, eval_pieces, train_pieces, train_samples_per_slot
+from herbs.data.tario import Fields, read_samples
+from herbs.data.transforms import DecodeError, EvalTransform, TrainTransform, decode_image
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
+
+
+class Unusable(Exception):
+    """A sample that cannot go into a batch; the message says why."""
+
+
+def decode_sample(key: str, fields: Optional[Fields], num_classes: int, size_hint: int) -> tuple[torch.Tensor, int]:
+    if fields is None:
+        raise Unusable("missing from its shard (truncated or damaged)")
+    try:
+        label = int(fields["cls"])
+    except (KeyError, ValueError):
+        raise Unusable("has no readable .cls label") from None
+    if not 0 <= label < num_classes:
+        raise Unusable(f"has label {label}, outside the {num_classes} classes")
+    data = next((fields[ext] for ext in IMAGE_EXTENSIONS if ext in fields), None)
+    if data is None:
+        raise Unusable("has no image")
+    try:
+        return decode_image(data, size_hint), label
+    except DecodeError as err:
+        raise Unusable(f"has an undecodable image ({err})") from None
+
+
+def read_pieces(manifest: Manifest, pieces: Iterable[Piece]) -> Iterator[tuple[str, Optional[Fields]]]:
+    for piece in pieces:
+        yield from read_samples(manifest.path(piece.shard), piece.start, piece.stop)
+
+
+def shuffle_buffer(items: Iterable, size: int, rng: random.Random) -> Iterator:
+    """Hold up to `size` items and emit a random one as each new one arrives, then the rest."""
+    buffer: list = []
+    for item in items:
+        if len(buffer) < max(1, size):
+            buffer.append(item)
+            continue
+        index = rng.randrange(len(buffer))
+        yield buffer[index]
+        buffer[index] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class Lookahead:
+    """An iterator that can look at upcoming items without consuming them."""
+
+    def __init__(self, items: Iterator):
+        self.items, self.ahead = items, deque()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.ahead.popleft() if self.ahead else next(self.items)
+
+    def peek(self, index: int):
+        while len(self.ahead) <= index:
+            self.ahead.append(next(self.items))
+        return self.ahead[index]
+
+
+def worker() -> tuple[int, int]:
+    """(this loader worker's id, number of workers); (0, 1) in the main process."""
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def make_batch(images: list[torch.Tensor], labels: list[int], keys: list[str], skipped: int, crop: int) -> dict:
+    image = torch.stack(images) if images else torch.empty(0, 3, crop, crop, dtype=torch.uint8)
+    return {"image": image, "label": torch.tensor(labels, dtype=torch.int64), "key": keys, "skipped": skipped}
+
+
+class _Stream:
+    """What both loaders share: the manifest and split, this rank's place, the loader settings."""
+
+    def __init__(self, shards: str | Path | Manifest, split: str, *, rank: int, world_size: int, batch_size: int, num_workers: int, pin_memory: bool):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.manifest = shards if isinstance(shards, Manifest) else load_manifest(shards)
+        self.split = self.manifest.split(split)
+        self.rank, self.world_size = rank, world_size
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.workers = max(1, num_workers)  # slots per rank; 0 workers means one slot in this process
+        self.slots = world_size * self.workers
+
+    def loader(self, dataset: IterableDataset) -> DataLoader:
+        # A private generator: starting the loader's workers must not draw from the global torch
+        # RNG (that would shift the trainer's random stream). The workers draw nothing from it.
+        return DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+
+class TrainStream(_Stream):
+    def __init__(
+        self,
+        shards: str | Path | Manifest,
+        split: str,
+        transform: TrainTransform,
+        *,
+        rank: int,
+        world_size: int,
+        batch_size: int,
+        num_workers: int,
+        seed: int,
+        shuffle_buffer: int = 1000,
+        pin_memory: bool = False,
+    ):
+        super().__init__(shards, split, rank=rank, world_size=world_size, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        self.transform, self.seed, self.shuffle_buffer = transform, seed, shuffle_buffer
+        self.samples_per_slot = train_samples_per_slot(self.split.num_samples, self.slots)
+        self.batches_per_worker = -(-self.samples_per_slot // batch_size)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank: the same on every rank."""
+        return self.workers * self.batches_per_worker
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> DataLoader:
+        """Batches `start_batch` .. len(self) - 1 of `epoch`."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch {start_batch} is not in 0..{len(self)}")
+        return self.loader(_TrainEpoch(self, epoch, start_batch))
+
+    def samples(self, epoch: int, worker: int) -> Lookahead:
+        """The endless raw sample sequence of one logical worker in `epoch`: passes over its slot's
+        samples, each through a shuffle buffer seeded by the pass."""
+        pieces = train_pieces(self.split, self.seed, epoch, self.rank * self.workers + worker, self.slots)
+
+        def passes():
+            for number in itertools.count():
+                rng = random.Random(f"shuffle/{self.seed}/{epoch}/{self.rank}/{worker}/{number}")
+                order = list(pieces)
+                rng.shuffle(order)
+                yield from shuffle_buffer(read_pieces(self.manifest, order), self.shuffle_buffer, rng)
+
+        return Lookahead(passes())
+
+    def replacements(self, samples: Lookahead, count: int) -> Iterator[tuple[str, tuple[torch.Tensor, int]]]:
+        """The next `count` usable samples after the current batch, left in place for their own turn."""
+        found, ahead = 0, 0
+        while found < count:
+            if ahead > 2 * self.samples_per_slot + self.batch_size:
+                raise DataError(f"no sample of split '{self.split.name}' in {self.manifest.root} can be used; run `herbs shard verify` and write the shards again")
+            key, fields = samples.peek(ahead)
+            ahead += 1
+            try:
+                yield key, decode_sample(key, fields, self.manifest.num_classes, self.transform.resize)
+                found += 1
+            except Unusable:
+                continue
+
+    def batches(self, epoch: int, worker: int, first: int) -> Iterator[dict]:
+        size = self.batch_size
+        samples = self.samples(epoch, worker)
+        for _ in range(first * size):  # earlier batches' raw samples: stepped over, not decoded
+            next(samples)
+        for index in range(first, self.batches_per_worker):
+            raw = [next(samples) for _ in range(size)]
+            decoded = []
+            for key, fields in raw:
+                try:
+                    decoded.append(decode_sample(key, fields, self.manifest.num_classes, self.transform.resize))
+                except Unusable as why:
+                    log.warning("skipping training sample %s: it %s", key, why)
+                    decoded.append(None)
+            skipped = decoded.count(None)
+            replacements = self.replacements(samples, skipped)
+            images, labels, keys = [], [], []
+            for slot, ((key, _), item) in enumerate(zip(raw, decoded)):
+                if item is None:
+                    key, item = next(replacements)
+                rng = random.Random(f"augment/{self.seed}/{epoch}/{self.rank}/{worker}/{index}/{slot}")
+                images.append(self.transform(item[0], rng))
+                labels.append(item[1])
+                keys.append(key)
+            yield make_batch(images, labels, keys, skipped, self.transform.crop)
+
+
+class _TrainEpoch(IterableDataset):
+    def __init__(self, stream: TrainStream, epoch: int, start_batch: int):
+        self.stream, self.epoch, self.start_batch = stream, epoch, start_batch
+
+    def __len__(self) -> int:
+        return len(self.stream) - self.start_batch
+
+    def __iter__(self) -> Iterator[dict]:
+        loader_worker, workers = worker()
+        # Batch k of the epoch is batch k // workers of logical worker k % workers. The loader
+        # takes batches from its workers 0, 1, ... in turn, so its worker i plays logical worker
+        # (i + start_batch) % workers, which starts at the first of its batches not yet seen.
+        logical = (loader_worker + self.start_batch) % workers
+        first = max(0, -(-(self.start_batch - logical) // workers))
+        return self.stream.batches(self.epoch, logical, first)
+
+
+class EvalStream(_Stream):
+    def __init__(
+        self,
+        shards: str | Path | Manifest,
+        split: str,
+        transform: EvalTransform,
+        *,
+        rank: int,
+        world_size: int,
+        batch_size: int,
+        num_workers: int,
+        pin_memory: bool = False,
+    ):
+        super().__init__(shards, split, rank=rank, world_size=world_size, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        self.transform = transform
+        self.pieces = [eval_pieces(self.split, rank * self.workers + w, self.slots) for w in range(self.workers)]
+
+    def __len__(self) -> int:
+        """Batches on this rank (ranks may differ by a few)."""
+        return sum(-(-sum(p.stop - p.start for p in pieces) // self.batch_size) for pieces in self.pieces)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.loader(_EvalPass(self)))
+
+    def batches(self, worker: int) -> Iterator[dict]:
+        samples = read_pieces(self.manifest, self.pieces[worker])
+        while chunk := list(itertools.islice(samples, self.batch_size)):
+            images, labels, keys, skipped = [], [], [], 0
+            for key, fields in chunk:
+                try:
+                    image, label = decode_sample(key, fields, self.manifest.num_classes, self.transform.resize)
+                except Unusable as why:
+                    log.warning("skipping evaluation sample %s: it %s", key, why)
+                    skipped += 1
+                    continue
+                images.append(self.transform(image))
+                labels.append(label)
+                keys.append(key)
+            yield make_batch(images, labels, keys, skipped, self.transform.crop)
+
+
+class _EvalPass(IterableDataset):
+    def __init__(self, stream: EvalStream):
+        self.stream = stream
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.stream.batches(worker()[0])
+
+
+def train_stream(data: DataConfig, *, crop: int, rank: int, world_size: int, seed: int, pin_memory: bool = False) -> TrainStream:
+    """The training stream of `data.train_split` as the config describes it; `crop` is model.img_size."""
+    transform = TrainTransform(data.resize, crop, data.hflip, data.blur_p, data.sharpness_p)
+    return TrainStream(
+        data.shards, data.train_split, transform,
+        rank=rank, world_size=world_size, batch_size=data.batch_size, num_workers=data.num_workers,
+        seed=seed, shuffle_buffer=data.shuffle_buffer, pin_memory=pin_memory,
+    )
+
+
+def eval_stream(data: DataConfig, split: str, *, crop: int, rank: int, world_size: int, pin_memory: bool = False) -> EvalStream:
+    """The evaluation stream of `split` (data.val_split or data.test_split)."""
+    return EvalStream(
+        data.shards, split, EvalTransform(data.resize, crop),
+        rank=rank, world_size=world_size, batch_size=data.eval_batch_size, num_workers=data.num_workers, pin_memory=pin_memory,
+    )

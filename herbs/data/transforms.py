@@ -1,0 +1,139 @@
+"""Decoding and the published augmentation (HERBS_SPEC.md §8), on uint8 CHW tensors.
+
+    train: resize to resize x resize (bilinear), random crop `crop`, horizontal flip,
+           Gaussian blur (kernel 5, sigma uniform in 0.1-5) with p = blur_p,
+           sharpness x1.5 with p = sharpness_p
+    eval:  resize to resize x resize (bilinear), center crop `crop`
+
+Images stay uint8 from decoding to the device, where `normalize` makes them float. The
+resize is torch's uint8 antialiased bilinear kernel, a port of PIL's: the eval transform
+gives the pixels of the original `PIL Resize((510, 510)) -> CenterCrop(384)` chain.
+Randomness comes from the `random.Random` the caller passes, never from global state.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+from torchvision.io import ImageReadMode
+from torchvision.io import decode_image as tv_decode_image
+from torchvision.transforms.v2.functional import resize as tv_resize
+
+BLUR_KERNEL = 5
+BLUR_SIGMA = (0.1, 5.0)
+SHARPNESS = 1.5
+
+
+class DecodeError(ValueError):
+    """Bytes that are not a decodable image."""
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+
+
+def decode_image(data: bytes, size_hint: int = 0) -> torch.Tensor:
+    """Image bytes -> uint8 [3, H, W] RGB, EXIF orientation applied (as cv2.imread does).
+
+    A JPEG at least twice `size_hint` on its short side is decoded at 1/2, 1/4 or 1/8 scale
+    by libjpeg itself (PIL's draft mode) when the result is still >= size_hint: the
+    following resize to size_hint then costs a fraction. Otherwise torchvision's decoder.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format == "JPEG" and size_hint and min(image.size) >= 2 * size_hint:
+                image.draft("RGB", (size_hint, size_hint))
+                return pil_to_tensor(ImageOps.exif_transpose(image))
+        try:
+            return tv_decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+        except RuntimeError:  # formats or JPEG variants torchvision does not take; PIL may
+            with Image.open(io.BytesIO(data)) as image:
+                return pil_to_tensor(ImageOps.exif_transpose(image))
+    except (OSError, SyntaxError, ValueError, RuntimeError) as err:
+        raise DecodeError(f"{err.__class__.__name__}: {err}") from None
+
+
+def resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    return tv_resize(image, [size, size], antialias=True)
+
+
+def blur_kernel(sigma: float) -> list[float]:
+    x = torch.arange(BLUR_KERNEL, dtype=torch.float64) - BLUR_KERNEL // 2
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (kernel / kernel.sum()).tolist()
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """torchvision's gaussian_blur (reflect padding, separable kernel) within 1 level, ~3x faster:
+    two passes of in-place shifted adds instead of a depthwise conv2d."""
+    kernel, pad = blur_kernel(sigma), BLUR_KERNEL // 2
+    _, h, w = image.shape
+    x = F.pad(image.float().unsqueeze(0), (pad, pad, pad, pad), mode="reflect")[0]
+    rows = x[:, :, 0:w] * kernel[0]
+    for i in range(1, BLUR_KERNEL):
+        rows.add_(x[:, :, i : i + w], alpha=kernel[i])
+    out = rows[:, 0:h] * kernel[0]
+    for i in range(1, BLUR_KERNEL):
+        out.add_(rows[:, i : i + h], alpha=kernel[i])
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def adjust_sharpness(image: torch.Tensor, factor: float) -> torch.Tensor:
+    """torchvision's adjust_sharpness (PIL's: blend with the 3x3 [1 1 1; 1 5 1; 1 1 1]/13 smoothing,
+    border pixels kept) within 1 level, with shifted adds instead of a conv2d."""
+    _, h, w = image.shape
+    x = image.float()
+    smooth = x[:, 1 : h - 1, 1 : w - 1] * 5.0
+    for dy in range(3):
+        for dx in range(3):
+            if (dy, dx) != (1, 1):
+                smooth.add_(x[:, dy : dy + h - 2, dx : dx + w - 2])
+    smooth.div_(13.0).round_()  # the smoothed image is uint8 in PIL and torchvision
+    out = x.clone()
+    out[:, 1 : h - 1, 1 : w - 1].mul_(factor).add_(smooth, alpha=1.0 - factor)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    resize: int = 510
+    crop: int = 384
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        image = resize(image, self.resize)
+        top = left = int(round((self.resize - self.crop) / 2.0))  # torchvision CenterCrop's rounding
+        return image[:, top : top + self.crop, left : left + self.crop].contiguous()
+
+
+@dataclass(frozen=True)
+class TrainTransform:
+    resize: int = 510
+    crop: int = 384
+    hflip: bool = True
+    blur_p: float = 0.1
+    sharpness_p: float = 0.1
+
+    def __call__(self, image: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        image = resize(image, self.resize)
+        top, left = rng.randint(0, self.resize - self.crop), rng.randint(0, self.resize - self.crop)
+        image = image[:, top : top + self.crop, left : left + self.crop]
+        if self.hflip and rng.random() < 0.5:
+            image = image.flip(-1)
+        if rng.random() < self.blur_p:
+            image = gaussian_blur(image, rng.uniform(*BLUR_SIGMA))
+        if rng.random() < self.sharpness_p:
+            image = adjust_sharpness(image, SHARPNESS)
+        return image.contiguous()
+
+
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 [..., 3, H, W] -> float32 (x / 255 - mean) / std, on whatever device `images` is."""
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    return images.float().div_(255.0).sub_(mean).div_(std)
