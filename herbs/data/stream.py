@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import random
 from collections import deque
 from pathlib import Path
@@ -163,15 +164,24 @@ class TrainStream(_Stream):
         seed: int,
         shuffle_buffer: int = 1000,
         pin_memory: bool = False,
+        round_to: int = 1,
     ):
+        """`round_to`: make `len(self)` a multiple of it (the trainer's gradient accumulation steps,
+        so that an epoch ends on an optimizer step); extra batches repeat samples like short slots do."""
         super().__init__(shards, split, rank=rank, world_size=world_size, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         self.transform, self.seed, self.shuffle_buffer = transform, seed, shuffle_buffer
         self.samples_per_slot = train_samples_per_slot(self.split.num_samples, self.slots)
-        self.batches_per_worker = -(-self.samples_per_slot // batch_size)
+        multiple = round_to // math.gcd(round_to, self.workers)
+        self.batches_per_worker = -(-self.samples_per_slot // (batch_size * multiple)) * multiple
 
     def __len__(self) -> int:
         """Batches per epoch on this rank: the same on every rank."""
         return self.workers * self.batches_per_worker
+
+    def slot(self, worker: int) -> int:
+        """The global slot of this rank's logical `worker`. Randomness is keyed by slot, so an epoch's
+        data depends only on the number of slots: 2 ranks x 1 worker see what 1 rank x 2 workers sees."""
+        return self.rank * self.workers + worker
 
     def epoch(self, epoch: int, start_batch: int = 0) -> DataLoader:
         """Batches `start_batch` .. len(self) - 1 of `epoch`."""
@@ -182,11 +192,12 @@ class TrainStream(_Stream):
     def samples(self, epoch: int, worker: int) -> Lookahead:
         """The endless raw sample sequence of one logical worker in `epoch`: passes over its slot's
         samples, each through a shuffle buffer seeded by the pass."""
-        pieces = train_pieces(self.split, self.seed, epoch, self.rank * self.workers + worker, self.slots)
+        slot = self.slot(worker)
+        pieces = train_pieces(self.split, self.seed, epoch, slot, self.slots)
 
         def passes():
             for number in itertools.count():
-                rng = random.Random(f"shuffle/{self.seed}/{epoch}/{self.rank}/{worker}/{number}")
+                rng = random.Random(f"shuffle/{self.seed}/{epoch}/{slot}/{number}")
                 order = list(pieces)
                 rng.shuffle(order)
                 yield from shuffle_buffer(read_pieces(self.manifest, order), self.shuffle_buffer, rng)
@@ -227,7 +238,7 @@ class TrainStream(_Stream):
             for slot, ((key, _), item) in enumerate(zip(raw, decoded)):
                 if item is None:
                     key, item = next(replacements)
-                rng = random.Random(f"augment/{self.seed}/{epoch}/{self.rank}/{worker}/{index}/{slot}")
+                rng = random.Random(f"augment/{self.seed}/{epoch}/{self.slot(worker)}/{index}/{slot}")
                 images.append(self.transform(item[0], rng))
                 labels.append(item[1])
                 keys.append(key)
@@ -303,13 +314,13 @@ class _EvalPass(IterableDataset):
         return self.stream.batches(worker()[0])
 
 
-def train_stream(data: DataConfig, *, crop: int, rank: int, world_size: int, seed: int, pin_memory: bool = False) -> TrainStream:
+def train_stream(data: DataConfig, *, crop: int, rank: int, world_size: int, seed: int, pin_memory: bool = False, round_to: int = 1) -> TrainStream:
     """The training stream of `data.train_split` as the config describes it; `crop` is model.img_size."""
     transform = TrainTransform(data.resize, crop, data.hflip, data.blur_p, data.sharpness_p)
     return TrainStream(
         data.shards, data.train_split, transform,
         rank=rank, world_size=world_size, batch_size=data.batch_size, num_workers=data.num_workers,
-        seed=seed, shuffle_buffer=data.shuffle_buffer, pin_memory=pin_memory,
+        seed=seed, shuffle_buffer=data.shuffle_buffer, pin_memory=pin_memory, round_to=round_to,
     )
 
 
