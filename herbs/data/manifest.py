@@ -19,7 +19,7 @@ from typing import Optional
 
 from herbs.data import DataError
 from herbs.data.source import ClassGroup
-from herbs.data.tario import ShardInfo, count_samples, sha256_file
+from herbs.data.tario import DamagedShard, ShardInfo, count_samples, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -126,7 +126,10 @@ def shard_problem(manifest: Manifest, shard: ShardInfo) -> Optional[str]:
     digest = sha256_file(path)
     if digest != shard.sha256:
         return f"shard '{path}' has sha256 {digest[:12]}... but the manifest lists {shard.sha256[:12]}..."
-    count = count_samples(path)
+    try:
+        count = count_samples(path)
+    except DamagedShard as err:
+        return f"shard '{path}' is not a whole tar ({err})"
     if count != shard.num_samples:
         return f"shard '{path}' holds {count} samples but the manifest lists {shard.num_samples}"
     return None

@@ -2,7 +2,8 @@
 
 Every batch is built inside a loader worker and is a dict:
 
-    image    uint8 [B, 3, crop, crop]; make it float on the device with `transforms.normalize`
+    image    uint8 [B, 3, crop, crop] in channels_last memory format; make it float on the device
+             with `transforms.normalize` (which keeps the format)
     label    int64 [B]
     key      list of B sample keys, unique within the split (`<split>_NNNNNN`)
     skipped  int: samples of this batch that could not be used (undecodable image, label outside
@@ -15,8 +16,8 @@ the loaders do their own splitting: do NOT pass them through `accelerator.prepar
 would split them a second time. (`prepare` returns a `TrainStream` or `EvalStream` as it is.)
 
 Training. Each worker of each rank is a slot (`plan.py`) holding ceil(N / slots) samples of
-the epoch; it reads them through a shuffle buffer, again and again with a new shuffle if it
-needs more, and cuts them into exactly `batches_per_worker` batches of `batch_size`. Every
+the epoch; it reads them through a shuffle buffer, and again with a new shuffle when it needs
+more to fill its last batch, and cuts them into exactly `batches_per_worker` batches of `batch_size`. Every
 rank therefore yields `len(stream)` batches per epoch, from the manifest alone. Shard order,
 shuffle and augmentation come from `(seed, epoch, rank, worker)` and the batch's position;
 augmentation randomness is drawn per sample slot, so batch k of an epoch does not depend on
@@ -121,7 +122,10 @@ def worker() -> tuple[int, int]:
 
 
 def make_batch(images: list[torch.Tensor], labels: list[int], keys: list[str], skipped: int, crop: int) -> dict:
-    image = torch.stack(images) if images else torch.empty(0, 3, crop, crop, dtype=torch.uint8)
+    # channels_last: the decoder's pixel layout, so each image is one plain copy (no transpose)
+    image = torch.empty(len(images), crop, crop, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
+    for slot, one in enumerate(images):
+        image[slot].copy_(one)
     return {"image": image, "label": torch.tensor(labels, dtype=torch.int64), "key": keys, "skipped": skipped}
 
 

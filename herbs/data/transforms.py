@@ -5,7 +5,9 @@
            sharpness x1.5 with p = sharpness_p
     eval:  resize to resize x resize (bilinear), center crop `crop`
 
-Images stay uint8 from decoding to the device, where `normalize` makes them float. The
+Images stay uint8 from decoding to the device, where `normalize` makes them float. They keep
+the height-width-channel memory layout the decoder produces (transforms return views; the
+batch is channels_last), which saves two transposing copies per image. The
 resize is torch's uint8 antialiased bilinear kernel, a port of PIL's: the eval transform
 gives the pixels of the original `PIL Resize((510, 510)) -> CenterCrop(384)` chain.
 Randomness comes from the `random.Random` the caller passes, never from global state.
@@ -108,7 +110,7 @@ class EvalTransform:
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         image = resize(image, self.resize)
         top = left = int(round((self.resize - self.crop) / 2.0))  # torchvision CenterCrop's rounding
-        return image[:, top : top + self.crop, left : left + self.crop].contiguous()
+        return image[:, top : top + self.crop, left : left + self.crop]
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ class TrainTransform:
             image = gaussian_blur(image, rng.uniform(*BLUR_SIGMA))
         if rng.random() < self.sharpness_p:
             image = adjust_sharpness(image, SHARPNESS)
-        return image.contiguous()
+        return image
 
 
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
