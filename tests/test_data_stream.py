@@ -256,3 +256,16 @@ def test_config_factories(shards):
     assert evaluation.transform == EVAL and len(evaluation) == 4
     with pytest.raises(DataError, match="split 'val'"):
         eval_stream(data, data.val_split, crop=32, rank=0, world_size=1)
+
+
+@pytest.mark.parametrize("round_to", [3, 4])
+def test_epochs_can_be_rounded_to_the_accumulation_steps(shards, round_to):
+    streams = [train(shards, rank, 2, 2, 4, round_to=round_to) for rank in (0, 1)]
+    assert len(streams[0]) == len(streams[1]) and len(streams[0]) % round_to == 0 and len(streams[0]) >= 6
+    seen = []
+    for stream in streams:
+        batches = run(stream)
+        assert len(batches) == len(stream)
+        assert same(run(stream, start_batch=len(stream) - 2), batches[-2:])
+        seen += keys(batches)
+    assert set(seen) == TRAIN_KEYS

@@ -17,9 +17,10 @@ would split them a second time. (`prepare` returns a `TrainStream` or `EvalStrea
 
 Training. Each worker of each rank is a slot (`plan.py`) holding ceil(N / slots) samples of
 the epoch; it reads them through a shuffle buffer, and again with a new shuffle when it needs
-more to fill its last batch, and cuts them into exactly `batches_per_worker` batches of `batch_size`. Every
-rank therefore yields `len(stream)` batches per epoch, from the manifest alone. Shard order,
-shuffle and augmentation come from `(seed, epoch, rank, worker)` and the batch's position;
+more to fill its last batches, and cuts them into exactly `batches_per_worker` batches of
+`batch_size`. Every rank therefore yields `len(stream)` batches per epoch, from the manifest
+alone. Shard order, shuffle and augmentation come from `(seed, epoch, slot)` and the batch's
+position, where slot = rank * workers + worker;
 augmentation randomness is drawn per sample slot, so batch k of an epoch does not depend on
 how batches 0..k-1 were made. `stream.epoch(e, start_batch=k)` therefore yields exactly
 batches k.. of the uninterrupted epoch e: each worker steps over the raw samples of its
@@ -204,7 +205,10 @@ class TrainStream(_Stream):
                 rng = random.Random(f"shuffle/{self.seed}/{epoch}/{slot}/{number}")
                 order = list(pieces)
                 rng.shuffle(order)
-                yield from shuffle_buffer(read_pieces(self.manifest, order), self.shuffle_buffer, rng)
+                # Later passes only top up the last batches (and replace bad samples): a batch-sized
+                # buffer saves reading a full buffer's worth of samples for a few of them.
+                size = self.shuffle_buffer if number == 0 else self.batch_size
+                yield from shuffle_buffer(read_pieces(self.manifest, order), size, rng)
 
         return Lookahead(passes())
 
