@@ -241,6 +241,23 @@ def test_a_truncated_shard_loses_only_its_tail(tmp_path):
     assert skipped > 0 and len(evaluated) + skipped == 20
 
 
+def test_slots_whose_own_samples_are_all_lost_borrow_from_the_rest(tmp_path):
+    shards = write_tiny_shards(tmp_path / "s", shard_samples=12)  # train shards of 12, 12, 12, 4
+    for name in ("train-000000.tar", "train-000001.tar", "train-000002.tar"):
+        rewrite_shard(shards, name, {}, truncate_to=1000)  # nothing left but a cut-off first header
+    with tarfile.open(shards / "train-000003.tar") as tar:
+        survivors = {m.name.split(".")[0] for m in tar}
+    seen, skipped = set(), 0
+    for rank in (0, 1):  # 4 slots of 10 samples, at most 4 of them readable: some slots have none
+        stream = train(shards, rank=rank)
+        batches = run(stream, epoch=1)
+        assert len(batches) == len(stream) and all(b["image"].shape[0] == 4 for b in batches)
+        assert same(run(stream, epoch=1, start_batch=2), batches[2:])
+        seen |= set(keys(batches))
+        skipped += sum(b["skipped"] for b in batches)
+    assert seen == survivors and skipped >= 36
+
+
 def test_a_split_with_no_usable_sample_is_one_error(tmp_path):
     shards = write_tiny_shards(tmp_path / "s", num_classes=2, train=2, test=1, shard_samples=100)
     rewrite_shard(shards, "train-000000.tar", {f"train_{i:06d}": {"cls": b"7"} for i in range(4)})

@@ -47,18 +47,24 @@ def train_samples_per_slot(num_samples: int, slots: int) -> int:
     return math.ceil(num_samples / slots)
 
 
-def train_pieces(split: SplitInfo, seed: int, epoch: int, slot: int, slots: int) -> list[Piece]:
-    """The training samples of `slot` in `epoch`: ceil(N / slots) consecutive samples of the
-    epoch's order, starting at floor(slot * N / slots), so that the slots together cover every
-    sample (overlapping by at most one) and all hold the same number. The epoch's order lays
-    the shards end to end in a permutation drawn from (seed, epoch) and starts at an offset
-    drawn likewise, so slot contents change from epoch to epoch even with a single shard."""
+def train_pieces(split: SplitInfo, seed: int, epoch: int, slot: int, slots: int) -> tuple[list[Piece], list[Piece]]:
+    """The training samples of `slot` in `epoch`, and the rest of the split after them.
+
+    The slot's own part is ceil(N / slots) consecutive samples of the epoch's order, starting
+    at floor(slot * N / slots), so that the slots together cover every sample (overlapping by
+    at most one) and all hold the same number. The epoch's order lays the shards end to end in
+    a permutation drawn from (seed, epoch) and starts at an offset drawn likewise, so slot
+    contents change from epoch to epoch even with a single shard. The rest (all N samples in
+    the epoch's order, from where the slot's part ends) tops up the slot's last batches and
+    replaces unusable samples, so even a slot whose own samples are all unreadable has data.
+    """
     total = split.num_samples
     rng = random.Random(f"plan/{seed}/{epoch}")
     shards = list(split.shards)
     rng.shuffle(shards)
-    offset = rng.randrange(total)
-    return cut(shards, offset + slot * total // slots, train_samples_per_slot(total, slots))
+    begin = rng.randrange(total) + slot * total // slots
+    length = train_samples_per_slot(total, slots)
+    return cut(shards, begin, length), cut(shards, begin + length, total)
 
 
 def eval_pieces(split: SplitInfo, slot: int, slots: int) -> list[Piece]:

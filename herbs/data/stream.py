@@ -16,9 +16,9 @@ the loaders do their own splitting: do NOT pass them through `accelerator.prepar
 would split them a second time. (`prepare` returns a `TrainStream` or `EvalStream` as it is.)
 
 Training. Each worker of each rank is a slot (`plan.py`) holding ceil(N / slots) samples of
-the epoch; it reads them through a shuffle buffer, and again with a new shuffle when it needs
-more to fill its last batches, and cuts them into exactly `batches_per_worker` batches of
-`batch_size`. Every rank therefore yields `len(stream)` batches per epoch, from the manifest
+the epoch; it reads them through a shuffle buffer, then the rest of the split from where its
+part ends, as needed to fill its last batch and to replace unusable samples, and cuts them
+into exactly `batches_per_worker` batches of `batch_size`. Every rank therefore yields `len(stream)` batches per epoch, from the manifest
 alone. Shard order, shuffle and augmentation come from `(seed, epoch, slot)` and the batch's
 position, where slot = rank * workers + worker;
 augmentation randomness is drawn per sample slot, so batch k of an epoch does not depend on
@@ -143,6 +143,11 @@ class _Stream:
         self.workers = max(1, num_workers)  # slots per rank; 0 workers means one slot in this process
         self.slots = world_size * self.workers
 
+    def slot(self, worker: int) -> int:
+        """The global slot of this rank's logical `worker`. Randomness is keyed by slot, so an epoch's
+        data depends only on the number of slots: 2 ranks x 1 worker see what 1 rank x 2 workers sees."""
+        return self.rank * self.workers + worker
+
     def loader(self, dataset: IterableDataset) -> DataLoader:
         # A private generator: starting the loader's workers must not draw from the global torch
         # RNG (that would shift the trainer's random stream). The workers draw nothing from it.
@@ -183,11 +188,6 @@ class TrainStream(_Stream):
         """Batches per epoch on this rank: the same on every rank."""
         return self.workers * self.batches_per_worker
 
-    def slot(self, worker: int) -> int:
-        """The global slot of this rank's logical `worker`. Randomness is keyed by slot, so an epoch's
-        data depends only on the number of slots: 2 ranks x 1 worker see what 1 rank x 2 workers sees."""
-        return self.rank * self.workers + worker
-
     def epoch(self, epoch: int, start_batch: int = 0) -> DataLoader:
         """Batches `start_batch` .. len(self) - 1 of `epoch`."""
         if not 0 <= start_batch <= len(self):
@@ -195,20 +195,19 @@ class TrainStream(_Stream):
         return self.loader(_TrainEpoch(self, epoch, start_batch))
 
     def samples(self, epoch: int, worker: int) -> Lookahead:
-        """The endless raw sample sequence of one logical worker in `epoch`: passes over its slot's
-        samples, each through a shuffle buffer seeded by the pass."""
+        """The endless raw sample sequence of one logical worker in `epoch`: its slot's samples through
+        the shuffle buffer, then the rest of the split, again and again, to top up and replace."""
         slot = self.slot(worker)
-        pieces = train_pieces(self.split, self.seed, epoch, slot, self.slots)
+        own, rest = train_pieces(self.split, self.seed, epoch, slot, self.slots)
 
         def passes():
-            for number in itertools.count():
-                rng = random.Random(f"shuffle/{self.seed}/{epoch}/{slot}/{number}")
-                order = list(pieces)
-                rng.shuffle(order)
-                # Later passes only top up the last batches (and replace bad samples): a batch-sized
-                # buffer saves reading a full buffer's worth of samples for a few of them.
-                size = self.shuffle_buffer if number == 0 else self.batch_size
-                yield from shuffle_buffer(read_pieces(self.manifest, order), size, rng)
+            rng = random.Random(f"shuffle/{self.seed}/{epoch}/{slot}")
+            order = list(own)
+            rng.shuffle(order)
+            yield from shuffle_buffer(read_pieces(self.manifest, order), self.shuffle_buffer, rng)
+            # Only a few of these are used, usually: a batch-sized buffer reads little more than those.
+            while True:
+                yield from shuffle_buffer(read_pieces(self.manifest, rest), self.batch_size, rng)
 
         return Lookahead(passes())
 
@@ -216,7 +215,7 @@ class TrainStream(_Stream):
         """The next `count` usable samples after the current batch, left in place for their own turn."""
         found, ahead = 0, 0
         while found < count:
-            if ahead > 2 * self.samples_per_slot + self.batch_size:
+            if ahead > self.samples_per_slot + self.split.num_samples + self.batch_size:  # looked at every sample
                 raise DataError(f"no sample of split '{self.split.name}' in {self.manifest.root} can be used; run `herbs shard verify` and write the shards again")
             key, fields = samples.peek(ahead)
             ahead += 1
@@ -285,7 +284,7 @@ class EvalStream(_Stream):
     ):
         super().__init__(shards, split, rank=rank, world_size=world_size, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         self.transform = transform
-        self.pieces = [eval_pieces(self.split, rank * self.workers + w, self.slots) for w in range(self.workers)]
+        self.pieces = [eval_pieces(self.split, self.slot(w), self.slots) for w in range(self.workers)]
 
     def __len__(self) -> int:
         """Batches on this rank (ranks may differ by a few)."""
