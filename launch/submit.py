@@ -1,0 +1,493 @@
+"""Submit HERBS training to SLURM with submitit: single jobs and sweeps (job arrays), requeued on timeout.
+
+    python launch/submit.py --config CONFIG [section.key=value ...] [--sweep SWEEP.yaml]
+        [--nodes N] [--gpus-per-node G] [--partition P] [--time MIN] [--array-parallelism K]
+        [--dry-run] [--local]
+    python launch/submit.py status DIR
+
+Every point of a sweep (see launch/sweep.py) becomes one task of a job array with its own run
+directory (`log.name` = `<name>/<point>`, the point named after its values). Everything about
+the submission is written to DIR (`<output_dir>/<project>/submitit/<name>-<time>` unless
+--dir says otherwise): `sweep.json` and submitit's logs; `status DIR` reads it back. Mistakes
+(a missing config, an unknown sweep key, too many jobs, more nodes than the partition has, no
+sbatch) end in one sentence and exit code 2 before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python launch/submit.py` puts launch/ on the path, not the checkout
+    sys.path.insert(0, str(REPO))
+
+from launch import node, sweep  # noqa: E402
+
+DEFAULT_MAX_JOBS = 100
+
+
+class SubmitError(Exception):
+    """A mistake in what was asked for; printed as one sentence, exit code 2."""
+
+
+# ---------------------------------------------------------------------------- arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="launch/submit.py",
+        description="Submit HERBS training (one run or a sweep as a job array) to SLURM through submitit; "
+                    "jobs are requeued on timeout and preemption and continue from their last checkpoint. "
+                    "`launch/submit.py status DIR` shows a submission's jobs.",
+    )
+    p.add_argument("--config", required=True, help="experiment YAML (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides for every job")
+    p.add_argument("--sweep", metavar="SWEEP.yaml", help="values per config key: 'grid' (all combinations) and/or 'zip' (lists taken together)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes per job (default: 1)")
+    p.add_argument("--gpus-per-node", type=int, default=None,
+                   help="GPUs per node; 0 for CPU nodes (default: 8 on SLURM, the GPUs of this machine with --local)")
+    p.add_argument("--procs-per-node", type=int, default=None,
+                   help="training processes per node (default: one per GPU, 1 without GPUs)")
+    p.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per node's task (default: 4 per training process)")
+    p.add_argument("--mem-gb", type=float, default=None, help="memory per node in GB (default: the partition's default)")
+    p.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's default partition)")
+    p.add_argument("--account", default=None, help="SLURM account")
+    p.add_argument("--qos", default=None, help="SLURM quality of service")
+    p.add_argument("--time", type=int, default=24 * 60, help="time limit per attempt in minutes (default: 1440)")
+    p.add_argument("--signal-delay", type=int, default=300,
+                   help="seconds before the time limit at which training is told to checkpoint (default: 300; SLURM may signal up to 60 s earlier)")
+    p.add_argument("--max-requeues", type=int, default=10, help="how many times a job may be requeued after hitting its time limit (default: 10)")
+    p.add_argument("--array-parallelism", type=int, default=None,
+                   help="at most this many jobs of the sweep at once (default: all on SLURM, 1 with --local)")
+    p.add_argument("--max-jobs", type=int, default=DEFAULT_MAX_JOBS, help=f"refuse sweeps with more jobs than this (default: {DEFAULT_MAX_JOBS})")
+    p.add_argument("--resume", default="auto", metavar="auto|none|PATH",
+                   help="first start: 'auto' continues a run directory that has checkpoints (default), 'none' starts fresh, "
+                        "PATH starts from that checkpoint; requeued starts always use auto")
+    p.add_argument("--accelerate-config", default=None, help="accelerate config file, e.g. configs/accelerate/zero2.yaml")
+    p.add_argument("--name", default=None, help="job name and run-name prefix (default: the config's log.name)")
+    p.add_argument("--dir", default=None, help="where to keep the submission's files (default: <output_dir>/<project>/submitit/<name>-<time>)")
+    p.add_argument("--dry-run", action="store_true", help="print the jobs and the SLURM parameters; submit nothing")
+    p.add_argument("--local", action="store_true", help="run on this machine through submitit's local executor and wait for the jobs")
+    p.add_argument("--wait", action="store_true", help="wait until every job has finished, then print the status table")
+    return p
+
+
+def _error(message: str) -> int:
+    print(f"launch/submit.py: error: {message}", file=sys.stderr)
+    return 2
+
+
+# ---------------------------------------------------------------------------- planning
+
+
+def plan_jobs(args: argparse.Namespace) -> tuple[str, list[sweep.Point], dict[str, Path]]:
+    """Validate the config and the sweep; return the base name, the named points and their run directories."""
+    from herbs.config import load_config
+    from herbs.errors import ConfigError
+
+    try:
+        base = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        raise SubmitError(str(err)) from None
+    name = args.name or base.log.name or Path(args.config).stem
+    try:
+        points = sweep.expand(sweep.load_sweep(args.sweep)) if args.sweep else [sweep.Point({})]
+    except sweep.SweepError as err:
+        raise SubmitError(str(err)) from None
+    if not points or (len(points) == 1 and args.sweep and not points[0].values):
+        raise SubmitError(f"sweep file '{args.sweep}' expands to no jobs; give at least one key with values under 'grid' or 'zip'")
+    if len(points) > args.max_jobs:
+        raise SubmitError(f"the sweep expands to {len(points)} jobs, more than --max-jobs {args.max_jobs}; shrink the sweep or raise --max-jobs")
+    sweep.name_points(points)
+    run_dirs: dict[str, Path] = {}
+    for point in points:
+        if args.sweep and "log.name" not in point.values:
+            point.extra = [sweep.override("log.name", f"{name}/{point.name}")]
+        elif not args.sweep and args.name:
+            point.extra = [sweep.override("log.name", name)]
+        if not args.sweep:
+            point.name = name
+        try:
+            cfg = load_config(args.config, [*args.overrides, *point.overrides()])
+        except ConfigError as err:
+            where = f"sweep '{args.sweep}'" if args.sweep else "the overrides"
+            raise SubmitError(f"{where}: {err}") from None
+        run_dir = (Path(cfg.train.output_dir) / cfg.log.project / (cfg.log.name or "run")).resolve()
+        clash = [n for n, d in run_dirs.items() if d == run_dir]
+        if clash:
+            raise SubmitError(f"sweep points '{clash[0]}' and '{point.name}' would share the run directory {run_dir}; vary log.name in the sweep")
+        run_dirs[point.name] = run_dir
+    return name, points, run_dirs
+
+
+def resources(args: argparse.Namespace) -> dict:
+    gpus = args.gpus_per_node
+    if gpus is None:
+        gpus = local_gpu_count() if args.local else 8
+    procs = args.procs_per_node or max(gpus, 1)
+    for flag, value, low in (("--nodes", args.nodes, 1), ("--gpus-per-node", gpus, 0), ("--procs-per-node", procs, 1),
+                             ("--time", args.time, 1), ("--signal-delay", args.signal_delay, 0),
+                             ("--max-requeues", args.max_requeues, 0), ("--max-jobs", args.max_jobs, 1)):
+        if value < low:
+            raise SubmitError(f"{flag} must be at least {low}, got {value}")
+    if args.array_parallelism is not None and args.array_parallelism < 1:
+        raise SubmitError(f"--array-parallelism must be at least 1, got {args.array_parallelism}")
+    if args.local and args.nodes != 1:
+        raise SubmitError(f"--local runs on this machine only; use --nodes 1 (got --nodes {args.nodes})")
+    cpus = args.cpus_per_task or 4 * procs
+    if cpus < 1:
+        raise SubmitError(f"--cpus-per-task must be at least 1, got {cpus}")
+    return {"gpus": gpus, "procs": procs, "cpus": cpus}
+
+
+def local_gpu_count() -> int:
+    if not shutil.which("nvidia-smi"):
+        return 0
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU ")) if out.returncode == 0 else 0
+
+
+def partition_nodes(partition: str | None) -> tuple[str, int]:
+    """(partition name, node count) from sinfo; the default partition when none is named."""
+    out = subprocess.run(["sinfo", "-h", "-o", "%P %D"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SubmitError(f"sinfo failed ({out.stderr.strip() or out.returncode}); is the SLURM controller reachable?")
+    counts: dict[str, int] = {}
+    default = None
+    for line in out.stdout.splitlines():
+        name, _, nodes = line.strip().partition(" ")
+        if name.endswith("*"):
+            name = name[:-1]
+            default = name
+        counts[name] = counts.get(name, 0) + int(nodes or 0)
+    if partition is None:
+        if default is None:
+            raise SubmitError("the cluster has no default partition; name one with --partition")
+        partition = default
+    if partition not in counts:
+        raise SubmitError(f"partition '{partition}' does not exist; sinfo lists: {', '.join(sorted(counts)) or 'none'}")
+    return partition, counts[partition]
+
+
+def check_cluster(args: argparse.Namespace) -> str | None:
+    """SLURM is there and the partition can hold the job; returns the partition's name."""
+    if not shutil.which("sbatch"):
+        raise SubmitError("sbatch is not on the PATH, so there is no SLURM to submit to; run on a login node, or use --local to run here")
+    partition, count = partition_nodes(args.partition)
+    if args.nodes > count:
+        raise SubmitError(f"--nodes {args.nodes} is more than the {count} node(s) of partition '{partition}'; ask for at most {count}")
+    return partition
+
+
+def slurm_parameters(args: argparse.Namespace, name: str, res: dict, n_jobs: int) -> dict:
+    params = {
+        "job_name": name,
+        "time": args.time,
+        "nodes": args.nodes,
+        "ntasks_per_node": 1,  # one task per node; it runs `accelerate launch` for the node's processes
+        "cpus_per_task": res["cpus"],
+        "signal_delay_s": args.signal_delay,
+        "stderr_to_stdout": True,
+        # srun of SLURM 22.05 does not pass --cpus-per-task on from the job: say it again
+        "srun_args": [f"--cpus-per-task={res['cpus']}"],
+    }
+    if res["gpus"]:
+        params["gpus_per_node"] = res["gpus"]
+    if args.partition:
+        params["partition"] = args.partition
+    if args.account:
+        params["account"] = args.account
+    if args.qos:
+        params["qos"] = args.qos
+    if args.mem_gb:
+        params["mem"] = f"{int(args.mem_gb)}GB" if args.mem_gb == int(args.mem_gb) else f"{int(args.mem_gb * 1024)}MB"
+    if n_jobs > 1:
+        params["array_parallelism"] = args.array_parallelism or n_jobs
+    return params
+
+
+def default_dir(args: argparse.Namespace, name: str) -> Path:
+    from herbs.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.train.output_dir) / cfg.log.project / "submitit" / f"{name.replace('/', '-')}-{stamp}"
+
+
+# ---------------------------------------------------------------------------- submitting
+
+
+def make_jobs(args: argparse.Namespace, points: list[sweep.Point], run_dirs: dict[str, Path], res: dict):
+    from launch.job import TrainJob
+
+    config = str(Path(args.config).resolve())
+    resume = None if args.resume == "none" else args.resume
+    if resume not in (None, "auto"):
+        resume = str(Path(resume).resolve())
+    accel = str(Path(args.accelerate_config).resolve()) if args.accelerate_config else None
+    return [TrainJob(config=config, overrides=[*args.overrides, *p.overrides()], run_dir=str(run_dirs[p.name]),
+                     cwd=os.getcwd(), resume=resume, procs_per_node=res["procs"], accelerate_config=accel, name=p.name)
+            for p in points]
+
+
+def print_plan(name: str, points: list[sweep.Point], run_dirs: dict[str, Path], params: dict, args, jobs) -> None:
+    kind = "job array" if len(points) > 1 else "job"
+    print(f"{name}: {len(points)} job(s) as one {kind}" + (f", at most {params.get('array_parallelism')} at a time" if len(points) > 1 else ""))
+    width = max(len(p.name) for p in points)
+    for i, p in enumerate(points):
+        print(f"  [{i}] {p.name:<{width}}  {run_dirs[p.name]}  {shlex.join(p.overrides())}")
+    target = "local executor (this machine)" if args.local else "SLURM"
+    print(f"{target} parameters:")
+    for key in sorted(params):
+        print(f"  {key}: {params[key]}")
+    spec = node.NodeSpec(args.nodes, 0, "<node 0 of the job>", node.port_for_job(0), jobs[0].procs_per_node or 1)
+    print("each node runs (node rank, head node and port come from its SLURM environment):")
+    print("  " + shlex.join(jobs[0].command(spec)))
+
+
+def submit(args: argparse.Namespace) -> int:
+    import submitit
+
+    name, points, run_dirs = plan_jobs(args)
+    res = resources(args)
+    if not args.local and (not args.dry_run or shutil.which("sbatch")):
+        check_cluster(args)
+    jobs = make_jobs(args, points, run_dirs, res)
+    if args.local:
+        params = {"timeout_min": args.time, "signal_delay_s": args.signal_delay, "tasks_per_node": 1,
+                  "gpus_per_node": res["gpus"], "stderr_to_stdout": True}
+    else:
+        params = slurm_parameters(args, name, res, len(points))
+    if args.dry_run:
+        print_plan(name, points, run_dirs, params, args, jobs)
+        print("dry run: nothing submitted")
+        return 0
+
+    folder = Path(args.dir or default_dir(args, name)).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    # The job unpickles launch.job.TrainJob: make the checkout importable there (sbatch and the
+    # local executor pass this environment on).
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    if args.local:
+        executor = submitit.LocalExecutor(folder / "logs", max_num_timeout=args.max_requeues)
+    else:
+        executor = submitit.SlurmExecutor(folder / "logs", max_num_timeout=args.max_requeues)
+    executor.update_parameters(**params)
+    record = {
+        "name": name, "created": datetime.datetime.now().isoformat(timespec="seconds"), "executor": "local" if args.local else "slurm",
+        "config": str(Path(args.config).resolve()), "overrides": args.overrides, "sweep": args.sweep, "parameters": params,
+        "jobs": [{"name": p.name, "overrides": p.overrides(), "run_dir": str(run_dirs[p.name]), "job_id": None} for p in points],
+    }
+    try:
+        if args.local:
+            submitted = run_local(executor, jobs, record, folder, args.array_parallelism or 1)
+        else:
+            with executor.batch():
+                pending = [executor.submit(job) for job in jobs]
+            submitted = pending
+            for entry, job in zip(record["jobs"], submitted):
+                entry["job_id"] = job.job_id
+            write_record(folder, record)
+    except submitit.core.utils.FailedJobError as err:
+        raise SubmitError(f"sbatch refused the job: {sbatch_message(str(err))}") from None
+    ids = ", ".join(str(j.job_id) for j in submitted)
+    print(f"submitted {len(submitted)} job(s): {ids}")
+    print(f"status: python launch/submit.py status {shlex.quote(str(folder))}")
+    if args.wait and not args.local:
+        for job in submitted:
+            job.wait()
+    if args.wait or args.local:
+        print_status(folder)
+    return 0
+
+
+def sbatch_message(text: str) -> str:
+    lines = [line.split("error:", 1)[1].strip() for line in text.splitlines() if "error:" in line]
+    return "; ".join(lines) if lines else text.strip().splitlines()[-1] if text.strip() else "no reason given"
+
+
+def write_record(folder: Path, record: dict) -> None:
+    tmp = folder / "sweep.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(folder / "sweep.json")
+
+
+def run_local(executor, jobs, record: dict, folder: Path, parallel: int) -> list:
+    """The local executor starts every job at once: submit them in waves of `parallel`, waiting for each."""
+    submitted = []
+    for start in range(0, len(jobs), parallel):
+        wave = [executor.submit(job) for job in jobs[start:start + parallel]]
+        for entry, job in zip(record["jobs"][start:start + parallel], wave):
+            entry["job_id"] = job.job_id
+        write_record(folder, record)
+        for job in wave:
+            try:
+                job.result()
+            except Exception as err:  # the table says which failed; the log says why
+                print(f"job {job.job_id} failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err}", file=sys.stderr)
+        submitted += wave
+    return submitted
+
+
+# ---------------------------------------------------------------------------- status
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    path = run_dir / node.EVENTS_FILE
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written
+    return events
+
+
+def read_metrics(run_dir: Path) -> tuple[int | None, float | None]:
+    """(last step, best val/ensemble_top1) from metrics.jsonl."""
+    path = run_dir / "metrics.jsonl"
+    last, best = None, None
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec.get("step"), int):
+                last = rec["step"] if last is None else max(last, rec["step"])
+            acc = rec.get("val/ensemble_top1")
+            if isinstance(acc, (int, float)):
+                best = acc if best is None else max(best, acc)
+    return last, best
+
+
+def _expand_array(job_id: str) -> list[str]:
+    """`123_[0-2,5%2]` -> 123_0 123_1 123_2 123_5; plain ids unchanged."""
+    if "_[" not in job_id:
+        return [job_id]
+    main, _, rest = job_id.partition("_[")
+    out = []
+    for part in rest.rstrip("]").split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{main}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def slurm_states(job_ids: Sequence[str]) -> dict[str, str]:
+    """Job id -> SLURM state, from sacct (squeue when sacct has nothing)."""
+    states: dict[str, str] = {}
+    mains = sorted({str(j).split("_")[0] for j in job_ids if j})
+    if not mains:
+        return states
+    if shutil.which("sacct"):
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(mains)], capture_output=True, text=True)
+        if out.returncode == 0:
+            for line in out.stdout.splitlines():
+                jid, _, state = line.partition("|")
+                for j in _expand_array(jid.strip()):
+                    states[j] = state.split()[0] if state.split() else "UNKNOWN"
+    if shutil.which("squeue"):
+        out = subprocess.run(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(mains)], capture_output=True, text=True)
+        if out.returncode == 0:
+            for line in out.stdout.splitlines():
+                jid, _, state = line.partition("|")
+                for j in _expand_array(jid.strip()):
+                    states.setdefault(j, state.strip())
+    return states
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (ValueError, ProcessLookupError, PermissionError):
+        return False
+
+
+def event_state(events: list[dict]) -> str | None:
+    """What the run's own start/end records say: RUNNING, COMPLETED, REQUEUED, FAILED."""
+    if not events:
+        return None
+    last = events[-1]
+    if last.get("event") == "start":
+        return "RUNNING"
+    if last.get("exit_code") == 0:
+        return "COMPLETED"
+    return "REQUEUED" if last.get("requeue") else "FAILED"
+
+
+def status_rows(folder: Path) -> list[dict]:
+    path = folder / "sweep.json"
+    if not path.is_file():
+        raise SubmitError(f"'{folder}' holds no sweep.json; pass the directory that launch/submit.py printed")
+    record = json.loads(path.read_text())
+    slurm = record.get("executor") == "slurm"
+    states = slurm_states([j["job_id"] for j in record["jobs"] if j.get("job_id")]) if slurm else {}
+    rows = []
+    for entry in record["jobs"]:
+        run_dir = Path(entry["run_dir"])
+        events = read_events(run_dir)
+        last, best = read_metrics(run_dir)
+        jid = str(entry.get("job_id") or "")
+        if slurm:
+            state = states.get(jid) or event_state(events) or ("UNKNOWN" if jid else "NOT SUBMITTED")
+        else:
+            state = event_state(events) or ("PENDING" if jid else "NOT SUBMITTED")
+            if state == "RUNNING" and jid and not _pid_alive(jid):
+                state = "FAILED"  # the local controller is gone without an end record
+        starts = sum(1 for e in events if e.get("event") == "start")
+        rows.append({"name": entry["name"], "job_id": jid, "state": state, "restarts": max(starts - 1, 0),
+                     "last_step": last, "best_val_top1": best, "run_dir": str(run_dir)})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    header = ["NAME", "JOB", "STATE", "RESTARTS", "LAST STEP", "BEST VAL TOP-1", "RUN DIR"]
+    body = [[r["name"], r["job_id"] or "-", r["state"], str(r["restarts"]),
+             "-" if r["last_step"] is None else str(r["last_step"]),
+             "-" if r["best_val_top1"] is None else f"{r['best_val_top1']:.2f}%", r["run_dir"]] for r in rows]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *body])
+
+
+def print_status(folder: Path) -> None:
+    print(format_table(status_rows(Path(folder))))
+
+
+def status_main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="launch/submit.py status", description="Show the jobs of a submission: state, restarts, last step, best val accuracy.")
+    p.add_argument("dir", metavar="DIR", help="the submission directory that launch/submit.py printed")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = p.parse_args(argv)
+    try:
+        rows = status_rows(Path(args.dir))
+    except SubmitError as err:
+        return _error(str(err))
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["status"]:
+        return status_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return submit(args)
+    except SubmitError as err:
+        return _error(str(err))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

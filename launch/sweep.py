@@ -1,0 +1,153 @@
+"""Sweep files: config values per key, expanded into points (one job each), named after their values.
+
+A sweep file is YAML with two optional sections:
+
+    grid:                      # every combination of these values
+      optim.lr: [0.01, 0.001]
+      train.seed: [0, 1]
+    zip:                       # lists of one length, taken position by position
+      optim.lr: [0.01, 0.001]
+      optim.warmup_steps: [100, 500]
+
+`zip` may also be a list of such mappings: each is zipped on its own and the groups are
+crossed with each other and with the grid. Keys are the `section.key` names of the config;
+values are what the YAML file says (numbers, strings, lists), passed on as overrides that
+the training engine parses back to exactly those values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class SweepError(Exception):
+    """A sweep file that cannot be expanded; the message names the problem and the fix."""
+
+
+@dataclass
+class Point:
+    """One job of a sweep: the swept values (dotted key -> value) and the job's name."""
+
+    values: dict[str, Any]
+    name: str = ""
+    extra: list[str] = field(default_factory=list)  # overrides added by the launcher (log.name)
+
+    def overrides(self) -> list[str]:
+        return [override(k, v) for k, v in self.values.items()] + list(self.extra)
+
+
+def yaml_text(value: Any) -> str:
+    """The YAML text that parses back to `value` (what `section.key=<text>` must carry)."""
+    if isinstance(value, str) and "\n" not in value:
+        try:
+            if yaml.safe_load(value) == value and value.strip() == value and value:
+                return value  # plain strings stay readable: spaces and quotes are fine as they are
+        except yaml.YAMLError:
+            pass
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, allow_unicode=True).strip()
+    if text.endswith("\n..."):
+        text = text[: -len("\n...")].strip()
+    elif text.endswith("..."):
+        text = text[:-3].strip()
+    if "\n" in text or yaml.safe_load(text) != value:
+        raise SweepError(f"sweep value {value!r} cannot be passed as a one-line override; use a simpler value")
+    return text
+
+
+def override(key: str, value: Any) -> str:
+    return f"{key}={yaml_text(value)}"
+
+
+def _check_values(key: Any, values: Any, where: str) -> list:
+    if not isinstance(key, str) or key.count(".") != 1:
+        raise SweepError(f"sweep key {key!r} under '{where}' must be a config key of the form section.key (e.g. optim.lr)")
+    if not isinstance(values, list) or not values:
+        raise SweepError(f"sweep key '{key}' under '{where}' must map to a non-empty list of values, e.g. {key}: [a, b]")
+    return values
+
+
+def load_sweep(path: str | Path) -> dict:
+    """Read and check a sweep file: {'grid': {key: [values]}, 'zip': [{key: [values]}, ...]}."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError(f"sweep file '{path}' does not exist; pass an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SweepError(f"sweep file '{path}' is not valid YAML ({err.__class__.__name__}); fix its syntax") from err
+    return parse_sweep(data, str(path))
+
+
+def parse_sweep(data: Any, source: str = "the sweep") -> dict:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SweepError(f"{source} must be a mapping with 'grid' and/or 'zip' sections")
+    unknown = sorted(set(data) - {"grid", "zip"})
+    if unknown:
+        raise SweepError(f"{source} has an unknown section '{unknown[0]}'; use 'grid' (all combinations) or 'zip' (lists taken together)")
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise SweepError(f"'grid' in {source} must map config keys to lists of values")
+    zips = data.get("zip") or []
+    if isinstance(zips, dict):
+        zips = [zips]
+    if not isinstance(zips, list) or not all(isinstance(z, dict) for z in zips):
+        raise SweepError(f"'zip' in {source} must be a mapping of config keys to lists (or a list of such mappings)")
+    seen: set[str] = set()
+    for where, group in [("grid", grid)] + [("zip", z) for z in zips]:
+        for key, values in group.items():
+            _check_values(key, values, where)
+            if key in seen:
+                raise SweepError(f"sweep key '{key}' appears twice in {source}; list it once")
+            seen.add(key)
+    for group in zips:
+        lengths = {k: len(v) for k, v in group.items()}
+        if len(set(lengths.values())) > 1:
+            detail = ", ".join(f"{k} has {n}" for k, n in lengths.items())
+            raise SweepError(f"the lists under 'zip' in {source} must have one length ({detail})")
+    return {"grid": grid, "zip": [z for z in zips if z]}
+
+
+def expand(sweep: dict) -> list[Point]:
+    """All points: the grid's product crossed with each zipped group's positions, in file order."""
+    axes: list[list[dict]] = [[{key: v} for v in values] for key, values in sweep["grid"].items()]
+    for group in sweep["zip"]:
+        keys = list(group)
+        axes.append([dict(zip(keys, row)) for row in zip(*group.values())])
+    points = []
+    for combo in itertools.product(*axes):
+        values: dict[str, Any] = {}
+        for part in combo:
+            values.update(part)
+        points.append(Point(values))
+    return points
+
+
+def _slug(value: Any) -> str:
+    text = value if isinstance(value, str) else yaml_text(value)
+    text = re.sub(r"[^A-Za-z0-9._+]+", "-", text).strip("-.")
+    return text or "empty"
+
+
+def name_points(points: list[Point]) -> list[Point]:
+    """Name each point after its values (`lr-0.01_seed-1`); short key names unless they clash."""
+    keys = list(dict.fromkeys(k for p in points for k in p.values))
+    last = [k.split(".", 1)[1] for k in keys]
+    short = {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+    names = []
+    for p in points:
+        name = "_".join(f"{short[k]}-{_slug(v)}" for k, v in p.values.items()) or "run"
+        if len(name) > 80:  # keep directory and job names manageable, still unique
+            name = name[:70] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+        names.append(name)
+    for i, p in enumerate(points):
+        p.name = names[i] if names.count(names[i]) == 1 else f"{names[i]}-{i}"
+    return points
