@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 Fields = dict[str, bytes]  # extension -> bytes, e.g. {"jpg": ..., "cls": b"3", "json": ...}
+BLOCK = 512  # tar's unit: each member is a header block plus its data padded to whole blocks
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ def sha256_file(path: Path) -> str:
 
 
 def member_bytes(fields: Fields) -> int:
-    """Bytes a sample adds to a tar: a 512-byte header per member plus its data padded to 512."""
-    return sum(512 + -(-len(data) // 512) * 512 for data in fields.values())
+    """Bytes a sample adds to a tar."""
+    return sum(BLOCK + -(-len(data) // BLOCK) * BLOCK for data in fields.values())
 
 
 class ShardWriter:
@@ -77,7 +78,6 @@ class DamagedShard(Exception):
     """A shard whose bytes stop making sense as a tar (cut short, overwritten)."""
 
 
-BLOCK = 512
 Member = tuple[str, int, int]  # extension, data offset, data size
 
 
