@@ -16,9 +16,10 @@ from PIL import Image, ImageDraw
 
 from herbs.data.source import ClassGroup, Sample, SourceDataset
 
-BODIES = {"slate": (70, 95, 170), "olive": (95, 135, 55), "rust": (160, 85, 45), "grey": (120, 120, 128)}
+BODIES = {"slate": (50, 80, 190), "olive": (80, 140, 40), "rust": (175, 80, 30), "grey": (105, 105, 115)}
 VARIANTS = ("plain", "long_beak", "wing_bar", "red_crown", "yellow_crown")
-BACKGROUNDS = ((150, 170, 130), (190, 180, 150), (140, 160, 175), (165, 150, 130), (120, 140, 110))
+# Pale, muted scenery: the clutter is busy but the bird stands out from it, as a photographed one does.
+BACKGROUNDS = ((205, 215, 190), (225, 215, 195), (195, 210, 225), (220, 205, 190), (190, 205, 185))
 CANVAS = 100  # the bird is drawn facing right on a CANVAS x CANVAS layer, then placed
 
 
@@ -27,10 +28,10 @@ def shade(colour, rng: random.Random, spread: int) -> tuple[int, int, int]:
 
 
 def background(size: int, rng: random.Random) -> Image.Image:
-    image = Image.new("RGB", (size, size), shade(rng.choice(BACKGROUNDS), rng, 25))
+    image = Image.new("RGB", (size, size), shade(rng.choice(BACKGROUNDS), rng, 15))
     draw = ImageDraw.Draw(image)
-    for _ in range(rng.randint(10, 18)):
-        colour = shade(rng.choice(BACKGROUNDS), rng, 50)
+    for _ in range(rng.randint(8, 14)):
+        colour = shade(rng.choice(BACKGROUNDS), rng, 40)
         x, y = rng.uniform(-10, size), rng.uniform(-10, size)
         if rng.random() < 0.5:  # branches and grass
             draw.line((x, y, x + rng.uniform(-60, 60), y + rng.uniform(-60, 60)), fill=colour, width=rng.randint(1, 5))
@@ -53,25 +54,27 @@ def bird(body: tuple[int, int, int], variant: str, rng: random.Random) -> Image.
     draw.ellipse((30, 54, 70, 76), fill=light)  # belly
     draw.ellipse((26, 42, 62, 64), fill=dark)  # wing
     if variant == "wing_bar":
-        draw.polygon([(38, 42), (47, 42), (42, 64), (33, 64)], fill=(250, 250, 245))
-    head = (56, 18, 84, 46)
+        draw.polygon([(34, 42), (48, 42), (42, 64), (28, 64)], fill=(250, 250, 245))
+    head = (52, 18, 80, 46)
     draw.ellipse(head, fill=body)
     if variant in ("red_crown", "yellow_crown"):
-        draw.pieslice(head, 180, 360, fill=(225, 30, 30) if variant == "red_crown" else (245, 215, 20))
-    beak_length, beak_colour = (16, (245, 140, 20)) if variant == "long_beak" else (8, (45, 40, 35))
-    draw.polygon([(82, 29), (82, 39), (82 + beak_length, 35)], fill=beak_colour)
-    draw.ellipse((70, 27, 78, 35), fill=(255, 255, 255))  # eye
-    draw.ellipse((73, 29, 77, 33), fill=(0, 0, 0))
+        draw.pieslice(head, 150, 390, fill=(225, 30, 30) if variant == "red_crown" else (245, 215, 20))
+    if variant == "long_beak":
+        draw.polygon([(77, 27), (77, 41), (99, 35)], fill=(250, 130, 10))
+    else:
+        draw.polygon([(78, 29), (78, 39), (87, 35)], fill=(45, 40, 35))
+    draw.ellipse((66, 27, 74, 35), fill=(255, 255, 255))  # eye
+    draw.ellipse((69, 29, 73, 33), fill=(0, 0, 0))
     return layer
 
 
 def draw_image(body: tuple[int, int, int], variant: str, size: int, rng: random.Random) -> Image.Image:
     image = background(size, rng)
-    side = int(size * rng.uniform(0.6, 0.9))
+    side = int(size * rng.uniform(0.7, 0.95))
     layer = bird(body, variant, rng).resize((side, side), Image.BILINEAR)
     if rng.random() < 0.5:
         layer = layer.transpose(Image.FLIP_LEFT_RIGHT)
-    layer = layer.rotate(rng.uniform(-20, 20), resample=Image.BILINEAR, expand=False)
+    layer = layer.rotate(rng.uniform(-12, 12), resample=Image.BILINEAR, expand=False)
     slack = size - side
     image.paste(layer, (rng.randint(min(0, slack), max(0, slack)), rng.randint(min(0, slack), max(0, slack))), layer)
     if rng.random() < 0.3:  # a twig in front of the bird
