@@ -1,5 +1,6 @@
 """Datasets to WebDataset tar shards, and shards to uint8 batches on every rank.
 
+    source                       what a reader hands the writer: samples per split, classes, groups
     cub, nabirds, folder, demo   read a dataset's own layout (or generate one) as a `SourceDataset`
     val_split                    hold out a class-stratified validation part of train
     writer                       `SourceDataset` -> `<split>-NNNNNN.tar` + `manifest.json`
