@@ -15,6 +15,7 @@ from herbs.errors import HerbsError
 COMMAND_MODULES = (
     "herbs.model.commands",
     "herbs.data.commands",
+    "herbs.train.commands",
 )
 
 

@@ -38,6 +38,11 @@ class ModelConfig:
     fpn_size: int = 1536  # F: width of the pyramid features
     num_selects: list = field(default_factory=lambda: [256, 128, 64, 32])  # foreground tokens kept per tap
     drop_path_rate: float = 0.1  # backbone stochastic depth
+    combiner_dropout: float = 0.1
+    # Keep BatchNorm layers in eval mode while training (running statistics used, not updated):
+    # for fine-tuning with very small per-GPU batches, and for runs whose result must not depend on how
+    # the global batch is split across processes.
+    freeze_batchnorm: bool = False
     grad_checkpointing: bool = False  # recompute backbone activations in backward to save memory
 
 
@@ -175,6 +180,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     elif annotation is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/yes as a bool (mixed_precision: no)
+            return "yes" if value else "no"
     elif annotation is list:
         if isinstance(value, (list, tuple)):
             return list(value)

@@ -24,14 +24,14 @@ FORMAT = "herbs-model"
 WEIGHTS, CONFIG, META = "model.safetensors", "config.yaml", "meta.json"
 
 
-def save_model(model: HERBSModel, config: Config, out_dir: str | Path, **meta) -> Path:
-    """Write `model` (unwrapped, on any device) with its config; `meta` adds JSON fields such as class_names."""
+def save_model(state_dict: dict, config: Config, out_dir: str | Path, **meta) -> Path:
+    """Write a HERBSModel state dict (on any device) with its config; `meta` adds JSON fields such as class_names."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     save_file(state, str(tmp / WEIGHTS))
     config.save(tmp / CONFIG)
     (tmp / META).write_text(json.dumps({"format": FORMAT, "version": 1, **meta}, indent=1))

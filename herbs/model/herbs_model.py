@@ -37,7 +37,15 @@ class HERBSModel(nn.Module):
         self.classifier_down = nn.ModuleDict({tap: TokenClassifier(F, K) for tap in TAPS})
         self.bottom_up = BottomUpPyramid(tokens, F)
         self.classifier_up = nn.ModuleDict({tap: TokenClassifier(F, K) for tap in TAPS})
-        self.combiner = GraphCombiner(sum(self.num_selects), F, K)
+        self.combiner = GraphCombiner(sum(self.num_selects), F, K, dropout=config.combiner_dropout)
+
+    def train(self, mode: bool = True) -> "HERBSModel":
+        super().train(mode)
+        if mode and self.config.freeze_batchnorm:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         down = self.top_down(self.backbone(images))

@@ -119,5 +119,5 @@ def import_checkpoint(checkpoint: str | Path, original_config: str | Path, out_d
     """Convert an original HERBS checkpoint + its config into a herbs model directory."""
     config = config_from_original(original_config)
     model, raw = load_original(checkpoint, config)
-    return save_model(model, config, out_dir, class_names=class_names, source=str(checkpoint),
+    return save_model(model.state_dict(), config, out_dir, class_names=class_names, source=str(checkpoint),
                       epoch=raw.get("epoch") if isinstance(raw.get("epoch"), int) else None)

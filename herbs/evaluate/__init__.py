@@ -1,0 +1,1 @@
+"""Evaluation: predictions of every head, gathered exactly across ranks, and their metrics."""

@@ -1,0 +1,84 @@
+"""Run a model over evaluation batches and keep, per sample, the top-k classes of every head.
+
+Each rank collects its own samples; `gather` merges all ranks' records once at the end and
+de-duplicates them by key, so the result is exactly what one process would have computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from herbs.data.transforms import normalize
+from herbs.model.herbs_model import head_logits
+
+ENSEMBLE = "ensemble"
+TOP_K = 5
+
+
+@dataclass
+class Predictions:
+    """Per-sample results, in key order after `gather`."""
+
+    keys: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    topk: dict[str, list[list[int]]] = field(default_factory=dict)  # head -> per sample, best class first
+    scores: list[list[float]] = field(default_factory=list)  # ensemble score of each topk["ensemble"] class
+    skipped: int = 0  # samples that could not be decoded or had a bad label
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, keys: list[str], labels: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+        heads = {name: logits.float() for name, logits in head_logits(outputs).items()}
+        ensemble = sum(logits.softmax(-1) for logits in heads.values())
+        heads[ENSEMBLE] = ensemble
+        k = min(TOP_K, ensemble.size(-1))
+        for name, logits in heads.items():
+            self.topk.setdefault(name, []).extend(logits.topk(k, dim=-1).indices.tolist())
+        self.scores.extend(ensemble.topk(k, dim=-1).values.tolist())
+        self.keys.extend(keys)
+        self.labels.extend(labels.tolist())
+
+    @classmethod
+    def merge(cls, parts: list["Predictions"]) -> "Predictions":
+        """One record per key (ranks never share samples, but a repeated key is kept once), sorted by key."""
+        rows = {}
+        for part in parts:
+            for i, key in enumerate(part.keys):
+                rows.setdefault(key, (part, i))
+        merged = cls(skipped=sum(p.skipped for p in parts))
+        for key in sorted(rows):
+            part, i = rows[key]
+            merged.keys.append(key)
+            merged.labels.append(part.labels[i])
+            merged.scores.append(part.scores[i])
+            for name, values in part.topk.items():
+                merged.topk.setdefault(name, []).append(values[i])
+        return merged
+
+
+@torch.no_grad()
+def predict_batches(model, batches, device, mean, std) -> Predictions:
+    """This process's predictions for an iterable of batches (dicts with image, label, key, skipped)."""
+    was_training = model.training
+    model.eval()
+    result = Predictions()
+    for batch in batches:
+        result.skipped += int(batch["skipped"])
+        if not len(batch["key"]):
+            continue
+        images = normalize(batch["image"].to(device, non_blocking=True), mean, std)
+        result.add(batch["key"], batch["label"], model(images))
+    model.train(was_training)
+    return result
+
+
+def gather(local: Predictions, accelerator=None) -> Predictions:
+    """All ranks' predictions merged on every rank (no-op merge on one process)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return Predictions.merge([local])
+    from accelerate.utils import gather_object
+
+    return Predictions.merge(gather_object([local]))

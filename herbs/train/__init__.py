@@ -1,0 +1,1 @@
+"""The training engine: Accelerate setup, the loop, checkpoints, preemption and tracking."""

@@ -1,0 +1,53 @@
+"""`python train.py` / `accelerate launch train.py` / `herbs train`: one argument parser, one code path."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from herbs.errors import HerbsError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="experiment YAML (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. optim.lr=1e-3")
+    parser.add_argument("--resume", metavar="auto|PATH",
+                        help="'auto': continue from the run's newest complete checkpoint (start fresh if none); "
+                             "PATH: a checkpoints/step-NNNNNNN directory")
+    parser.set_defaults(func=run)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train HERBS (same as python train.py)", description=DESCRIPTION)
+    add_arguments(parser)
+
+
+DESCRIPTION = (
+    "Train HERBS on WebDataset shards. Runs as one process (CPU or one GPU) or under "
+    "`accelerate launch` (DDP / DeepSpeed). Exit code 75 means: preempted, checkpoint written, requeue me."
+)
+
+
+def run(args: argparse.Namespace) -> int:
+    from herbs.config import load_config
+    from herbs.train.loop import train
+
+    config = load_config(args.config, args.overrides)
+    if args.debug:
+        config.train.debug = True
+    return train(config, resume=args.resume)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="train.py", description=DESCRIPTION)
+    parser.add_argument("--debug", action="store_true",
+                        help="debug mode: one process, no loader workers, a few steps, anomaly detection, full tracebacks")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except HerbsError as err:
+        if args.debug:
+            raise
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2

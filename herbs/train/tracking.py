@@ -1,0 +1,55 @@
+"""Where metrics go: `metrics.jsonl` in the run directory (always) and Weights & Biases (optional).
+
+W&B runs through Accelerate's tracker. Without an API key it writes offline into the run
+directory (`wandb sync <run>/wandb/offline-run-*` uploads it later); a resumed run continues
+the same W&B run, whose id is kept in `<run>/wandb_id`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+from herbs.config import Config
+
+
+def wandb_mode(config: Config) -> str:
+    if config.log.wandb_mode != "auto":
+        return config.log.wandb_mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def start_wandb(accelerator, config: Config, run_dir: Path) -> None:
+    """Collective (all ranks call it); only the main process talks to W&B."""
+    id_file = run_dir / "wandb_id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+    if accelerator.is_main_process:
+        id_file.write_text(run_id + "\n")
+    accelerator.init_trackers(
+        project_name=config.log.project,
+        config=config.to_dict(),
+        init_kwargs={"wandb": {"name": config.log.name, "dir": str(run_dir), "id": run_id, "resume": "allow",
+                               "mode": wandb_mode(config)}},
+    )
+
+
+class MetricsFile:
+    """Appends one JSON object per line; only the main process writes."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def truncate_after(self, step: int) -> None:
+        """Forget records past `step`: a resumed run writes them again."""
+        if self.enabled and self.path.is_file():
+            lines = self.path.read_text().splitlines(keepends=True)
+            self.path.write_text("".join(line for line in lines if json.loads(line).get("step", 0) <= step))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")

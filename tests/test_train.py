@@ -1,0 +1,172 @@
+"""The training engine, for real: single-process and 2-process (gloo) runs of train.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import psutil
+import pytest
+import torch
+
+from herbs.model.checkpoint import load_model
+from herbs.train.preemption import EXIT_REQUEUE
+
+from train_helpers import (MICRO, REPO, checkpoint_weights, metrics, run_dir, run_training, start_training,
+                           wait_for, write_demo_shards)
+
+TINY = str(REPO / "configs" / "tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_demo_shards(tmp_path_factory.mktemp("shards") / "demo")
+
+
+def micro(shards, out, *extra):
+    return [*MICRO, f"data.shards={shards}", f"train.output_dir={out}", *extra]
+
+
+def latest_step(run) -> int:
+    latest = run / "checkpoints" / "latest"
+    return int(latest.read_text().strip().split("-")[1]) if latest.is_file() else -1
+
+
+def test_single_process_run_leaves_everything_a_user_needs(shards, tmp_path):
+    result = run_training(1, TINY, *micro(shards, tmp_path, "train.checkpoint_every=4", "train.keep_checkpoints=2"))
+    run = run_dir(tmp_path)
+    steps = 2 * 20  # 2 epochs x (80 images / batch 4) on one process
+    assert (run / "config.yaml").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == [f"step-{steps - 4:07d}", f"step-{steps:07d}"]
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{steps:07d}"
+    records = metrics(run)
+    train_records = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_records] == list(range(2, steps + 1, 2))
+    for key in ("loss/refine/layer1", "loss/tap_ce/layer4", "loss/suppress/layer2", "loss/combiner_ce", "lr",
+                "temperature", "images_per_s", "step_time_s", "data_wait_fraction", "skipped_samples"):
+        assert key in train_records[-1], key
+    val = [r for r in records if "val/ensemble_top1" in r]
+    assert [r["epoch"] for r in val] == [1, 2]  # after each epoch
+    assert "test/ensemble_top1" in records[-1] and records[-1]["test/samples"] == 20
+    assert "test ensemble top-1" in result.stdout
+    model, config, meta = load_model(run / "best")
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert meta["class_names"] == [c["name"] for c in manifest["classes"]] and config.model.img_size == 64
+    assert meta["val_ensemble_top1"] == max(r["val/ensemble_top1"] for r in val)
+
+
+@pytest.mark.multiprocess
+def test_ddp_equals_one_process_with_accumulation(shards, tmp_path):
+    """2 processes x batch b == 1 process x batch b x 2 accumulated micro-batches, parameter by parameter."""
+    same = ["train.max_steps=4", "model.freeze_batchnorm=true", "model.drop_path_rate=0.0", "model.combiner_dropout=0.0"]
+    run_training(1, TINY, *micro(shards, tmp_path / "one", *same, "train.gradient_accumulation_steps=2", "data.num_workers=2"))
+    run_training(2, TINY, *micro(shards, tmp_path / "two", *same, "train.gradient_accumulation_steps=1", "data.num_workers=0"))
+    one, two = checkpoint_weights(run_dir(tmp_path / "one"), 4), checkpoint_weights(run_dir(tmp_path / "two"), 4)
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name].float(), two[name].float(), atol=1e-5, rtol=0), name
+
+
+@pytest.mark.multiprocess
+def test_killed_two_process_run_resumes_bitwise(shards, tmp_path):
+    args = ["train.checkpoint_every=3", "data.num_workers=1"]
+    run_training(2, TINY, *micro(shards, tmp_path / "straight", *args))
+    straight = checkpoint_weights(run_dir(tmp_path / "straight"))
+
+    killed = run_dir(tmp_path / "killed")
+    proc = start_training(2, TINY, *micro(shards, tmp_path / "killed", *args), log=tmp_path / "killed.log")
+    try:
+        wait_for(lambda: latest_step(killed) >= 6, 300, "a checkpoint at step 6", proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert latest_step(killed) < 20  # it really was interrupted
+    run_training(2, TINY, *micro(shards, tmp_path / "killed", *args), "--resume", "auto")
+    resumed = checkpoint_weights(killed)
+    assert latest_step(killed) == 20
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    steps = [r["step"] for r in metrics(killed) if "loss" in r]
+    assert steps == sorted(set(steps))  # records past the checkpoint were not duplicated
+
+
+@pytest.mark.multiprocess
+def test_sigusr1_checkpoints_and_exits_for_requeue(shards, tmp_path):
+    run = run_dir(tmp_path)
+    proc = start_training(2, TINY, *micro(shards, tmp_path, "train.epochs=50", "train.checkpoint_every=1000"), log=tmp_path / "log")
+    try:
+        wait_for(lambda: (run / "metrics.jsonl").is_file(), 300, "training to start", proc)
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "train.py" in " ".join(p.cmdline())]
+        assert len(workers) == 2
+        workers[1].send_signal(signal.SIGUSR1)  # one rank only: all ranks must agree to stop
+        assert proc.wait(timeout=120) != 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    for worker in workers:
+        assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+    assert (run / "requeue").is_file()
+    step = int((run / "requeue").read_text())
+    assert step > 0 and latest_step(run) == step
+    log = (tmp_path / "log").read_text()
+    assert f"exiting with {EXIT_REQUEUE}" in log
+
+    result = run_training(1, TINY, *micro(shards, tmp_path, "train.epochs=50", f"train.max_steps={step + 2}"), "--resume", "auto")
+    assert "resumed from" in result.stderr and latest_step(run) == step + 2
+    assert not (run / "requeue").exists()
+
+
+def test_single_process_exit_code_is_75(shards, tmp_path):
+    run = run_dir(tmp_path)
+    proc = start_training(1, TINY, *micro(shards, tmp_path, "train.epochs=50"), log=tmp_path / "log")
+    wait_for(lambda: (run / "metrics.jsonl").is_file(), 300, "training to start", proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == EXIT_REQUEUE
+
+
+def test_debug_config_runs(shards, tmp_path):
+    result = run_training(1, str(REPO / "configs" / "debug.yaml"), f"data.shards={shards}", f"train.output_dir={tmp_path}",
+                          "model.num_classes=20")
+    records = metrics(run_dir(tmp_path, "herbs-debug", "debug"))
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert "test ensemble top-1" in result.stdout
+
+
+def test_wandb_offline_writes_a_run(shards, tmp_path):
+    os.environ.pop("WANDB_API_KEY", None)
+    run_training(1, TINY, *micro(shards, tmp_path, "train.max_steps=2", "log.wandb=true"))
+    run = run_dir(tmp_path)
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))
+    assert (run / "wandb_id").read_text().strip() in offline[0].name
+
+
+def _error(result: subprocess.CompletedProcess) -> str:
+    """The one error sentence of a run that stopped on bad input."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.startswith("train.py: error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def test_bad_settings_stop_before_training(shards, tmp_path):
+    line = _error(run_training(1, TINY, *micro(shards, tmp_path, "model.num_classes=10"), check=False))
+    assert "have 20 classes but model.num_classes is 10" in line
+    line = _error(run_training(1, TINY, *micro(shards, tmp_path, "train.mixed_precision=fp16"), check=False))
+    assert "fp16" in line and "no GPU" in line
+    line = _error(run_training(1, TINY, *micro(shards, tmp_path), "--resume", str(tmp_path), check=False))
+    assert "no complete checkpoint" in line
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    line = _error(run_training(1, TINY, *micro(shards, blocker / "runs"), check=False))
+    assert "cannot be written" in line
+
+
+def test_non_finite_losses_stop_with_a_message(shards, tmp_path):
+    result = run_training(1, TINY, *micro(shards, tmp_path, "optim.lr=1e30", "optim.warmup_steps=0", "train.max_nonfinite_steps=3"),
+                          check=False)
+    line = _error(result)
+    assert "non-finite for 3 steps in a row" in line

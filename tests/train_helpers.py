@@ -1,0 +1,95 @@
+"""Real training runs for the engine tests: small demo shards, a micro model, and launchers for
+one process (`python train.py`) or two CPU processes (`accelerate launch --multi_gpu`, gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from herbs.data.demo import make_demo
+from herbs.data.writer import write_shards
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A micro Swin HERBS (64 px, 16 tokens a side): a training step takes milliseconds.
+MICRO = [
+    "model.backbone=swin_tiny_patch4_window7_224",
+    "model.backbone_args={embed_dim: 16, depths: [1, 1, 1, 1], num_heads: [1, 1, 2, 2], window_size: 4}",
+    "model.img_size=64", "model.fpn_size=32", "model.num_selects=[48, 12, 2, 2]", "model.num_classes=20",
+    "data.resize=72", "data.batch_size=4", "data.eval_batch_size=8", "data.shuffle_buffer=16",
+    "optim.lr=0.01", "optim.warmup_steps=2", "train.mixed_precision=no", "train.epochs=2",
+    "log.wandb=false", "log.every=2",
+]
+
+
+def write_demo_shards(out: Path, train: int = 4, val: int = 1, test: int = 1) -> Path:
+    """Demo shards with `train`/`val`/`test` images per class (20 classes), 64 px."""
+    write_shards(make_demo(seed=0, train=train, val=val, test=test, size=64), out)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_command(processes: int, *args: str) -> list[str]:
+    if processes == 1:
+        return [sys.executable, str(REPO / "train.py"), *args]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(free_port()), str(REPO / "train.py"), *args]
+
+
+def env() -> dict:
+    # One thread per process: two processes share the two cores, and results stay reproducible.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "WANDB_MODE": "offline",
+            "PYTHONUNBUFFERED": "1"}
+
+
+def run_training(processes: int, config: str, *overrides: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(train_command(processes, "--config", config, *overrides), capture_output=True, text=True,
+                            timeout=timeout, env=env(), cwd=REPO)
+    if check and result.returncode != 0:
+        raise AssertionError(f"training exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def start_training(processes: int, config: str, *overrides: str, log: Path) -> subprocess.Popen:
+    """A training run in its own process group (so the test can signal or kill all of it)."""
+    return subprocess.Popen(train_command(processes, "--config", config, *overrides), stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env=env(), cwd=REPO, start_new_session=True)
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, poll: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the run exited ({proc.returncode}) before {what}")
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def run_dir(output_dir: Path, project: str = "herbs-tiny", name: str = "tiny") -> Path:
+    return output_dir / project / name
+
+
+def checkpoint_weights(run: Path, step: int | None = None) -> dict:
+    """Model weights of the newest (or the given step's) checkpoint."""
+    ckpts = run / "checkpoints"
+    name = f"step-{step:07d}" if step is not None else (ckpts / "latest").read_text().strip()
+    return load_file(str(ckpts / name / "model.safetensors"))
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
