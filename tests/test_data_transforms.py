@@ -77,6 +77,13 @@ def test_decode_gives_rgb_for_any_mode(mode, fmt):
     assert image.shape == (3, 10, 20) and image.dtype == torch.uint8
 
 
+def test_decode_scales_16_bit_pngs_to_8_bits():
+    out = io.BytesIO()
+    Image.fromarray(np.array([[0, 257 * 100, 65535]], dtype=np.uint16)).save(out, format="PNG")
+    image = decode_image(out.getvalue())
+    assert image.dtype == torch.uint8 and image[0, 0].tolist() == [0, 100, 255]
+
+
 def test_decode_applies_exif_orientation_like_cv2_imread():
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display

@@ -53,7 +53,10 @@ def decode_image(data: bytes, size_hint: int = 0) -> torch.Tensor:
                 image.draft("RGB", (size_hint, size_hint))
                 return pil_to_tensor(ImageOps.exif_transpose(image))
         try:
-            return tv_decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+            image = tv_decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+            if image.dtype == torch.uint16:  # a 16-bit PNG: round to 8 bits
+                image = ((image.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
+            return image
         except RuntimeError:  # formats or JPEG variants torchvision does not take; PIL may
             with Image.open(io.BytesIO(data)) as image:
                 return pil_to_tensor(ImageOps.exif_transpose(image))
