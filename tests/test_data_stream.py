@@ -182,7 +182,7 @@ def damaged(tmp_path):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_bad_samples_are_skipped_counted_and_replaced_in_training(damaged, workers):
     shards, bad = damaged
-    seen, skipped = [], 0
+    seen, skipped, skipped_keys = [], 0, set()
     for rank in (0, 1):
         stream = train(shards, rank=rank, workers=workers)
         batches = run(stream)
@@ -190,7 +190,9 @@ def test_bad_samples_are_skipped_counted_and_replaced_in_training(damaged, worke
         assert all(b["image"].shape[0] == 4 for b in batches)
         seen += keys(batches)
         skipped += sum(b["skipped"] for b in batches)
+        skipped_keys |= {k for b in batches for k in b["skipped_keys"]}
         assert same(run(stream, start_batch=3), batches[3:])  # resume stays exact with replacements
+    assert skipped_keys == bad
     assert not bad & set(seen)
     assert set(seen) == TRAIN_KEYS - bad
     assert skipped >= len(bad)  # a slot may meet a bad sample again when it repeats samples
@@ -207,13 +209,14 @@ def test_bad_samples_are_logged_with_their_key(damaged, caplog):
 
 def test_bad_samples_are_skipped_and_counted_in_evaluation(damaged):
     shards, _ = damaged
-    seen, skipped = Counter(), 0
+    seen, skipped, skipped_keys = Counter(), 0, []
     for rank in (0, 1):
         for batch in EvalStream(shards, "test", EVAL, rank=rank, world_size=2, batch_size=4, num_workers=2):
             seen.update(batch["key"])
             skipped += batch["skipped"]
+            skipped_keys += batch["skipped_keys"]
             assert batch["image"].shape[0] == len(batch["key"]) == batch["label"].shape[0]
-    assert skipped == 2
+    assert skipped == 2 and sorted(skipped_keys) == ["test_000013", "test_000014"]
     assert seen == Counter(TEST_KEYS - {"test_000013", "test_000014"})
 
 

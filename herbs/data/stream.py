@@ -7,9 +7,10 @@ Every batch is built inside a loader worker and is a dict:
     label    int64 [B]
     key      list of B sample keys, unique within the split (`<split>_NNNNNN`)
     skipped  int: samples of this batch that could not be used (undecodable image, label outside
-             the classes, sample missing from a damaged shard), each logged with its key.
+             the classes, sample missing from a damaged shard), each also logged with its key.
              Training batches replace them with the next usable samples of the same worker,
-             so they always hold B images; evaluation batches drop them.
+             so they always hold B images; evaluation batches drop them (and can be empty).
+    skipped_keys  list of those samples' keys (`<shard>#<index>` for ones missing from a shard)
 
 Rank and world size are arguments, never read from the environment or a process group, and
 the loaders do their own splitting: do NOT pass them through `accelerator.prepare`, which
@@ -122,12 +123,13 @@ def worker() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
-def make_batch(images: list[torch.Tensor], labels: list[int], keys: list[str], skipped: int, crop: int) -> dict:
+def make_batch(images: list[torch.Tensor], labels: list[int], keys: list[str], skipped_keys: list[str], crop: int) -> dict:
     # channels_last: the decoder's pixel layout, so each image is one plain copy (no transpose)
     image = torch.empty(len(images), crop, crop, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
     for slot, one in enumerate(images):
         image[slot].copy_(one)
-    return {"image": image, "label": torch.tensor(labels, dtype=torch.int64), "key": keys, "skipped": skipped}
+    labels = torch.tensor(labels, dtype=torch.int64)
+    return {"image": image, "label": labels, "key": keys, "skipped": len(skipped_keys), "skipped_keys": skipped_keys}
 
 
 class _Stream:
@@ -232,15 +234,15 @@ class TrainStream(_Stream):
             next(samples)
         for index in range(first, self.batches_per_worker):
             raw = [next(samples) for _ in range(size)]
-            decoded = []
+            decoded, skipped_keys = [], []
             for key, fields in raw:
                 try:
                     decoded.append(decode_sample(key, fields, self.manifest.num_classes, self.transform.resize))
                 except Unusable as why:
                     log.warning("skipping training sample %s: it %s", key, why)
                     decoded.append(None)
-            skipped = decoded.count(None)
-            replacements = self.replacements(samples, skipped)
+                    skipped_keys.append(key)
+            replacements = self.replacements(samples, len(skipped_keys))
             images, labels, keys = [], [], []
             for slot, ((key, _), item) in enumerate(zip(raw, decoded)):
                 if item is None:
@@ -249,7 +251,7 @@ class TrainStream(_Stream):
                 images.append(self.transform(item[0], rng))
                 labels.append(item[1])
                 keys.append(key)
-            yield make_batch(images, labels, keys, skipped, self.transform.crop)
+            yield make_batch(images, labels, keys, skipped_keys, self.transform.crop)
 
 
 class _TrainEpoch(IterableDataset):
@@ -296,18 +298,18 @@ class EvalStream(_Stream):
     def batches(self, worker: int) -> Iterator[dict]:
         samples = read_pieces(self.manifest, self.pieces[worker])
         while chunk := list(itertools.islice(samples, self.batch_size)):
-            images, labels, keys, skipped = [], [], [], 0
+            images, labels, keys, skipped_keys = [], [], [], []
             for key, fields in chunk:
                 try:
                     image, label = decode_sample(key, fields, self.manifest.num_classes, self.transform.resize)
                 except Unusable as why:
                     log.warning("skipping evaluation sample %s: it %s", key, why)
-                    skipped += 1
+                    skipped_keys.append(key)
                     continue
                 images.append(self.transform(image))
                 labels.append(label)
                 keys.append(key)
-            yield make_batch(images, labels, keys, skipped, self.transform.crop)
+            yield make_batch(images, labels, keys, skipped_keys, self.transform.crop)
 
 
 class _EvalPass(IterableDataset):
