@@ -32,6 +32,7 @@ class TrainJob:
     procs_per_node: int | None = None
     accelerate_config: str | None = None
     name: str = ""
+    cpus_per_task: int | None = None  # local executor only (under SLURM the allocation says)
     _run: node.TrainingRun | None = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict:
@@ -44,7 +45,10 @@ class TrainJob:
             spec = node.slurm_node_spec(procs_per_node=self.procs_per_node)
             return spec, node.job_label(), int(os.environ.get("SLURM_RESTART_COUNT") or 0)
         # submitit's local executor: one node, this machine
-        return node.local_node_spec(self.procs_per_node or 1), f"local-{os.environ.get('SUBMITIT_LOCAL_JOB_ID', os.getpid())}", 0
+        spec = node.local_node_spec(self.procs_per_node or 1)
+        if self.cpus_per_task:
+            spec = dataclasses.replace(spec, threads_per_proc=max(1, self.cpus_per_task // spec.procs_per_node))
+        return spec, f"local-{os.environ.get('SUBMITIT_LOCAL_JOB_ID', os.getpid())}", 0
 
     def command(self, spec: node.NodeSpec) -> list[str]:
         return node.accelerate_command(spec, node.train_arguments(self.config, self.overrides, self.resume),
@@ -73,7 +77,12 @@ class TrainJob:
 
         signal.signal(usr_sig, on_usr_sig)
         code = node.run_training(cmd, run_dir, head=spec.node_rank == 0, job=job, restart=restart, log_path=log_path,
-                                 cwd=self.cwd, on_start=lambda run: setattr(self, "_run", run))
+                                 cwd=self.cwd, on_start=lambda run: setattr(self, "_run", run), env=node.process_env(spec))
+        if code == node.EXIT_REQUEUE and signal.SIGTERM in self._run.pending:
+            # scancel, or the hard end of the job: never undo a cancel by requeueing (a SLURM
+            # preemption that requeues does so itself)
+            raise RuntimeError(f"training was stopped by SIGTERM (job cancelled or preempted) after writing a checkpoint; "
+                               f"resubmit the same command to continue from it ({run_dir})")
         if code == node.EXIT_REQUEUE:
             if spec.node_rank == 0:
                 # Stopped by a signal submitit did not see (e.g. SIGTERM on preemption): let

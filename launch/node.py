@@ -160,7 +160,13 @@ def train_arguments(config: str, overrides: Sequence[str] = (), resume: str | No
 
 def accelerate_command(spec: NodeSpec, train_args: Sequence[str], *, python: str = sys.executable,
                        train_script: str | Path = TRAIN_SCRIPT, accelerate_config: str | None = None) -> list[str]:
-    """`accelerate launch` for this node, as an argument list (no shell ever parses it)."""
+    """`accelerate launch` for this node, as an argument list (no shell ever parses it).
+
+    One process in all and no accelerate config: plain `python train.py`, which is the same run
+    without the launcher's start-up.
+    """
+    if spec.num_processes == 1 and not accelerate_config:
+        return [python, str(train_script), *train_args]
     cmd = [python, "-m", "accelerate.commands.launch"]
     if accelerate_config:
         cmd += ["--config_file", str(accelerate_config)]
@@ -246,28 +252,39 @@ class TrainingRun:
     """`accelerate launch ... train.py` as a child, with signals delivered to the training processes."""
 
     def __init__(self, cmd: Sequence[str], *, train_script: str | Path = TRAIN_SCRIPT, cwd: str | None = None,
-                 stdout=None):
+                 stdout=None, env: Mapping[str, str] | None = None):
         self.cmd = list(cmd)
         self.train_script = str(train_script)
         self.cwd = cwd
         self.stdout = stdout
         self.proc: subprocess.Popen | None = None
-        self.pending: set[int] = set()
+        self.env = env
+        self.pending: set[int] = set()  # every signal asked for so far (also: what this run was told)
         self.delivered: dict[int, set[int]] = {}
 
     def start(self) -> "TrainingRun":
         self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, stdout=self.stdout, stderr=subprocess.STDOUT if self.stdout else None,
+                                     env=None if self.env is None else dict(self.env),
                                      start_new_session=True, preexec_fn=_ignore_user_signals)
         return self
 
     def training_pids(self) -> list[int]:
-        """The topmost train.py processes below the launcher (their data-loader workers share the command line)."""
+        """The topmost train.py processes from the child down (their data-loader workers share the command line).
+
+        The child is `accelerate launch` (its argv names train.py too, but it is not training) or,
+        for a single process, train.py itself.
+        """
         if self.proc is None:
             return []
         table = _proc_table()
+        if self.proc.pid not in table:
+            return []
         children: dict[int, list[int]] = {}
         for pid, (ppid, _) in table.items():
             children.setdefault(ppid, []).append(pid)
+        root_argv = table[self.proc.pid][1]
+        if len(root_argv) > 1 and root_argv[1] == self.train_script:  # python train.py ...
+            return [self.proc.pid]
         found, stack = [], [(self.proc.pid, False)]
         while stack:
             pid, below_training = stack.pop()
@@ -329,8 +346,22 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def process_env(spec: NodeSpec, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The training's environment: CPU threads per process from the allocation.
+
+    `accelerate launch` sets OMP_NUM_THREADS for its workers; a single `python train.py` needs it
+    here, or every process spins as many OpenMP threads as the machine has cores (on a shared
+    or oversubscribed node that makes CPU training many times slower).
+    """
+    env = dict(os.environ if base is None else base)
+    if spec.threads_per_proc and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(spec.threads_per_proc)
+    return env
+
+
 def run_training(cmd: Sequence[str], run_dir: Path, *, head: bool, job: str, restart: int, log_path: Path | None = None,
-                 cwd: str | None = None, train_script: str | Path = TRAIN_SCRIPT, on_start=None) -> int:
+                 cwd: str | None = None, train_script: str | Path = TRAIN_SCRIPT, on_start=None,
+                 env: Mapping[str, str] | None = None) -> int:
     """Run one attempt on this node; 75 when training checkpointed and asked to be requeued.
 
     On the head node (rank 0) the requeue marker of an earlier attempt is removed first and the
@@ -343,8 +374,9 @@ def run_training(cmd: Sequence[str], run_dir: Path, *, head: bool, job: str, res
         append_event(run_dir, event="start", job=job, restart=restart, host=socket.gethostname(),
                      log=str(log_path) if log_path else None, command=list(cmd))
     log = open(log_path, "ab", buffering=0) if log_path else None
-    run = TrainingRun(cmd, train_script=train_script, cwd=cwd, stdout=log)
+    run = TrainingRun(cmd, train_script=train_script, cwd=cwd, stdout=log, env=env)
     previous = {sig: signal.getsignal(sig) for sig in FORWARDED}
+    code = None
     try:
         for sig in FORWARDED:
             signal.signal(sig, lambda signum, frame: run.forward(signum))
@@ -353,17 +385,22 @@ def run_training(cmd: Sequence[str], run_dir: Path, *, head: bool, job: str, res
         run.start()
         if on_start is not None:
             on_start(run)
-        rc = exit_status(run.wait())
+        run.wait()
     finally:
+        # Also reached through an exception: submitit's requeue raises SystemExit from its signal
+        # handler once training has exited; anything else stops a run that is still going.
         run.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if log:
             log.close()
-    requeue = rc != 0 and marker.exists()
-    code = EXIT_REQUEUE if requeue else rc
-    if head:
-        append_event(run_dir, event="end", job=job, exit_code=code, requeue=requeue)
+        requeue = False
+        if run.proc is not None and run.proc.returncode is not None:
+            rc = exit_status(run.proc.returncode)
+            requeue = rc != 0 and marker.exists()
+            code = EXIT_REQUEUE if requeue else rc
+        if head:
+            append_event(run_dir, event="end", job=job, exit_code=code, requeue=requeue)
     return code
 
 
@@ -417,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"node {spec.node_rank}/{spec.num_nodes} on {socket.gethostname()}: {shlex.join(cmd)}", flush=True)
     return run_training(cmd, run_dir, head=spec.node_rank == 0, job=job_label(),
                         restart=int(os.environ.get("SLURM_RESTART_COUNT") or 0),
-                        log_path=Path(args.log) if args.log else None)
+                        log_path=Path(args.log) if args.log else None, env=process_env(spec))
 
 
 if __name__ == "__main__":

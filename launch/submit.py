@@ -16,7 +16,9 @@ sbatch) end in one sentence and exit code 2 before anything is submitted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import io
 import json
 import os
 import shlex
@@ -57,14 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per node; 0 for CPU nodes (default: 8 on SLURM, the GPUs of this machine with --local)")
     p.add_argument("--procs-per-node", type=int, default=None,
                    help="training processes per node (default: one per GPU, 1 without GPUs)")
-    p.add_argument("--cpus-per-task", type=int, default=None, help="CPUs per node's task (default: 4 per training process)")
+    p.add_argument("--cpus-per-task", type=int, default=None,
+                   help="CPUs per node's task (default: 4 per training process); with --local it sets the CPU threads of the training")
     p.add_argument("--mem-gb", type=float, default=None, help="memory per node in GB (default: the partition's default)")
     p.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's default partition)")
     p.add_argument("--account", default=None, help="SLURM account")
     p.add_argument("--qos", default=None, help="SLURM quality of service")
+    p.add_argument("--constraint", default=None, help="SLURM node features, e.g. a100")
     p.add_argument("--time", type=int, default=24 * 60, help="time limit per attempt in minutes (default: 1440)")
-    p.add_argument("--signal-delay", type=int, default=300,
-                   help="seconds before the time limit at which training is told to checkpoint (default: 300; SLURM may signal up to 60 s earlier)")
+    p.add_argument("--signal-delay", type=int, default=None,
+                   help="seconds before the time limit at which training is told to checkpoint (default: 300, a quarter of "
+                        "--time when that is shorter; SLURM may signal up to 60 s earlier)")
     p.add_argument("--max-requeues", type=int, default=10, help="how many times a job may be requeued after hitting its time limit (default: 10)")
     p.add_argument("--array-parallelism", type=int, default=None,
                    help="at most this many jobs of the sweep at once (default: all on SLURM, 1 with --local)")
@@ -130,6 +135,8 @@ def plan_jobs(args: argparse.Namespace) -> tuple[str, list[sweep.Point], dict[st
 
 
 def resources(args: argparse.Namespace) -> dict:
+    if args.signal_delay is None:
+        args.signal_delay = min(300, args.time * 15)
     gpus = args.gpus_per_node
     if gpus is None:
         gpus = local_gpu_count() if args.local else 8
@@ -139,6 +146,8 @@ def resources(args: argparse.Namespace) -> dict:
                              ("--max-requeues", args.max_requeues, 0), ("--max-jobs", args.max_jobs, 1)):
         if value < low:
             raise SubmitError(f"{flag} must be at least {low}, got {value}")
+    if args.signal_delay >= args.time * 60:
+        raise SubmitError(f"--signal-delay {args.signal_delay} s must be shorter than --time {args.time} min, or training is told to stop before it starts")
     if args.array_parallelism is not None and args.array_parallelism < 1:
         raise SubmitError(f"--array-parallelism must be at least 1, got {args.array_parallelism}")
     if args.local and args.nodes != 1:
@@ -156,35 +165,62 @@ def local_gpu_count() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU ")) if out.returncode == 0 else 0
 
 
-def partition_nodes(partition: str | None) -> tuple[str, int]:
-    """(partition name, node count) from sinfo; the default partition when none is named."""
-    out = subprocess.run(["sinfo", "-h", "-o", "%P %D"], capture_output=True, text=True)
+def gres_gpus(gres: str) -> int:
+    """GPUs in sinfo's %G column: `gpu:8`, `gpu:a100:4(S:0-1)`, `(null)`."""
+    total = 0
+    for item in gres.split(","):
+        parts = item.split("(")[0].split(":")
+        if parts[0] == "gpu" and parts[-1].isdigit():
+            total += int(parts[-1])
+    return total
+
+
+def partition_nodes(partition: str | None) -> tuple[str, list[dict]]:
+    """(partition name, its nodes with CPUs, memory in MB and GPUs) from sinfo; the default partition when none is named."""
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%P|%N|%c|%m|%G"], capture_output=True, text=True)
     if out.returncode != 0:
         raise SubmitError(f"sinfo failed ({out.stderr.strip() or out.returncode}); is the SLURM controller reachable?")
-    counts: dict[str, int] = {}
+    nodes: dict[str, dict[str, dict]] = {}
     default = None
     for line in out.stdout.splitlines():
-        name, _, nodes = line.strip().partition(" ")
+        fields = line.strip().split("|")
+        if len(fields) != 5:
+            continue
+        name, host, cpus, mem, gres = fields
         if name.endswith("*"):
             name = name[:-1]
             default = name
-        counts[name] = counts.get(name, 0) + int(nodes or 0)
+        nodes.setdefault(name, {})[host] = {"cpus": int(cpus) if cpus.isdigit() else 0,
+                                            "mem_mb": int(mem) if mem.isdigit() else 0, "gpus": gres_gpus(gres)}
     if partition is None:
         if default is None:
             raise SubmitError("the cluster has no default partition; name one with --partition")
         partition = default
-    if partition not in counts:
-        raise SubmitError(f"partition '{partition}' does not exist; sinfo lists: {', '.join(sorted(counts)) or 'none'}")
-    return partition, counts[partition]
+    if partition not in nodes:
+        raise SubmitError(f"partition '{partition}' does not exist; sinfo lists: {', '.join(sorted(nodes)) or 'none'}")
+    return partition, list(nodes[partition].values())
 
 
-def check_cluster(args: argparse.Namespace) -> str | None:
-    """SLURM is there and the partition can hold the job; returns the partition's name."""
+def check_cluster(args: argparse.Namespace, res: dict) -> str:
+    """SLURM is there and the partition has enough nodes of the size asked for; returns the partition's name.
+
+    SLURM itself accepts a CPU or GPU request that no node can meet and leaves the job pending
+    forever, so those are checked here too."""
     if not shutil.which("sbatch"):
         raise SubmitError("sbatch is not on the PATH, so there is no SLURM to submit to; run on a login node, or use --local to run here")
-    partition, count = partition_nodes(args.partition)
-    if args.nodes > count:
-        raise SubmitError(f"--nodes {args.nodes} is more than the {count} node(s) of partition '{partition}'; ask for at most {count}")
+    partition, nodes = partition_nodes(args.partition)
+    if args.nodes > len(nodes):
+        raise SubmitError(f"--nodes {args.nodes} is more than the {len(nodes)} node(s) of partition '{partition}'; ask for at most {len(nodes)}")
+    for flag, value, key, unit in (("--cpus-per-task", res["cpus"], "cpus", "CPUs"), ("--gpus-per-node", res["gpus"], "gpus", "GPUs"),
+                                   ("--mem-gb", int((args.mem_gb or 0) * 1024), "mem_mb", "MB of memory")):
+        fitting = [n for n in nodes if n[key] >= value]
+        if len(fitting) < args.nodes:
+            shown = f"{args.mem_gb:g}" if key == "mem_mb" else str(value)
+            if not fitting:
+                raise SubmitError(f"{flag} {shown} is more than any node of partition '{partition}' has "
+                                  f"(at most {max(n[key] for n in nodes)} {unit}); ask for less")
+            raise SubmitError(f"only {len(fitting)} node(s) of partition '{partition}' have {value} {unit}, "
+                              f"fewer than --nodes {args.nodes}; ask for fewer nodes or less")
     return partition
 
 
@@ -208,6 +244,8 @@ def slurm_parameters(args: argparse.Namespace, name: str, res: dict, n_jobs: int
         params["account"] = args.account
     if args.qos:
         params["qos"] = args.qos
+    if args.constraint:
+        params["constraint"] = args.constraint
     if args.mem_gb:
         params["mem"] = f"{int(args.mem_gb)}GB" if args.mem_gb == int(args.mem_gb) else f"{int(args.mem_gb * 1024)}MB"
     if n_jobs > 1:
@@ -235,7 +273,8 @@ def make_jobs(args: argparse.Namespace, points: list[sweep.Point], run_dirs: dic
         resume = str(Path(resume).resolve())
     accel = str(Path(args.accelerate_config).resolve()) if args.accelerate_config else None
     return [TrainJob(config=config, overrides=[*args.overrides, *p.overrides()], run_dir=str(run_dirs[p.name]),
-                     cwd=os.getcwd(), resume=resume, procs_per_node=res["procs"], accelerate_config=accel, name=p.name)
+                     cwd=os.getcwd(), resume=resume, procs_per_node=res["procs"], accelerate_config=accel, name=p.name,
+                     cpus_per_task=args.cpus_per_task if args.local else None)
             for p in points]
 
 
@@ -260,7 +299,7 @@ def submit(args: argparse.Namespace) -> int:
     name, points, run_dirs = plan_jobs(args)
     res = resources(args)
     if not args.local and (not args.dry_run or shutil.which("sbatch")):
-        check_cluster(args)
+        check_cluster(args, res)
     jobs = make_jobs(args, points, run_dirs, res)
     if args.local:
         params = {"timeout_min": args.time, "signal_delay_s": args.signal_delay, "tasks_per_node": 1,
@@ -291,7 +330,8 @@ def submit(args: argparse.Namespace) -> int:
         if args.local:
             submitted = run_local(executor, jobs, record, folder, args.array_parallelism or 1)
         else:
-            with executor.batch():
+            # submitit prints sbatch's complaint itself; it comes back below as one sentence instead
+            with contextlib.redirect_stderr(io.StringIO()), executor.batch():
                 pending = [executor.submit(job) for job in jobs]
             submitted = pending
             for entry, job in zip(record["jobs"], submitted):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,10 @@ def yaml_text(value: Any) -> str:
                 return value  # plain strings stay readable: spaces and quotes are fine as they are
         except yaml.YAMLError:
             pass
-    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, allow_unicode=True).strip()
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)  # a JSON string is a YAML double-quoted scalar, escapes and all
+    else:
+        text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, allow_unicode=True).strip()
     if text.endswith("\n..."):
         text = text[: -len("\n...")].strip()
     elif text.endswith("..."):

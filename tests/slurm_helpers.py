@@ -1,0 +1,168 @@
+"""SLURM in tests: the real local cluster, tiny training runs, and polling with deadlines.
+
+Without `sbatch` on the PATH the SLURM tests skip; under HERBS_REQUIRE_SLURM=1 (set by .ci/run,
+which starts `../shared/tools/local-slurm/start.sh`) they fail instead, so CI cannot pass by
+skipping them. Tests wait by polling squeue/sacct/files against a deadline, never by sleeping
+for a guessed time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRE_ENV = "HERBS_REQUIRE_SLURM"
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+
+
+def require_slurm() -> None:
+    """Skip when there is no SLURM here; fail when HERBS_REQUIRE_SLURM=1 says there must be one."""
+    missing = [c for c in ("sbatch", "squeue", "sacct", "scontrol", "sinfo", "scancel") if not shutil.which(c)]
+    problem = f"{', '.join(missing)} not on the PATH" if missing else None
+    if problem is None:
+        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+        if out.returncode != 0 or not out.stdout.strip():
+            problem = f"sinfo does not reach a controller ({out.stderr.strip() or 'no nodes'})"
+    if problem:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{REQUIRE_ENV}=1 but there is no usable SLURM: {problem}; start ../shared/tools/local-slurm/start.sh")
+        pytest.skip(f"no SLURM cluster here ({problem})")
+
+
+@pytest.fixture(scope="session")
+def slurm() -> None:
+    require_slurm()
+
+
+# ---------------------------------------------------------------------------- tiny runs
+
+
+def make_shards(out: Path) -> int:
+    """The demo dataset, small (4 train / 1 val / 1 test image per class, 64 px); returns the class count."""
+    from herbs.data.demo import make_demo
+    from herbs.data.writer import parse_shard_size, write_shards
+
+    if not (out / "manifest.json").is_file():
+        write_shards(make_demo(0, train=4, val=1, test=1, size=64), out, shard_size=parse_shard_size("100MB"), seed=0, val_fraction=0.0)
+    return len(json.loads((out / "manifest.json").read_text())["classes"])
+
+
+def tiny_overrides(shards: Path, output_dir: Path, num_classes: int, **extra) -> list[str]:
+    """configs/tiny.yaml shrunk further (64 px, one block per stage): a step takes well under a second on a CPU."""
+    values = {
+        "data.shards": str(shards),
+        "model.num_classes": num_classes,
+        "model.img_size": 64,
+        "data.resize": 64,
+        "model.backbone_args": "{embed_dim: 16, depths: [1, 1, 1, 1], num_heads: [1, 1, 2, 2], window_size: 4}",
+        "model.num_selects": "[48, 12, 2, 2]",
+        "model.fpn_size": 32,
+        "data.num_workers": 0,
+        "log.wandb": "false",
+        "log.every": 1,
+        "train.output_dir": str(output_dir),
+    }
+    values.update({k.replace("__", "."): v for k, v in extra.items()})
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+TINY_CONFIG = REPO / "configs" / "tiny.yaml"
+
+
+# ---------------------------------------------------------------------------- waiting
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5, on_timeout=None):
+    """Poll until `predicate()` is truthy and return its value; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            detail = on_timeout() if on_timeout else ""
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{detail}")
+        time.sleep(interval)
+
+
+def sacct_states(job_id: str) -> list[str]:
+    """States of every attempt of a job, oldest first (a requeued job has one REQUEUED line per requeue)."""
+    out = subprocess.run(["sacct", "-j", str(job_id), "--duplicates", "-X", "-n", "-P", "-o", "JobID,State"],
+                         capture_output=True, text=True)
+    states = []
+    for line in out.stdout.splitlines():
+        jid, _, state = line.partition("|")
+        if jid.strip() == str(job_id) and state.split():
+            states.append(state.split()[0])
+    return states
+
+
+def in_queue(job_id: str) -> bool:
+    out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True)
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def wait_job_done(job_id: str, timeout: float, on_timeout=None) -> str:
+    """Wait until the job has left the queue for good; return its final state."""
+    def done():
+        if in_queue(job_id):
+            return None
+        states = sacct_states(job_id)
+        return states[-1] if states and states[-1] in FINAL_STATES else None
+
+    return wait_for(done, timeout, f"job {job_id} to finish", on_timeout=on_timeout)
+
+
+def sbatch(args: list[str], cwd: Path, env: dict | None = None) -> str:
+    out = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, cwd=cwd,
+                         env={**os.environ, **(env or {})})
+    assert out.returncode == 0, f"sbatch failed: {out.stderr}"
+    return out.stdout.strip().split(";")[0]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line being written
+    return rows
+
+
+def last_step(run_dir: Path) -> int:
+    steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if isinstance(r.get("step"), int)]
+    return max(steps, default=0)
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    if not path.is_file():
+        return f"({path} does not exist)"
+    return f"--- {path} (last {lines} lines)\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def model_weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def final_checkpoint(run_dir: Path) -> Path:
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    path = Path(latest)
+    return path if path.is_absolute() else run_dir / "checkpoints" / latest
+
+
+def submit_py(args: list[str], cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "launch" / "submit.py"), *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)

@@ -1,0 +1,152 @@
+"""launch/submit.py without a cluster: dry runs, mistakes caught before submitting, the status table, --local."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from slurm_helpers import TINY_CONFIG, make_shards, tiny_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # launch/ is part of the checkout, not of the installed package
+from launch import submit  # noqa: E402
+from launch.job import TrainJob  # noqa: E402
+
+ODD = """it's a "quoted" value"""
+
+
+def run(args: list[str], cwd: Path, no_slurm: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    """launch/submit.py as a user runs it; `no_slurm` hides sbatch/sinfo (a laptop)."""
+    env = dict(os.environ)
+    if no_slurm:
+        env["PATH"] = str(Path(sys.executable).parent)
+    return subprocess.run([sys.executable, str(REPO / "launch" / "submit.py"), *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def one_error(out: subprocess.CompletedProcess) -> str:
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("launch/submit.py: error: "), out.stderr
+    assert out.stdout == ""
+    return lines[0][len("launch/submit.py: error: "):]
+
+
+@pytest.fixture
+def sweep_file(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({"grid": {"optim.lr": [0.01, 0.001]}, "zip": {"train.seed": [1, 2], "log.project": [ODD, "p2"]}},
+                                   sort_keys=False))
+    return path
+
+
+def test_dry_run_prints_the_jobs_and_the_slurm_parameters(tmp_path, sweep_file):
+    out = run(["--config", str(TINY_CONFIG), "train.output_dir=out", "--sweep", str(sweep_file), "--nodes", "2",
+               "--gpus-per-node", "4", "--partition", "gpu", "--time", "120", "--array-parallelism", "2", "--dry-run"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.startswith("tiny: 4 job(s) as one job array, at most 2 at a time")
+    assert "[0] lr-0.01_seed-1_project-it-s-a-quoted-value" in text and "[3] lr-0.001_seed-2_project-p2" in text
+    assert f"{tmp_path}/out/{ODD}/tiny/lr-0.01_seed-1_project-it-s-a-quoted-value" in text
+    for line in ("nodes: 2", "gpus_per_node: 4", "ntasks_per_node: 1", "cpus_per_task: 16", "partition: gpu", "time: 120",
+                 "signal_delay_s: 300", "array_parallelism: 2"):
+        assert f"  {line}\n" in text
+    assert "--multi_gpu --num_machines 2 --num_processes 8" in text
+    assert "dry run: nothing submitted" in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_jobs_carry_values_with_spaces_and_quotes_as_single_arguments(tmp_path, sweep_file):
+    args = submit.build_parser().parse_args(["--config", str(TINY_CONFIG), f"log.name={ODD}", "--sweep", str(sweep_file),
+                                             "--gpus-per-node", "0"])
+    name, points, run_dirs = submit.plan_jobs(args)
+    jobs = submit.make_jobs(args, points, run_dirs, submit.resources(args))
+    assert jobs[0].overrides == [f"log.name={ODD}", "optim.lr=0.01", "train.seed=1", f"log.project={ODD}", f"log.name={ODD}/{points[0].name}"]
+    from launch import node
+
+    cmd = jobs[0].command(node.NodeSpec(1, 0, "h", 1, 1))
+    assert cmd[-5:] == jobs[0].overrides and cmd[1] == str(REPO / "train.py")
+
+
+def test_checkpoint_requeues_the_same_call_with_resume_auto(tmp_path):
+    job = TrainJob(config="/c.yaml", overrides=["a.b=1"], run_dir=str(tmp_path), cwd="/", resume=None, name="x")
+    job._run = object()  # a running process is never pickled
+    again = pickle.loads(pickle.dumps(job))
+    assert again._run is None
+    job._run = None
+    delayed = job.checkpoint()
+    assert delayed.function == TrainJob(config="/c.yaml", overrides=["a.b=1"], run_dir=str(tmp_path), cwd="/", resume="auto", name="x")
+    assert delayed.args == () and delayed.kwargs == {}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--config", "missing.yaml"], "config file 'missing.yaml' does not exist; pass an existing YAML file (see configs/)"),
+    (["optim.lrr=1"], "unknown config key 'optim.lrr' (did you mean 'lr'?)"),
+    (["--sweep", "SWEEP:grid: {optim.lrr: [1, 2]}"], "unknown config key 'optim.lrr' (did you mean 'lr'?)"),
+    (["--sweep", "SWEEP:grid: {}"], "expands to no jobs"),
+    (["--sweep", "SWEEP:grid: {train.seed: [1, 2, 3, 4]}", "--max-jobs", "3"], "the sweep expands to 4 jobs, more than --max-jobs 3"),
+    (["--sweep", "SWEEP:grid: {log.name: [same, same]}"], "would share the run directory"),
+    (["--sweep", "SWEEP:zip: {optim.lr: [1, 2], train.seed: [1]}"], "must have one length"),
+    (["--local", "--nodes", "2"], "--local runs on this machine only; use --nodes 1"),
+    (["--time", "1", "--signal-delay", "60"], "--signal-delay 60 s must be shorter than --time 1 min"),
+    ([], "sbatch is not on the PATH, so there is no SLURM to submit to"),
+])
+def test_mistakes_end_in_one_sentence_before_anything_is_submitted(tmp_path, extra, message):
+    args = ["--config", str(TINY_CONFIG), "--gpus-per-node", "0", "--dir", str(tmp_path / "sub")]
+    for i, value in enumerate(extra):
+        if value.startswith("SWEEP:"):
+            (tmp_path / "s.yaml").write_text(value[len("SWEEP:"):])
+            extra = [*extra[:i], str(tmp_path / "s.yaml"), *extra[i + 1:]]
+    if "--config" in extra:
+        args = args[2:]
+    error = one_error(run([*args, *extra], tmp_path))
+    assert message in error
+    assert not (tmp_path / "sub").exists()
+
+
+def write_run(run_dir: Path, events: list[dict], metrics: list[dict]) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "launch.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics) + '{"step": 9, "lo')  # a line being written
+
+
+def test_status_table(tmp_path):
+    done, requeued, fresh = tmp_path / "runs" / "a", tmp_path / "runs" / "b", tmp_path / "runs" / "c"
+    write_run(done, [{"event": "start"}, {"event": "end", "exit_code": 75, "requeue": True}, {"event": "start"}, {"event": "end", "exit_code": 0}],
+              [{"step": 5, "loss": 1.0}, {"step": 5, "val/ensemble_top1": 40.0}, {"step": 8, "val/ensemble_top1": 37.5}, {"step": 8, "test/ensemble_top1": 30.0}])
+    write_run(requeued, [{"event": "start"}, {"event": "end", "exit_code": 75, "requeue": True}], [{"step": 3, "loss": 2.0}])
+    record = {"executor": "local", "jobs": [{"name": "a", "job_id": "1", "run_dir": str(done)},
+                                            {"name": "b", "job_id": "2", "run_dir": str(requeued)},
+                                            {"name": "c", "job_id": None, "run_dir": str(fresh)}]}
+    (tmp_path / "sweep.json").write_text(json.dumps(record))
+    out = run(["status", str(tmp_path)], tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert rows[0] == ["NAME", "JOB", "STATE", "RESTARTS", "LAST", "STEP", "BEST", "VAL", "TOP-1", "RUN", "DIR"]
+    assert rows[1] == ["a", "1", "COMPLETED", "1", "8", "40.00%", str(done)]
+    assert rows[2] == ["b", "2", "REQUEUED", "0", "3", "-", str(requeued)]
+    assert rows[3] == ["c", "-", "NOT", "SUBMITTED", "0", "-", "-", str(fresh)]
+    assert one_error(run(["status", str(tmp_path / "nowhere")], tmp_path)).startswith(f"'{tmp_path / 'nowhere'}' holds no sweep.json")
+
+
+@pytest.mark.slow
+def test_local_runs_through_submitits_local_executor(tmp_path):
+    shards = tmp_path / "shards"
+    classes = make_shards(shards)
+    out = run(["--config", str(TINY_CONFIG), *tiny_overrides(shards, tmp_path / "runs", classes, train__max_steps=4),
+               f"log.name={ODD}", "--local", "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "10",
+               "--dir", str(tmp_path / "sub")], tmp_path, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    table = out.stdout.splitlines()[-2:]
+    assert table[0].startswith("NAME") and table[1].startswith(ODD), out.stdout
+    assert table[1][len(ODD):].split()[1:4] == ["COMPLETED", "0", "4"], out.stdout
+    run_dir = tmp_path / "runs" / "herbs-tiny" / ODD
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["log"]["name"] == ODD
+    assert (run_dir / "checkpoints" / "latest").is_file()
+    assert list(run_dir.glob("local-*.log"))

@@ -1,0 +1,94 @@
+"""Sweep files: grid and zipped lists, names from values, overrides that parse back to the same values."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # launch/ is part of the checkout, not of the installed package
+from launch import sweep  # noqa: E402
+
+from herbs.config import parse_override  # noqa: E402
+
+
+def expand_text(text: str) -> list[sweep.Point]:
+    return sweep.name_points(sweep.expand(sweep.parse_sweep(yaml.safe_load(text))))
+
+
+def test_grid_times_zip_in_file_order():
+    points = expand_text("""
+        grid:
+          optim.lr: [0.1, 0.01]
+          train.seed: [0, 1]
+        zip:
+          optim.warmup_steps: [10, 20, 30]
+          optim.name: [sgd, adamw, sgd]
+    """)
+    assert len(points) == 2 * 2 * 3
+    assert points[0].values == {"optim.lr": 0.1, "train.seed": 0, "optim.warmup_steps": 10, "optim.name": "sgd"}
+    assert points[1].values == {"optim.lr": 0.1, "train.seed": 0, "optim.warmup_steps": 20, "optim.name": "adamw"}
+    assert points[-1].values == {"optim.lr": 0.01, "train.seed": 1, "optim.warmup_steps": 30, "optim.name": "sgd"}
+    assert points[0].name == "lr-0.1_seed-0_warmup_steps-10_name-sgd"
+    assert len({p.name for p in points}) == len(points)
+
+
+def test_several_zip_groups_are_crossed():
+    points = expand_text("""
+        zip:
+          - {optim.lr: [0.1, 0.2], optim.warmup_steps: [1, 2]}
+          - {train.seed: [5, 6, 7]}
+    """)
+    assert [(p.values["optim.lr"], p.values["train.seed"]) for p in points] == [
+        (0.1, 5), (0.1, 6), (0.1, 7), (0.2, 5), (0.2, 6), (0.2, 7)]
+
+
+def test_clashing_short_names_use_the_full_key():
+    points = expand_text("grid: {log.name: [x], optim.name: [sgd, adamw]}")
+    assert [p.name for p in points] == ["log.name-x_optim.name-sgd", "log.name-x_optim.name-adamw"]
+
+
+@pytest.mark.parametrize("value", [
+    "with space", "it's \"quoted\"", "true", "1", "null", "", " padded ", "a: b", "#hash", "[x]", "1e-3",
+    0.001, 1e-5, 3, True, None, [64, 32, 16, 16], {"embed_dim": 16, "depths": [1, 1]}, "line\nbreak"])
+def test_overrides_parse_back_to_the_swept_value(value):
+    section, key, parsed = parse_override(sweep.override("model.x", value))
+    assert (section, key) == ("model", "x")
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_plain_strings_stay_readable():
+    assert sweep.override("log.name", "it's a \"run\"") == "log.name=it's a \"run\""
+    assert sweep.override("log.name", "true") == 'log.name="true"'
+
+
+@pytest.mark.parametrize("text, message", [
+    ("grid: {optim.lr: 0.1}", "must map to a non-empty list"),
+    ("grid: {optim.lr: []}", "must map to a non-empty list"),
+    ("grid: {lr: [1]}", "of the form section.key"),
+    ("zip: {optim.lr: [1, 2], train.seed: [1]}", "must have one length (optim.lr has 2, train.seed has 1)"),
+    ("grid: {optim.lr: [1]}\nzip: {optim.lr: [2]}", "appears twice"),
+    ("grids: {optim.lr: [1]}", "unknown section 'grids'"),
+    ("[1, 2]", "must be a mapping"),
+])
+def test_bad_sweeps_say_what_is_wrong(text, message):
+    with pytest.raises(sweep.SweepError) as err:
+        sweep.parse_sweep(yaml.safe_load(text), "s.yaml")
+    assert message in str(err.value)
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(sweep.SweepError, match="does not exist"):
+        sweep.load_sweep(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: [unclosed\n")
+    with pytest.raises(sweep.SweepError, match="is not valid YAML"):
+        sweep.load_sweep(bad)
+
+
+def test_long_names_are_cut_but_stay_unique():
+    points = expand_text("grid: {log.project: ['" + "x" * 100 + "a', '" + "x" * 100 + "b']}")
+    assert all(len(p.name) <= 80 for p in points) and points[0].name != points[1].name

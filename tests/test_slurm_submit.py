@@ -1,0 +1,160 @@
+"""`launch/submit.py` (submitit) on the real local SLURM cluster: a sweep, the status table, a time limit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from slurm_helpers import (TINY_CONFIG, in_queue, make_shards, read_jsonl, sacct_states, slurm, submit_py,  # noqa: F401
+                           tail, tiny_overrides, wait_for, wait_job_done)
+
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, slurm):
+    tmp = tmp_path_factory.mktemp("submitit")
+    shards = tmp / "shards"
+    return tmp, shards, make_shards(shards)
+
+
+def logs(folder: Path) -> str:
+    return "\n".join(tail(p, 40) for p in sorted((folder / "logs").glob("*_log.out")))
+
+
+def cancel_leftovers(folder: Path) -> None:
+    record = folder / "sweep.json"
+    if record.is_file():
+        for job in json.loads(record.read_text())["jobs"]:
+            if job.get("job_id") and in_queue(job["job_id"]):
+                subprocess.run(["scancel", str(job["job_id"])])
+                wait_for(lambda: not in_queue(job["job_id"]), 60, f"job {job['job_id']} to leave the queue after scancel")
+
+
+def test_nodes_beyond_the_partition_and_refused_requests_stop_before_submitting(data):
+    tmp, shards, classes = data
+    base = ["--config", str(TINY_CONFIG), *tiny_overrides(shards, tmp / "runs", classes), "--gpus-per-node", "0", "--time", "5"]
+    out = submit_py([*base, "--nodes", "2", "--cpus-per-task", "1"], cwd=tmp)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == ["launch/submit.py: error: --nodes 2 is more than the 1 node(s) of partition 'debug'; ask for at most 1"]
+    # SLURM would accept 64 CPUs on a 2-CPU node and leave the job pending forever
+    out = submit_py([*base, "--cpus-per-task", "64"], cwd=tmp)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "launch/submit.py: error: --cpus-per-task 64 is more than any node of partition 'debug' has (at most 2 CPUs); ask for less"]
+    # what only sbatch knows (here: a node feature nobody has) is its refusal, in one sentence
+    out = submit_py([*base, "--cpus-per-task", "1", "--constraint", "no-such-feature", "--dir", str(tmp / "refused")], cwd=tmp)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.strip().splitlines() == ["launch/submit.py: error: sbatch refused the job: Batch job submission failed: Invalid feature specification"]
+
+
+@pytest.mark.slow
+def test_two_point_sweep_completes_and_status_reports_both(data, timeout_job):  # the timeout job runs beside it
+    tmp, shards, classes = data
+    sweep = tmp / "sweep.yaml"
+    # zipped: two learning rates, each with a value that holds spaces and both quote kinds
+    sweep.write_text(yaml.safe_dump({"zip": {"optim.lr": [0.01, 0.005], "log.project": ["sweep 'one'", 'sweep "two"']}}, sort_keys=False))
+    folder = tmp / "sweep-submission"
+    args = ["--config", str(TINY_CONFIG), *tiny_overrides(shards, tmp / "runs", classes, train__max_steps=8),
+            "--sweep", str(sweep), "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "10", "--dir", str(folder), "--wait"]
+    try:
+        out = submit_py(args, cwd=tmp, timeout=400)
+    finally:
+        cancel_leftovers(folder)
+    assert out.returncode == 0, out.stderr + logs(folder)
+    record = json.loads((folder / "sweep.json").read_text())
+    ids = [j["job_id"] for j in record["jobs"]]
+    assert len(ids) == 2 and ids[0].endswith("_0") and ids[1].endswith("_1") and ids[0].split("_")[0] == ids[1].split("_")[0]
+
+    status = submit_py(["status", str(folder), "--json"], cwd=tmp)
+    assert status.returncode == 0, status.stderr
+    rows = json.loads(status.stdout)
+    assert [r["name"] for r in rows] == ["lr-0.01_project-sweep-one", "lr-0.005_project-sweep-two"]
+    for row, project, lr in zip(rows, ["sweep 'one'", 'sweep "two"'], [0.01, 0.005]):
+        assert (row["state"], row["restarts"], row["last_step"]) == ("COMPLETED", 0, 8), row
+        assert row["best_val_top1"] is not None
+        resolved = yaml.safe_load((Path(row["run_dir"]) / "config.yaml").read_text())
+        assert resolved["log"]["project"] == project and resolved["optim"]["lr"] == lr
+        assert resolved["log"]["name"] == f"tiny/{row['name']}"
+    table = submit_py(["status", str(folder)], cwd=tmp).stdout.splitlines()
+    assert table[0].split()[:4] == ["NAME", "JOB", "STATE", "RESTARTS"]
+    assert all("COMPLETED" in line for line in table[1:]) and len(table) == 3
+
+
+class Extender(threading.Thread):
+    """Raises a job's time limit once it has been requeued, so that its next attempt can finish."""
+
+    def __init__(self, job: str, minutes: int = 10, timeout: float = 300):
+        super().__init__(daemon=True)
+        self.job, self.minutes, self.timeout = job, minutes, timeout
+        self.extended = False
+        self.problem = ""
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            states = sacct_states(self.job)
+            if "REQUEUED" in states:
+                out = subprocess.run(["scontrol", "update", f"JobId={self.job}", f"TimeLimit={self.minutes}"], capture_output=True, text=True)
+                self.extended, self.problem = out.returncode == 0, out.stderr
+                return
+            if states and states[-1] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+                self.problem = f"the job ended ({states}) without being requeued"
+                return
+            time.sleep(0.5)
+        self.problem = f"no requeue within {self.timeout} s"
+
+
+TIMEOUT_STEPS = 400
+
+
+@pytest.fixture(scope="module")
+def timeout_job(data):
+    """A job with a one-minute time limit, submitted first so that it runs beside the sweep.
+
+    The signal comes 30 s before the limit, and SLURM sends it at its first time check after
+    the start (within 30 s: it checks every 30 s and may signal up to a minute early). Training
+    (400 steps, more than 30 s even on an idle machine) is still going then, checkpoints, and
+    submitit requeues the job. The requeued attempt would be signalled just as early again, so
+    its time limit is raised while it waits in the queue: the one thing done by hand."""
+    tmp, shards, classes = data
+    folder = tmp / "timeout-submission"
+    args = ["--config", str(TINY_CONFIG),
+            *tiny_overrides(shards, tmp / "runs", classes, train__max_steps=TIMEOUT_STEPS, train__epochs=100, train__eval_every=100,
+                            train__checkpoint_every=1000, log__every=20, log__name="timeout"),
+            "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "1", "--signal-delay", "30", "--dir", str(folder)]
+    out = submit_py(args, cwd=tmp)
+    assert out.returncode == 0, out.stderr
+    entry = json.loads((folder / "sweep.json").read_text())["jobs"][0]
+    extender = Extender(entry["job_id"])
+    extender.start()
+    yield {"folder": folder, "job": entry["job_id"], "run_dir": Path(entry["run_dir"]), "extender": extender, "tmp": tmp}
+    extender.join(1)
+    cancel_leftovers(folder)
+
+
+@pytest.mark.slow
+def test_submitit_job_that_hits_its_time_limit_is_requeued_and_finishes(timeout_job):
+    folder, job, run_dir, tmp = timeout_job["folder"], timeout_job["job"], timeout_job["run_dir"], timeout_job["tmp"]
+    show = lambda: logs(folder) + "\n" + tail(run_dir / f"slurm-{job}.log")  # noqa: E731
+    state = wait_job_done(job, 400, on_timeout=show)
+    extender = timeout_job["extender"]
+    extender.join(5)
+    assert extender.extended, f"{extender.problem}\n{show()}"
+    assert state == "COMPLETED", show()
+    assert sacct_states(job) == ["REQUEUED", "COMPLETED"]
+    log = logs(folder)
+    assert "this job is timed-out" in log and "Requeued job" in log
+    events = read_jsonl(run_dir / "launch.jsonl")
+    assert [(e["event"], e.get("exit_code"), e.get("requeue")) for e in events] == [
+        ("start", None, None), ("end", 75, True), ("start", None, None), ("end", 0, False)], events
+    second = [e for e in events if e["event"] == "start"][1]
+    assert second["command"][second["command"].index("--resume") + 1] == "auto" and second["restart"] == 1
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    assert max(r["step"] for r in metrics if "step" in r) == TIMEOUT_STEPS and "test/ensemble_top1" in metrics[-1]
+    status = json.loads(submit_py(["status", str(folder), "--json"], cwd=tmp).stdout)
+    assert (status[0]["state"], status[0]["restarts"], status[0]["last_step"]) == ("COMPLETED", 1, TIMEOUT_STEPS)

@@ -1,0 +1,142 @@
+"""`sbatch slurm/train.sh` on the real local SLURM cluster: a full run, and a run stopped by SIGUSR1.
+
+Both runs use the tiny config with 2 CPU training processes on one node (accelerate's
+multi-process launcher, gloo), the way a GPU-less cluster would run it (--gpus-per-node=0).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from slurm_helpers import (REPO, TINY_CONFIG, final_checkpoint, make_shards, model_weights, read_jsonl, sacct_states,  # noqa: F401
+                           in_queue, sbatch, slurm, tail, tiny_overrides, wait_job_done)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+# Carried intact through sbatch, srun, node.py and accelerate into the run's resolved config.
+ODD_NAME = """uninterrupted "run" it's"""
+CHECKPOINT_EVERY = 5
+
+
+def overrides(shards: Path, out: Path, classes: int, name: str) -> list[str]:
+    # 80 training images, batch 4 on 2 processes: 10 steps per epoch, 40 in all
+    return tiny_overrides(shards, out, classes, train__epochs=4, train__checkpoint_every=CHECKPOINT_EVERY) + [f"log.name={name}"]
+
+
+def submit(tmp: Path, args: list[str]) -> str:
+    # From a directory outside the checkout: the script finds the checkout through SLURM.
+    return sbatch(["--gpus-per-node=0", "--cpus-per-task=1", "--time=10", f"--output={tmp}/sbatch-%j.out",
+                   str(REPO / "slurm" / "train.sh"), str(TINY_CONFIG), *args], cwd=tmp, env={"HERBS_PROCS_PER_NODE": "2"})
+
+
+def run_dir_of(out: Path, name: str) -> Path:
+    return out / "herbs-tiny" / name
+
+
+class Interrupter(threading.Thread):
+    """Sends SIGUSR1 to a job's batch script once its run has written a checkpoint (mid-run)."""
+
+    def __init__(self, job: str, run_dir: Path, timeout: float = 240):
+        super().__init__(daemon=True)
+        self.job, self.run_dir, self.timeout = job, run_dir, timeout
+        self.sent = False
+        self.problem = ""
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if (self.run_dir / "checkpoints" / "latest").is_file():
+                out = subprocess.run(["scancel", "--signal=USR1", "--batch", self.job], capture_output=True, text=True)
+                self.sent, self.problem = out.returncode == 0, out.stderr
+                return
+            if not in_queue(self.job):
+                self.problem = "the job left the queue before its first checkpoint"
+                return
+            time.sleep(0.2)
+        self.problem = f"no checkpoint after {self.timeout} s"
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory, slurm):
+    """Both runs at once (one CPU each, so SLURM runs them side by side): the one to interrupt and the reference."""
+    tmp = tmp_path_factory.mktemp("sbatch")
+    shards, out = tmp / "shards", tmp / "runs"
+    classes = make_shards(shards)
+    interrupted = submit(tmp, overrides(shards, out, classes, "interrupted"))
+    reference = submit(tmp, overrides(shards, out, classes, ODD_NAME))
+    interrupter = Interrupter(interrupted, run_dir_of(out, "interrupted"))
+    interrupter.start()
+    yield {"tmp": tmp, "out": out, "reference": reference, "interrupted": interrupted, "interrupter": interrupter}
+    interrupter.join(1)
+    for job in (interrupted, reference):
+        if in_queue(job):
+            subprocess.run(["scancel", job])
+
+
+def diagnose(tmp: Path, job: str, run_dir: Path):
+    return lambda: tail(tmp / f"sbatch-{job}.out") + "\n" + tail(run_dir / f"slurm-{job}.log")
+
+
+@pytest.fixture(scope="module")
+def reference(jobs):
+    """The uninterrupted run: (job id, run directory, final state)."""
+    job, run_dir = jobs["reference"], run_dir_of(jobs["out"], ODD_NAME)
+    return job, run_dir, wait_job_done(job, 300, on_timeout=diagnose(jobs["tmp"], job, run_dir))
+
+
+def test_sbatch_train_sh_completes_with_two_cpu_processes(reference):
+    job, run_dir, state = reference
+    log = run_dir / f"slurm-{job}.log"
+    assert state == "COMPLETED", tail(log)
+    text = log.read_text(errors="replace")
+    assert "--num_processes 2" in text and "--multi_gpu" in text and "2 processes" in text
+    assert "training exited with 0" in text
+    # checkpoints and metrics
+    latest = final_checkpoint(run_dir)
+    assert latest.name == "step-0000040" and (latest / "model.safetensors").is_file()
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in metrics if "loss" in r][-1] == 40
+    assert any("val/ensemble_top1" in r for r in metrics) and "test/ensemble_top1" in metrics[-1]
+    assert (run_dir / "best" / "model.safetensors").is_file()
+    # the value with spaces and both quote kinds arrived as it was written
+    import yaml
+
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["log"]["name"] == ODD_NAME
+    events = read_jsonl(run_dir / "launch.jsonl")
+    assert [e["event"] for e in events] == ["start", "end"] and events[-1]["exit_code"] == 0
+
+
+def test_sbatch_usr1_checkpoints_requeues_and_matches_uninterrupted_run(reference, jobs):
+    job, run_dir = jobs["interrupted"], run_dir_of(jobs["out"], "interrupted")
+    log = run_dir / f"slurm-{job}.log"
+    show = diagnose(jobs["tmp"], job, run_dir)
+    state = wait_job_done(job, 300, on_timeout=show)
+    interrupter = jobs["interrupter"]
+    interrupter.join(5)
+    assert interrupter.sent, f"SIGUSR1 was not sent: {interrupter.problem}\n{show()}"
+    assert state == "COMPLETED", show()
+
+    text = log.read_text(errors="replace")
+    assert "received SIGUSR1" in text and "requeueing job" in text, diagnose()
+    assert sacct_states(job) == ["REQUEUED", "COMPLETED"]
+    events = read_jsonl(run_dir / "launch.jsonl")
+    assert [(e["event"], e.get("restart"), e.get("exit_code")) for e in events] == [
+        ("start", 0, None), ("end", None, 75), ("start", 1, None), ("end", None, 0)], events
+    assert "resumed from" in text
+    stopped_at = int(re.search(r"preempted: checkpoint at step (\d+)", text).group(1))
+    assert CHECKPOINT_EVERY <= stopped_at < 40, "the signal must stop the run between its first checkpoint and its end"
+
+    # Same final weights, bit for bit, as the run that was never interrupted.
+    _, ref_dir, ref_state = reference
+    assert ref_state == "COMPLETED"
+    for rel in (final_checkpoint(ref_dir).relative_to(ref_dir) / "model.safetensors", Path("best/model.safetensors")):
+        ours, theirs = model_weights(run_dir / rel), model_weights(ref_dir / rel)
+        assert ours.keys() == theirs.keys()
+        different = [k for k in ours if not torch.equal(ours[k], theirs[k])]
+        assert not different, f"{rel}: {len(different)} tensors differ, e.g. {different[:3]}"
