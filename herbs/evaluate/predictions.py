@@ -26,6 +26,7 @@ class Predictions:
     topk: dict[str, list[list[int]]] = field(default_factory=dict)  # head -> per sample, best class first
     scores: list[list[float]] = field(default_factory=list)  # ensemble score of each topk["ensemble"] class
     skipped: int = 0  # samples that could not be decoded or had a bad label
+    skipped_keys: list[str] = field(default_factory=list)  # which ones, where the loader names them (image folders)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -48,7 +49,7 @@ class Predictions:
         for part in parts:
             for i, key in enumerate(part.keys):
                 rows.setdefault(key, (part, i))
-        merged = cls(skipped=sum(p.skipped for p in parts))
+        merged = cls(skipped=sum(p.skipped for p in parts), skipped_keys=sorted(k for p in parts for k in p.skipped_keys))
         for key in sorted(rows):
             part, i = rows[key]
             merged.keys.append(key)
@@ -61,12 +62,14 @@ class Predictions:
 
 @torch.no_grad()
 def predict_batches(model, batches, device, mean, std) -> Predictions:
-    """This process's predictions for an iterable of batches (dicts with image, label, key, skipped)."""
+    """This process's predictions for an iterable of batches (dicts with image, label, key, skipped,
+    and optionally skipped_keys)."""
     was_training = model.training
     model.eval()
     result = Predictions()
     for batch in batches:
         result.skipped += int(batch["skipped"])
+        result.skipped_keys.extend(batch.get("skipped_keys", ()))
         if not len(batch["key"]):
             continue
         images = normalize(batch["image"].to(device, non_blocking=True), mean, std)

@@ -1,0 +1,107 @@
+"""A trained model ready for inference: weights, config, class names, device and precision.
+
+Every command here reads a herbs model directory (`herbs/model/checkpoint.py`). A directory
+without class names (an imported original checkpoint without `--classes`) gets the names
+`class_0`, `class_1`, ... in label order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from herbs.config import TAPS, Config
+from herbs.errors import HerbsError
+from herbs.model.checkpoint import load_model
+from herbs.model.herbs_model import HERBSModel, ensemble_scores
+
+ENSEMBLE_HEADS = 2 * len(TAPS) + 1  # the nine heads whose softmaxes the ensemble sums (HERBS_SPEC.md §7)
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+def generic_names(num_classes: int) -> list[str]:
+    return [f"class_{i}" for i in range(num_classes)]
+
+
+@dataclass
+class InferenceModel:
+    path: Path
+    model: HERBSModel  # in eval mode, on `device`
+    config: Config
+    meta: dict
+    class_names: list[str]
+    names_from: str  # "checkpoint", or "generic" when the directory names no classes
+    device: torch.device
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_index(self, name: str) -> int:
+        """The index of a class given by name (or by its number); one sentence with the closest names if unknown."""
+        if name in self.class_names:
+            return self.class_names.index(name)
+        if name.isdigit() and int(name) < self.num_classes:
+            return int(name)
+        close = difflib.get_close_matches(name, self.class_names, n=3)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"it has {self.num_classes} classes: {describe_names(self.class_names)}"
+        raise HerbsError(f"class '{name}' is not one of the model's classes ({hint}); give a class name or index the model knows")
+
+
+def describe_names(names: list[str], shown: int = 4) -> str:
+    head = ", ".join(repr(n) for n in names[:shown])
+    return head + (f", ... ({len(names)} in all)" if len(names) > shown else "")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: the GPU when there is one, else the CPU; `cpu`, `cuda`, `cuda:N` as named."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise HerbsError(f"device '{name}' is not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HerbsError(f"device '{name}' was asked for but this machine has no usable GPU; use --device cpu")
+    return device
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision not in PRECISIONS:
+        raise HerbsError(f"precision '{precision}' is not one of {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise HerbsError("--precision fp16 needs a GPU; use --precision bf16 or no on the CPU")
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed-precision forward passes for `bf16`/`fp16`; nothing for `no`."""
+    if precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> InferenceModel:
+    path = Path(path)
+    device = pick_device(device) if isinstance(device, str) else device
+    model, config, meta = load_model(path, map_location=device)
+    names = meta.get("class_names")
+    if names is None:
+        names, names_from = generic_names(config.model.num_classes), "generic"
+    else:
+        names_from = "checkpoint"
+        if len(names) != config.model.num_classes:
+            raise HerbsError(
+                f"'{path / 'meta.json'}' names {len(names)} classes but the model has {config.model.num_classes}; "
+                "the model directory is damaged: export or import it again"
+            )
+    return InferenceModel(path, model, config, meta, list(names), names_from, device)
+
+
+def ensemble_probabilities(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The ensemble score divided by the number of heads: the mean of the nine heads' class probabilities,
+    [B, K], summing to 1 over the classes. Its arg-max is the published prediction."""
+    return ensemble_scores(outputs) / ENSEMBLE_HEADS

@@ -1,0 +1,121 @@
+"""What `herbs eval` writes: report.json, per_class.csv, predictions.csv and the confusion picture(s).
+
+report.json holds every number (top-1/3/5 of each head and of the ensemble, group accuracy and
+outer errors, per-class accuracy), where they came from (checkpoint, data, sample count, what was
+skipped) and the names of the other files. Files are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from herbs.data.manifest import Manifest
+from herbs.data.source import ClassGroup, suffix_groups
+from herbs.errors import HerbsError
+from herbs.evaluate.inference import ENSEMBLE_HEADS
+from herbs.evaluate.metrics import complete_groups, confusion_matrix, group_metrics, headline, per_class, topk_accuracy
+from herbs.evaluate.plots import plot_confusion
+from herbs.evaluate.predictions import ENSEMBLE, Predictions
+
+GROUPINGS = ("auto", "manifest", "suffix", "none")
+
+
+def hierarchy_groups(manifest: Manifest, level: int) -> list[ClassGroup]:
+    """The manifest's class groups (level 1: each class's parent, as the shards were written), or for a
+    dataset with a class tree (NABirds) the ancestors `level` steps up (a node without a parent stays)."""
+    if level < 1:
+        raise HerbsError(f"--group-level must be 1 or more (1 = each class's parent), got {level}")
+    if level == 1:
+        return list(manifest.hierarchy)
+    if not manifest.tree:
+        raise HerbsError(
+            f"--group-level {level} needs a class tree, and the {manifest.dataset} shards in {manifest.root} have none "
+            "(only NABirds has one); use --group-level 1"
+        )
+    members: dict[str, list[int]] = {}
+    for index, node in enumerate(manifest.original_ids):
+        for _ in range(level):
+            parent = manifest.tree.get(node, (node, None))[1]
+            if parent is None:
+                break
+            node = parent
+        members.setdefault(node, []).append(index)
+    return [ClassGroup(manifest.tree.get(node, (node, None))[0], tuple(m)) for node, m in members.items()]
+
+
+def choose_groups(how: str, class_names: list[str], manifest: Optional[Manifest], level: int) -> tuple[list[ClassGroup], str]:
+    """(groups, how they were made) for --groups auto|manifest|suffix|none."""
+    if how not in GROUPINGS:
+        raise HerbsError(f"--groups must be one of {', '.join(GROUPINGS)}, got '{how}'")
+    if how == "none" or (how == "auto" and manifest is None):
+        return [], "none"
+    if how == "suffix":
+        return suffix_groups(class_names), "suffix: the last word of each class name"
+    if manifest is None:
+        raise HerbsError("--groups manifest needs --shards (an image folder has no class hierarchy); use --groups suffix or none")
+    groups = hierarchy_groups(manifest, level)
+    if not groups:
+        return [], "none (the manifest lists no class groups)"
+    return groups, f"manifest hierarchy, level {level}"
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def csv_text(header: list[str], rows: list[list]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def fmt(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def build_report(preds: Predictions, class_names: list[str], groups: list[ClassGroup], info: dict) -> dict:
+    metrics = topk_accuracy(preds)
+    return {
+        **info,
+        "samples": len(preds),
+        "skipped": preds.skipped,
+        "skipped_keys": preds.skipped_keys,
+        "num_classes": len(class_names),
+        "headline": {"ensemble_top1": headline(metrics) if len(preds) else None},
+        "metrics": metrics,
+        "groups": group_metrics(preds, groups, class_names) if groups and len(preds) else None,
+        "per_class": per_class(preds, class_names),
+    }
+
+
+def write_report(out_dir: Path, preds: Predictions, class_names: list[str], groups: list[ClassGroup], info: dict) -> dict:
+    """Write every file of an evaluation into `out_dir`; returns the report."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = build_report(preds, class_names, groups, info)
+    files = {"report": "report.json", "per_class": "per_class.csv", "predictions": "predictions.csv"}
+    write_text(out_dir / files["per_class"], csv_text(
+        ["index", "class", "samples", "correct", "top1", "top5", "most_confused_with", "confused_count"],
+        [[r["index"], r["name"], r["samples"], r["correct"], fmt(r["top1"]), fmt(r["top5"]), r["most_confused_with"] or "", r["confused_count"]]
+         for r in report["per_class"]]))
+    k = len(preds.scores[0]) if len(preds) else 0
+    write_text(out_dir / files["predictions"], csv_text(
+        ["key", "label", "class", *[f"{f}_{i}" for i in range(1, k + 1) for f in ("pred", "score")]],
+        [[key, label, class_names[label], *[v for c, s in zip(top, scores) for v in (class_names[c], f"{s / ENSEMBLE_HEADS:.6f}")]]
+         for key, label, top, scores in zip(preds.keys, preds.labels, preds.topk.get(ENSEMBLE, []), preds.scores)]))
+    if len(preds):
+        matrix = confusion_matrix(preds, len(class_names))
+        title = f"{info.get('data', {}).get('name', 'evaluation')}: ensemble top-1 {report['headline']['ensemble_top1']:.2f}% ({len(preds)} images)"
+        pictures = plot_confusion(matrix, class_names, complete_groups(groups, class_names) if groups else [], out_dir, title)
+        files["confusion"] = [str(p.relative_to(out_dir)) for p in pictures]
+    report["files"] = files
+    write_text(out_dir / files["report"], json.dumps(report, indent=1) + "\n")
+    return report
