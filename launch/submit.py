@@ -104,6 +104,8 @@ def plan_jobs(args: argparse.Namespace) -> tuple[str, list[sweep.Point], dict[st
     except ConfigError as err:
         raise SubmitError(str(err)) from None
     name = args.name or base.log.name or Path(args.config).stem
+    if any(ord(c) < 32 for c in name):
+        raise SubmitError(f"the job name {name!r} holds control characters (a newline?); pass a plain --name")
     try:
         points = sweep.expand(sweep.load_sweep(args.sweep)) if args.sweep else [sweep.Point({})]
     except sweep.SweepError as err:

@@ -49,6 +49,24 @@ def test_four_node_eight_gpu_command_line(rank):
     assert cmd == expected_command(rank)
 
 
+@pytest.mark.parametrize("accelerate_config", [None, "zero2.yaml"])
+def test_accelerate_reads_the_command_as_meant(accelerate_config):
+    """accelerate's own parser and checks (what `accelerate launch` runs first) on node 2's command."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    spec = node.slurm_node_spec({**FOUR_NODES, "SLURM_NODEID": "2"})
+    config = str(REPO / "configs" / "accelerate" / accelerate_config) if accelerate_config else None
+    cmd = node.accelerate_command(spec, ["--config", "c.yaml"], accelerate_config=config)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    args, _, _ = _validate_launch_command(launch_command_parser().parse_args(cmd[3:]))
+    assert (args.num_machines, args.num_processes, args.machine_rank, args.main_process_ip, args.main_process_port) == (4, 32, 2, "gpu017", 19242)
+    assert args.training_script == str(REPO / "train.py") and args.training_script_args == ["--config", "c.yaml"]
+    if config:  # the config file's DeepSpeed stays in charge (an explicit --multi_gpu would replace it)
+        assert args.use_deepspeed and not args.multi_gpu and args.deepspeed_multinode_launcher == "standard"
+    else:
+        assert args.multi_gpu and not args.use_deepspeed and args.num_cpu_threads_per_process == 8
+
+
 def fake_bin(tmp_path: Path) -> Path:
     """`srun` that runs its command once per simulated node, `scontrol` for hostnames and requeue."""
     bin_dir = tmp_path / "bin"

@@ -150,3 +150,8 @@ def test_local_runs_through_submitits_local_executor(tmp_path):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["log"]["name"] == ODD
     assert (run_dir / "checkpoints" / "latest").is_file()
     assert list(run_dir.glob("local-*.log"))
+
+
+def test_array_ids_from_sacct_and_squeue():
+    assert submit._expand_array("33_[0-2,5%2]") == ["33_0", "33_1", "33_2", "33_5"]
+    assert submit._expand_array("33_4") == ["33_4"] and submit._expand_array("34") == ["34"]
