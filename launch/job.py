@@ -18,8 +18,12 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launch import node
+
+if TYPE_CHECKING:
+    import submitit
 
 
 @dataclass
@@ -85,8 +89,8 @@ class TrainJob:
                                f"resubmit the same command to continue from it ({run_dir})")
         if code == node.EXIT_REQUEUE:
             if spec.node_rank == 0:
-                # Stopped by a signal submitit did not see (e.g. SIGTERM on preemption): let
-                # submitit's own handler checkpoint and requeue, as for its signal.
+                # Stopped by a SIGUSR1 that submitit did not see (`scancel --signal=USR1 JOBID`):
+                # let submitit's own handler checkpoint and requeue, as for its signal.
                 print("training checkpointed and asked to be requeued", flush=True)
                 os.kill(os.getpid(), usr_sig)
                 time.sleep(5)  # the handler raises SystemExit (requeued) or an error (too many requeues)
@@ -95,7 +99,7 @@ class TrainJob:
             raise RuntimeError(f"training exited with code {code}; see {log_path}")
         return {"run_dir": self.run_dir, "exit_code": 0}
 
-    def checkpoint(self) -> "submitit.helpers.DelayedSubmission":  # noqa: F821
+    def checkpoint(self) -> "submitit.helpers.DelayedSubmission":
         """Called by submitit on rank 0 after its signal: wait for training's checkpoint, then requeue with --resume auto."""
         import submitit
 
