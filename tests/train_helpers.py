@@ -41,23 +41,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_command(processes: int, *args: str) -> list[str]:
+def train_command(processes: int, *args: str, launch_config: str | None = None) -> list[str]:
+    """`python train.py ...` for one process, `accelerate launch` (DDP, or `launch_config`) for more."""
     if processes == 1:
         return [sys.executable, str(REPO / "train.py"), *args]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(free_port()), str(REPO / "train.py"), *args]
+    launcher = ["--config_file", launch_config] if launch_config else ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(processes),
+            "--num_machines", "1", "--main_process_port", str(free_port()), str(REPO / "train.py"), *args]
 
 
-def env() -> dict:
+def env(deepspeed: bool = False) -> dict:
     # One thread per process: two processes share the two cores, and results stay reproducible.
-    return {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "WANDB_MODE": "offline",
-            "PYTHONUNBUFFERED": "1"}
+    values = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    if not deepspeed:  # ACCELERATE_USE_CPU would switch DeepSpeed off
+        values["ACCELERATE_USE_CPU"] = "1"
+    return values
 
 
-def run_training(processes: int, config: str, *overrides: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(train_command(processes, "--config", config, *overrides), capture_output=True, text=True,
-                            timeout=timeout, env=env(), cwd=REPO)
+def run_training(processes: int, config: str, *overrides: str, timeout: float = 600, check: bool = True,
+                 launch_config: str | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(train_command(processes, "--config", config, *overrides, launch_config=launch_config),
+                            capture_output=True, text=True, timeout=timeout, env=env(launch_config is not None), cwd=REPO)
     if check and result.returncode != 0:
         raise AssertionError(f"training exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result

@@ -18,18 +18,33 @@ from herbs.config import Config
 from herbs.errors import ConfigError
 
 
+def uses_deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
 def wants_cpu() -> bool:
+    """CPU processes: no GPU here, or asked for. Never with DeepSpeed, which `cpu=True` would switch
+    off (without a GPU DeepSpeed runs on the CPU by itself)."""
+    if uses_deepspeed():
+        return False
     return not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
 
 
 def build_accelerator(config: Config, run_dir, log_with=None) -> Accelerator:
     t = config.train
     cpu = wants_cpu()
-    if cpu and t.mixed_precision == "fp16":
+    on_cpu = cpu or not torch.cuda.is_available()
+    if on_cpu and t.mixed_precision == "fp16":
         raise ConfigError("train.mixed_precision is fp16 but this run has no GPU; use train.mixed_precision=bf16 or no on CPU")
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     # Under a launcher on CPU the process group must be gloo (DeepSpeed would otherwise ask for nccl).
-    handlers = [InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30))] if cpu and launched else []
+    ds_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if ds_file and ds_file != "none" and not os.path.isfile(ds_file):
+        raise ConfigError(
+            f"the DeepSpeed config file '{ds_file}' does not exist here ({os.getcwd()}); the paths in "
+            "configs/accelerate/*.yaml are relative to the repository root: launch from there or make the path absolute"
+        )
+    handlers = [InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30))] if on_cpu and launched else []
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=t.mixed_precision,
