@@ -58,6 +58,7 @@ class DataConfig:
     eval_batch_size: int = 16
     num_workers: int = 4  # decoding/augmentation worker processes per training process
     shuffle_buffer: int = 1000  # samples held for shuffling inside each worker
+    verify_checksums: bool = True  # check every shard's sha256 before training (one read of the shards)
     resize: int = 510  # images are resized to resize x resize before cropping to model.img_size
     hflip: bool = True
     blur_p: float = 0.1  # Gaussian blur (kernel 5, sigma 0.1-5) probability

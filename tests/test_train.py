@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 
@@ -160,6 +161,14 @@ def test_bad_settings_stop_before_training(shards, tmp_path):
     assert "fp16" in line and "no GPU" in line
     line = _error(run_training(1, TINY, *micro(shards, tmp_path), "--resume", str(tmp_path), check=False))
     assert "no complete checkpoint" in line
+    damaged = tmp_path / "damaged"
+    shutil.copytree(shards, damaged)
+    tar = next(damaged.glob("train-*.tar"))
+    data = bytearray(tar.read_bytes())
+    data[700] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    line = _error(run_training(1, TINY, *micro(damaged, tmp_path), check=False))
+    assert "sha256" in line and tar.name in line
     blocker = tmp_path / "file"
     blocker.write_text("")
     line = _error(run_training(1, TINY, *micro(shards, blocker / "runs"), check=False))

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from herbs.config import Config
@@ -73,7 +73,7 @@ def train(config: Config, resume: str | None = None) -> int:
         (run_dir / REQUEUE_MARKER).unlink(missing_ok=True)
 
     # Data: each rank streams its own part; the loaders are NOT passed to accelerator.prepare.
-    manifest = load_manifest(d.shards)
+    manifest = checked_manifest(d.shards, d.verify_checksums, accelerator)
     if manifest.num_classes != config.model.num_classes:
         raise HerbsError(
             f"the shards in {d.shards} have {manifest.num_classes} classes but model.num_classes is "
@@ -215,6 +215,22 @@ def train(config: Config, resume: str | None = None) -> int:
                   f"({final[f'{d.test_split}/samples']} images, chance {100.0 / manifest.num_classes:.2f}%)")
     accelerator.end_training()
     return 0
+
+
+def checked_manifest(shards: str, verify: bool, accelerator):
+    """The manifest, with the shards' checksums verified once (by the main process) and any problem
+    raised on every rank, so that no rank waits for one that stopped."""
+    problem = None
+    if verify and accelerator.is_main_process:
+        try:
+            load_manifest(shards, verify=True)
+        except HerbsError as err:
+            problem = str(err)
+    if accelerator.num_processes > 1:
+        problem = broadcast_object_list([problem])[0]
+    if problem:
+        raise HerbsError(problem)
+    return load_manifest(shards)
 
 
 def all_ranks_finite(loss: torch.Tensor, accelerator) -> bool:
