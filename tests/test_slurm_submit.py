@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import threading
 import time
@@ -52,30 +53,40 @@ def test_nodes_beyond_the_partition_and_refused_requests_stop_before_submitting(
     assert out.stderr.strip().splitlines() == ["launch/submit.py: error: sbatch refused the job: Batch job submission failed: Invalid feature specification"]
 
 
-@pytest.mark.slow
-def test_two_point_sweep_completes_and_status_reports_both(data, timeout_job):  # the timeout job runs beside it
+@pytest.fixture(scope="module")
+def sweep_submission(data):
+    """The 2-point sweep, submitted without waiting, one job at a time (the other CPU is for the time-limit job)."""
     tmp, shards, classes = data
     sweep = tmp / "sweep.yaml"
     # zipped: two learning rates, each with a value that holds spaces and both quote kinds
     sweep.write_text(yaml.safe_dump({"zip": {"optim.lr": [0.01, 0.005], "log.project": ["sweep 'one'", 'sweep "two"']}}, sort_keys=False))
     folder = tmp / "sweep-submission"
     args = ["--config", str(TINY_CONFIG), *tiny_overrides(shards, tmp / "runs", classes, train__max_steps=8),
-            "--sweep", str(sweep), "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "10", "--dir", str(folder), "--wait"]
-    try:
-        out = submit_py(args, cwd=tmp, timeout=400)
-    finally:
-        cancel_leftovers(folder)
-    assert out.returncode == 0, out.stderr + logs(folder)
+            "--sweep", str(sweep), "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "10", "--array-parallelism", "1",
+            "--dir", str(folder)]
+    out = submit_py(args, cwd=tmp)
+    assert out.returncode == 0, out.stderr
+    yield folder, out
+    cancel_leftovers(folder)
+
+
+@pytest.mark.slow
+def test_two_point_sweep_completes_and_status_reports_both(data, sweep_submission, timeout_job):
+    tmp = data[0]
+    folder, out = sweep_submission
     record = json.loads((folder / "sweep.json").read_text())
     ids = [j["job_id"] for j in record["jobs"]]
     assert len(ids) == 2 and ids[0].endswith("_0") and ids[1].endswith("_1") and ids[0].split("_")[0] == ids[1].split("_")[0]
+    assert f"status: python launch/submit.py status {folder}" in out.stdout
+    for job in ids:
+        wait_job_done(job, 300, on_timeout=lambda: logs(folder))
 
     status = submit_py(["status", str(folder), "--json"], cwd=tmp)
     assert status.returncode == 0, status.stderr
     rows = json.loads(status.stdout)
     assert [r["name"] for r in rows] == ["lr-0.01_project-sweep-one", "lr-0.005_project-sweep-two"]
     for row, project, lr in zip(rows, ["sweep 'one'", 'sweep "two"'], [0.01, 0.005]):
-        assert (row["state"], row["restarts"], row["last_step"]) == ("COMPLETED", 0, 8), row
+        assert (row["state"], row["restarts"], row["last_step"]) == ("COMPLETED", 0, 8), (row, logs(folder))
         assert row["best_val_top1"] is not None
         resolved = yaml.safe_load((Path(row["run_dir"]) / "config.yaml").read_text())
         assert resolved["log"]["project"] == project and resolved["optim"]["lr"] == lr
@@ -109,37 +120,47 @@ class Extender(threading.Thread):
         self.problem = f"no requeue within {self.timeout} s"
 
 
-TIMEOUT_STEPS = 400
+def measured_step_time(run_dir: Path, timeout: float = 180) -> float:
+    """Seconds per training step of a 1-process run on this machine now (median of its logged steps 2+)."""
+    def times():
+        values = sorted(r["step_time_s"] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("step", 0) >= 2 and "step_time_s" in r)
+        return values if len(values) >= 3 else None
+
+    values = wait_for(times, timeout, f"step times in {run_dir}")
+    return values[len(values) // 2]
 
 
 @pytest.fixture(scope="module")
-def timeout_job(data):
-    """A job with a one-minute time limit, submitted first so that it runs beside the sweep.
+def timeout_job(data, sweep_submission):
+    """A job with a one-minute time limit, running beside the sweep.
 
-    The signal comes 30 s before the limit, and SLURM sends it at its first time check after
-    the start (within 30 s: it checks every 30 s and may signal up to a minute early). Training
-    (400 steps, more than 30 s even on an idle machine) is still going then, checkpoints, and
-    submitit requeues the job. The requeued attempt would be signalled just as early again, so
-    its time limit is raised while it waits in the queue: the one thing done by hand."""
+    The signal comes 30 s before the limit, and SLURM sends it at its first time check after the
+    start: within 30 s (it checks every 30 s and may signal up to a minute early). Training is
+    sized from the sweep's measured step time to take a minute, so it is still going then; it
+    checkpoints and submitit requeues the job. The requeued attempt would be signalled just as
+    early again, so its time limit is raised while it waits in the queue: the one thing done by hand."""
     tmp, shards, classes = data
+    sweep_folder, _ = sweep_submission
+    first_point = Path(json.loads((sweep_folder / "sweep.json").read_text())["jobs"][0]["run_dir"])
+    steps = min(3000, max(300, math.ceil(60 / measured_step_time(first_point))))
     folder = tmp / "timeout-submission"
     args = ["--config", str(TINY_CONFIG),
-            *tiny_overrides(shards, tmp / "runs", classes, train__max_steps=TIMEOUT_STEPS, train__epochs=100, train__eval_every=100,
-                            train__checkpoint_every=1000, log__every=20, log__name="timeout"),
+            *tiny_overrides(shards, tmp / "runs", classes, train__max_steps=steps, train__epochs=1000, train__eval_every=1000,
+                            train__checkpoint_every=10000, log__every=20, log__name="timeout"),
             "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "1", "--signal-delay", "30", "--dir", str(folder)]
     out = submit_py(args, cwd=tmp)
     assert out.returncode == 0, out.stderr
     entry = json.loads((folder / "sweep.json").read_text())["jobs"][0]
     extender = Extender(entry["job_id"])
     extender.start()
-    yield {"folder": folder, "job": entry["job_id"], "run_dir": Path(entry["run_dir"]), "extender": extender, "tmp": tmp}
+    yield {"folder": folder, "job": entry["job_id"], "run_dir": Path(entry["run_dir"]), "extender": extender, "tmp": tmp, "steps": steps}
     extender.join(1)
     cancel_leftovers(folder)
 
 
 @pytest.mark.slow
 def test_submitit_job_that_hits_its_time_limit_is_requeued_and_finishes(timeout_job):
-    folder, job, run_dir, tmp = timeout_job["folder"], timeout_job["job"], timeout_job["run_dir"], timeout_job["tmp"]
+    folder, job, run_dir, tmp, steps = (timeout_job[k] for k in ("folder", "job", "run_dir", "tmp", "steps"))
     show = lambda: logs(folder) + "\n" + tail(run_dir / f"slurm-{job}.log")  # noqa: E731
     state = wait_job_done(job, 400, on_timeout=show)
     extender = timeout_job["extender"]
@@ -155,6 +176,6 @@ def test_submitit_job_that_hits_its_time_limit_is_requeued_and_finishes(timeout_
     second = [e for e in events if e["event"] == "start"][1]
     assert second["command"][second["command"].index("--resume") + 1] == "auto" and second["restart"] == 1
     metrics = read_jsonl(run_dir / "metrics.jsonl")
-    assert max(r["step"] for r in metrics if "step" in r) == TIMEOUT_STEPS and "test/ensemble_top1" in metrics[-1]
+    assert max(r["step"] for r in metrics if "step" in r) == steps and "test/ensemble_top1" in metrics[-1]
     status = json.loads(submit_py(["status", str(folder), "--json"], cwd=tmp).stdout)
-    assert (status[0]["state"], status[0]["restarts"], status[0]["last_step"]) == ("COMPLETED", 1, TIMEOUT_STEPS)
+    assert (status[0]["state"], status[0]["restarts"], status[0]["last_step"]) == ("COMPLETED", 1, steps)
