@@ -38,6 +38,18 @@ set -uo pipefail
 
 die() { echo "slurm/train.sh: error: $*" >&2; exit 2; }
 
+# First of all: SIGUSR1's default action would end this script.
+srun_pid=
+early=
+terminated=0
+forward() {  # $1: signal name; srun passes it on to every node's node.py
+    echo "=== $(date '+%F %T') received SIG$1, forwarding to the training processes"
+    [ "$1" = TERM ] && terminated=1
+    if [ -n "$srun_pid" ]; then kill -s "$1" "$srun_pid" 2>/dev/null; else early=$1; fi
+}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+
 [ $# -ge 1 ] || die "usage: sbatch [sbatch options] slurm/train.sh CONFIG [section.key=value ...]"
 [ -n "${SLURM_JOB_ID:-}" ] || die "not inside a SLURM job; submit it with: sbatch slurm/train.sh CONFIG"
 
@@ -72,24 +84,16 @@ HERBS_PORT=$((15000 + SLURM_JOB_ID % 15000))
 export HERBS_HEAD_NODE HERBS_PORT
 echo "=== $(date '+%F %T') job $job restart ${SLURM_RESTART_COUNT:-0}: ${SLURM_JOB_NUM_NODES} node(s) $SLURM_JOB_NODELIST, head $HERBS_HEAD_NODE:$HERBS_PORT"
 
-srun_pid=
-early=
-terminated=0
-forward() {  # $1: signal name; srun passes it on to every node's node.py
-    echo "=== $(date '+%F %T') received SIG$1, forwarding to the training processes"
-    [ "$1" = TERM ] && terminated=1
-    if [ -n "$srun_pid" ]; then kill -s "$1" "$srun_pid" 2>/dev/null; else early=$1; fi
-}
-trap 'forward USR1' USR1
-trap 'forward TERM' TERM
-
 srun_args=(--nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1)
 # srun of SLURM 22.05 does not inherit --cpus-per-task from the job
 [ -n "${SLURM_CPUS_PER_TASK:-}" ] && srun_args+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
 [ "$terminated" = 1 ] && { echo "=== terminated before training started"; exit 143; }
-[ -n "$early" ] && echo "=== SIG$early came before training started; it runs until the time limit"
 srun "${srun_args[@]}" "${node[@]}" run -- "$@" &
 srun_pid=$!
+if [ -n "$early" ]; then  # came before srun: pass it on once the tasks are up (node.py holds it until training listens)
+    echo "=== SIG$early came before training started; passing it on in 10 s"
+    (sleep 10; kill -s "$early" "$srun_pid" 2>/dev/null) &
+fi
 # `wait` returns early (>128) whenever a trapped signal arrives; keep waiting for srun itself.
 while :; do
     wait "$srun_pid"; rc=$?
