@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "herbs.model.commands",
     "herbs.data.commands",
     "herbs.train.commands",
+    "herbs.evaluate.commands",
 )
 
 
