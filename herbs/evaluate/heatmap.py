@@ -119,7 +119,7 @@ def to_image(maps: torch.Tensor, transform: EvalTransform, height: int, width: i
     ys = ((torch.arange(height, dtype=torch.float32) + 0.5) * r / height - top) / c  # 0..1 inside the crop
     xs = ((torch.arange(width, dtype=torch.float32) + 0.5) * r / width - top) / c
     grid = torch.stack(torch.meshgrid(xs * 2 - 1, ys * 2 - 1, indexing="xy"), -1)[None]
-    sampled = F.grid_sample(maps[:, None].float(), grid.expand(len(maps), -1, -1, -1), mode="bilinear", align_corners=False)[:, 0]
+    sampled = F.grid_sample(maps[:, None].float(), grid.expand(len(maps), -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
     inside = ((ys >= 0) & (ys <= 1))[:, None] & ((xs >= 0) & (xs <= 1))[None, :]
     sampled = torch.where(inside, sampled, torch.full_like(sampled, float("nan")))
     box = (top * width / r, top * height / r, (top + c) * width / r, (top + c) * height / r)
