@@ -136,13 +136,15 @@ def timeout_job(data, sweep_submission):
 
     The signal comes 30 s before the limit, and SLURM sends it at its first time check after the
     start: within 30 s (it checks every 30 s and may signal up to a minute early). Training is
-    sized from the sweep's measured step time to take a minute, so it is still going then; it
+    sized from the sweep's measured step time to take 45 s, so it is still going then; it
     checkpoints and submitit requeues the job. The requeued attempt would be signalled just as
     early again, so its time limit is raised while it waits in the queue: the one thing done by hand."""
     tmp, shards, classes = data
     sweep_folder, _ = sweep_submission
     first_point = Path(json.loads((sweep_folder / "sweep.json").read_text())["jobs"][0]["run_dir"])
-    steps = min(3000, max(300, math.ceil(60 / measured_step_time(first_point))))
+    # 45 s at the measured pace: past SLURM's first check (<= 30 s after the start) even if this
+    # machine got a third faster meanwhile; it usually gets slower, running beside the sweep
+    steps = min(3000, max(300, math.ceil(45 / measured_step_time(first_point))))
     folder = tmp / "timeout-submission"
     args = ["--config", str(TINY_CONFIG),
             *tiny_overrides(shards, tmp / "runs", classes, train__max_steps=steps, train__epochs=1000, train__eval_every=1000,
