@@ -232,19 +232,23 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
+def read_yaml_mapping(path: str | Path, hint: str = "pass an existing YAML file (see configs/)") -> dict:
+    """The mapping stored in a YAML file, or one sentence saying why there is none."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; {hint}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file '{path}' is not valid YAML ({err.__class__.__name__}); fix its syntax") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
     """Read a YAML config (or start from the defaults), apply overrides, validate."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist; pass an existing YAML file (see configs/)")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file '{path}' is not valid YAML ({err.__class__.__name__}); fix its syntax") from err
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file '{path}' must hold a mapping of sections, not {type(data).__name__}")
+    data = read_yaml_mapping(path) if path is not None else {}
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for text in overrides:
         section, key, value = parse_override(text)
@@ -254,6 +258,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         data[section][key] = value
     config = from_dict(data)
     if config.log.name is None and path is not None:
+        path = Path(path)
         config.log.name = path.stem
     return config
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,11 +12,20 @@ from herbs.cli import main
 from herbs.model.checkpoint import load_model
 
 
-def herbs(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "herbs.cli", *map(str, args)], capture_output=True, text=True)
+@pytest.fixture
+def herbs(capsys):
+    """Run the `herbs` command line in this process; returns (exit code, stdout, stderr)."""
+    def run(*args) -> subprocess.CompletedProcess:
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit:  # --help
+            code = exit.code
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+    return run
 
 
-def test_imported_reference_model_reproduces_the_original(reference_dir, tmp_path):
+def test_imported_reference_model_reproduces_the_original(reference_dir, tmp_path, herbs):
     out = tmp_path / "model"
     result = herbs("import-checkpoint", reference_dir / "checkpoint.pt", "--config", reference_dir / "config.yaml", "--out", out)
     assert result.returncode == 0, result.stderr
@@ -31,7 +39,7 @@ def test_imported_reference_model_reproduces_the_original(reference_dir, tmp_pat
     assert (got["layer1"] - expected["layer1"]).abs().max() <= 1e-4
 
 
-def test_help_describes_the_commands():
+def test_help_describes_the_commands(herbs):
     assert "import-checkpoint" in herbs("--help").stdout
     text = herbs("import-checkpoint", "--help").stdout
     assert "original HERBS code" in text and "--config" in text and "--out" in text
@@ -45,7 +53,7 @@ def _error_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_mismatched_config_names_the_parameter(reference_dir, tmp_path):
+def test_mismatched_config_names_the_parameter(reference_dir, tmp_path, herbs):
     config = yaml.safe_load((reference_dir / "config.yaml").read_text())
     config["num_classes"] = 12
     path = tmp_path / "wrong.yaml"
@@ -55,14 +63,14 @@ def test_mismatched_config_names_the_parameter(reference_dir, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_file_that_is_not_a_herbs_checkpoint(reference_dir, tmp_path):
+def test_file_that_is_not_a_herbs_checkpoint(reference_dir, tmp_path, herbs):
     path = tmp_path / "resnet.pt"
     torch.save({"model": {"conv1.weight": torch.zeros(2, 3, 3, 3)}}, path)
     line = _error_line(herbs("import-checkpoint", path, "--config", reference_dir / "config.yaml", "--out", tmp_path / "m"))
     assert "not a checkpoint of the original HERBS code" in line and "resnet.pt" in line
 
 
-def test_missing_file_and_pickle(reference_dir, tmp_path):
+def test_missing_file_and_pickle(reference_dir, tmp_path, herbs):
     line = _error_line(herbs("import-checkpoint", tmp_path / "none.pt", "--config", reference_dir / "config.yaml", "--out", tmp_path / "m"))
     assert "does not exist" in line
     evil = tmp_path / "evil.pt"

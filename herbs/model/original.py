@@ -10,9 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
-
-from herbs.config import TAPS, Config, from_dict
+from herbs.config import TAPS, Config, from_dict, read_yaml_mapping
 from herbs.errors import CheckpointError, ConfigError
 from herbs.model.checkpoint import save_model
 from herbs.model.herbs_model import HERBSModel
@@ -45,14 +43,8 @@ BACKBONE_ARGS = ("patch_size", "window_size", "embed_dim", "depths", "num_heads"
 
 def config_from_original(path: str | Path) -> Config:
     """Translate the original code's flat YAML config into a herbs Config."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist; pass the YAML the checkpoint was trained with")
-    try:
-        orig = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file '{path}' is not valid YAML; fix its syntax") from err
-    if not isinstance(orig, dict) or "num_classes" not in orig:
+    orig = read_yaml_mapping(path, hint="pass the YAML the checkpoint was trained with")
+    if "num_classes" not in orig:
         raise ConfigError(f"'{path}' is not a config of the original HERBS code (it has no num_classes)")
     if orig.get("model_name", "swin-t") != "swin-t":
         raise ConfigError(f"'{path}' uses model_name {orig['model_name']!r}; only the Swin HERBS model ('swin-t') is supported")
