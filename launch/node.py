@@ -172,12 +172,13 @@ def accelerate_command(spec: NodeSpec, train_args: Sequence[str], *, python: str
         cmd += ["--config_file", str(accelerate_config)]
         if spec.num_nodes > 1:
             cmd += ["--deepspeed_multinode_launcher", "standard"]  # used only by DeepSpeed configs: no pdsh
-    else:  # precision comes from train.mixed_precision in the engine; this only silences accelerate's defaults warning
+    else:
+        # precision comes from train.mixed_precision in the engine; this only silences accelerate's defaults warning
         cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"]
-    if spec.num_processes > 1 and not accelerate_config:
-        # also the multi-process CPU (gloo) launcher when there is no GPU; never with a config
-        # file, whose distributed_type (e.g. DEEPSPEED) an explicit --multi_gpu would override
-        cmd.append("--multi_gpu")
+        if spec.num_processes > 1:
+            # also the multi-process CPU (gloo) launcher when there is no GPU; never with a config
+            # file, whose distributed_type (e.g. DEEPSPEED) an explicit --multi_gpu would override
+            cmd.append("--multi_gpu")
     cmd += [
         "--num_machines", str(spec.num_nodes),
         "--num_processes", str(spec.num_processes),
