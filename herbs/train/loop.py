@@ -202,6 +202,7 @@ def train(config: Config, resume: str | None = None) -> int:
             if is_main:
                 (run_dir / REQUEUE_MARKER).write_text(f"{state.step}\n")
                 log.info("preempted: checkpoint at step %d written; exiting with %d to be requeued", state.step, EXIT_REQUEUE)
+            accelerator.wait_for_everyone()  # exit together: the launcher kills the others once one rank exits
             accelerator.end_training()
             return EXIT_REQUEUE
 
