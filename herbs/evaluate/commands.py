@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 MODEL_HELP = "a herbs model directory (a run's best/, or one written by `herbs import-checkpoint`)"
+EVAL_BATCH = "the model config's data.eval_batch_size"
 NAMES_NOTE = (
     "A model directory without class names (an original checkpoint imported without --classes) calls its "
     "classes class_0, class_1, ... in label order."
@@ -28,9 +29,19 @@ def not_negative(text: str) -> int:
     return value
 
 
-def add_loader_options(parser: argparse.ArgumentParser, batch_default: str) -> None:
+def add_model_options(parser: argparse.ArgumentParser, *, images: str = "", device: bool = True, batch_default: str) -> None:
+    """What every command here takes: the model directory, the inputs, the device and precision, batching."""
+    parser.add_argument("--checkpoint", required=True, metavar="DIR", help=MODEL_HELP)
+    if images:
+        parser.add_argument("paths", nargs="+", metavar=images, help="image files and/or folders (searched recursively)")
+    if device:
+        parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--batch-size", type=positive, metavar="N", help=f"images per forward pass (default: {batch_default})")
     parser.add_argument("--workers", type=not_negative, metavar="N", help="decoding worker processes; 0 decodes in this process (default: min(4, CPU cores))")
+
+
+def add_precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"), help="mixed precision of the forward pass (fp16: GPU only) (default: no)")
 
 
 def register(subparsers) -> None:
@@ -48,7 +59,8 @@ def register(subparsers) -> None:
             + NAMES_NOTE
         ),
     )
-    ev.add_argument("--checkpoint", required=True, metavar="DIR", help=MODEL_HELP)
+    add_model_options(ev, device=False, batch_default=EVAL_BATCH)
+    add_precision(ev)
     source = ev.add_mutually_exclusive_group(required=True)
     source.add_argument("--shards", metavar="DIR", help="a shards directory (manifest.json + tars) with the model's classes")
     source.add_argument("--images", metavar="ROOT", help="an image folder ROOT/<class>/<image>, class folders named as the model's classes")
@@ -59,8 +71,6 @@ def register(subparsers) -> None:
                          "none with --images; suffix = the last word of each class name (CUB style) (default: auto)")
     ev.add_argument("--group-level", type=positive, default=1, metavar="N",
                     help="with a class tree (NABirds): group classes by their ancestor N levels up; 1 = parent (default: 1)")
-    ev.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"), help="mixed precision of the forward pass (fp16: GPU only) (default: no)")
-    add_loader_options(ev, "the model config's data.eval_batch_size")
     ev.set_defaults(func=run_eval)
 
     pr = subparsers.add_parser(
@@ -74,15 +84,12 @@ def register(subparsers) -> None:
             "read is named on stderr and skipped; the others are still predicted, and the exit code is 1. " + NAMES_NOTE
         ),
     )
-    pr.add_argument("--checkpoint", required=True, metavar="DIR", help=MODEL_HELP)
-    pr.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
+    add_model_options(pr, images="PATH", batch_default=EVAL_BATCH)
+    add_precision(pr)
     pr.add_argument("--output", "-o", metavar="FILE", help="write here instead of stdout")
     pr.add_argument("--format", choices=("csv", "jsonl"), help="csv: path,class_1,score_1,...; jsonl: one JSON object per image "
                                                                  "(default: from the --output suffix, else csv)")
     pr.add_argument("--topk", type=positive, default=5, metavar="K", help="classes per image (default: 5)")
-    pr.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda or cuda:N (default: auto)")
-    pr.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"), help="mixed precision (fp16: GPU only) (default: no)")
-    add_loader_options(pr, "the model config's data.eval_batch_size")
     pr.set_defaults(func=run_predict)
 
     hm = subparsers.add_parser(
@@ -97,13 +104,10 @@ def register(subparsers) -> None:
             "is the centre crop the model sees. Images are processed in batches. " + NAMES_NOTE
         ),
     )
-    hm.add_argument("--checkpoint", required=True, metavar="DIR", help=MODEL_HELP)
-    hm.add_argument("paths", nargs="+", metavar="IMAGE", help="image files and/or folders")
+    add_model_options(hm, images="IMAGE", batch_default="8")
     hm.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs")
     hm.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class (a name, or an index) instead of the predicted one")
     hm.add_argument("--size", type=positive, default=512, metavar="PX", help="longer side of the drawn image in pixels (default: 512)")
-    hm.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda or cuda:N (default: auto)")
-    add_loader_options(hm, "8")
     hm.set_defaults(func=run_heatmap)
 
 
