@@ -142,6 +142,9 @@ def test_user_mistakes_are_one_sentence(shards, model_dir, tmp_path, capsys):
     assert "does not exist" in line
     line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir, "--shards", shards, "--split", "holdout")[::2])
     assert "split 'holdout'" in line
+    (tmp_path / "file").write_text("")
+    line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir, "--shards", shards, "--out", tmp_path / "file" / "out")[::2])
+    assert "cannot be written" in line and "--out" in line
 
 
 def test_reference_model_evaluates_and_predicts_end_to_end(reference_dir, tmp_path, capsys):

@@ -75,6 +75,9 @@ def test_the_requested_class_is_explained(model_dir, photos, tmp_path, capsys):
     assert result.class_name == "grey_plain" and float(score) == pytest.approx(result.score, abs=1e-4)
     line = one_sentence(*run_cli(capsys, "heatmap", "--checkpoint", model_dir, photos / "wide.jpg", "--out", tmp_path, "--class", "grey_plian")[::2])
     assert "'grey_plian'" in line and "did you mean 'grey_plain'" in line
+    (tmp_path / "file").write_text("")
+    line = one_sentence(*run_cli(capsys, "heatmap", "--checkpoint", model_dir, photos / "wide.jpg", "--out", tmp_path / "file" / "maps")[::2])
+    assert "cannot be written" in line
 
 
 def test_batches_give_the_maps_of_one_image_at_a_time(model_dir, photos):

@@ -160,13 +160,13 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_heatmap(args: argparse.Namespace) -> int:
     from herbs.evaluate.heatmap import heatmaps, output_path, render
     from herbs.evaluate.images import find_images
-    from herbs.evaluate.inference import load_for_inference
+    from herbs.evaluate.inference import load_for_inference, writable_dir
     from herbs.evaluate.predict import Unreadable, default_workers
 
     inputs = find_images(args.paths)
     inference = load_for_inference(args.checkpoint, args.device)
     class_index = inference.class_index(args.class_name) if args.class_name is not None else None
-    out, taken, skipped = Path(args.out), set(), 0
+    out, taken, skipped = writable_dir(Path(args.out), "--out"), set(), 0
     for result in heatmaps(inference, inputs, class_index=class_index, batch_size=args.batch_size or 8,
                            workers=default_workers() if args.workers is None else args.workers, display=args.size):
         if isinstance(result, Unreadable):

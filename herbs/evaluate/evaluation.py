@@ -20,7 +20,7 @@ from herbs.data.manifest import Manifest, load_manifest
 from herbs.data.stream import eval_stream
 from herbs.errors import HerbsError
 from herbs.evaluate.images import ImageFiles, image_batches
-from herbs.evaluate.inference import InferenceModel, autocast, check_precision, describe_names, load_for_inference
+from herbs.evaluate.inference import InferenceModel, autocast, check_precision, describe_names, load_for_inference, writable_dir
 from herbs.evaluate.predict import eval_transform
 from herbs.evaluate.predictions import gather, predict_batches
 from herbs.evaluate.report import choose_groups, write_report
@@ -107,6 +107,8 @@ def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: str
     config.train.mixed_precision = precision
     accelerator = build_accelerator(config, out)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    if accelerator.is_main_process:
+        writable_dir(out, "--out")
     model = inference.model.to(device)
     batch_size = batch_size or config.data.eval_batch_size
     workers = config.data.num_workers if workers is None else workers

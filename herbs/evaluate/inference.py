@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,18 @@ class InferenceModel:
 def describe_names(names: list[str], shown: int = 4) -> str:
     head = ", ".join(repr(n) for n in names[:shown])
     return head + (f", ... ({len(names)} in all)" if len(names) > shown else "")
+
+
+def writable_dir(path: Path, option: str) -> Path:
+    """Create `path` if needed; one sentence naming `option` when it cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise HerbsError(f"'{path}' cannot be written ({err.strerror}); pass a writable folder as {option}") from None
+    return path
 
 
 def pick_device(name: str = "auto") -> torch.device:
