@@ -10,7 +10,6 @@ warm-up and not timed. Run: python benchmarks/predict.py [--images 256] [--batch
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random

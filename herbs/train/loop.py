@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import broadcast_object_list, set_seed
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from herbs.config import Config
@@ -21,11 +22,11 @@ from herbs.data.manifest import load_manifest
 from herbs.data.stream import eval_stream, train_stream
 from herbs.data.transforms import normalize
 from herbs.errors import HerbsError
-from herbs.evaluate.metrics import headline, topk_accuracy
+from herbs.evaluate.metrics import topk_accuracy
 from herbs.evaluate.predictions import gather, predict_batches
 from herbs.loss import HERBSLoss, temperature_at
 from herbs.model import HERBSModel
-from herbs.model.checkpoint import save_model
+from herbs.model.checkpoint import WEIGHTS, save_model
 from herbs.train.accel import build_accelerator
 from herbs.train.checkpoints import CheckpointDir, TrainerState, resolve_resume
 from herbs.train.optim import build_optimizer, lr_at, set_lr
@@ -209,13 +210,25 @@ def train(config: Config, resume: str | None = None) -> int:
     if not has_val:  # nothing to choose by: the final weights are the model
         export_best(state.best_val)
     if d.test_split in manifest.splits:
-        final = evaluate(d.test_split)
+        weights = use_best_weights(accelerator, model, run_dir / "best")
+        final = evaluate(d.test_split) | {f"{d.test_split}/weights": weights}
         record(final)
         if is_main:
             print(f"test ensemble top-1: {final.get(f'{d.test_split}/ensemble_top1', 0.0):.2f}% "
-                  f"({final[f'{d.test_split}/samples']} images, chance {100.0 / manifest.num_classes:.2f}%)")
+                  f"({final[f'{d.test_split}/samples']} images, {weights} weights, chance {100.0 / manifest.num_classes:.2f}%)")
     accelerator.end_training()
     return 0
+
+
+def use_best_weights(accelerator, model, best_dir: Path) -> str:
+    """Load the exported best-val weights into the model for the test evaluation; returns which
+    weights the model holds. ZeRO-3 keeps its partitioned final weights (they cannot be loaded
+    into by name) and says so."""
+    plugin = accelerator.state.deepspeed_plugin
+    if not (best_dir / WEIGHTS).is_file() or (plugin is not None and plugin.zero_stage == 3):
+        return "final"
+    accelerator.unwrap_model(model).load_state_dict(load_file(str(best_dir / WEIGHTS), device=str(accelerator.device)))
+    return "best"
 
 
 def checked_manifest(shards: str, verify: bool, accelerator):
