@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 
 import psutil
 import pytest
@@ -180,3 +181,14 @@ def test_non_finite_losses_stop_with_a_message(shards, tmp_path):
                           check=False)
     line = _error(result)
     assert "non-finite for 3 steps in a row" in line
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    """The README's main command, one epoch instead of twelve (the full demo is measured by hand)."""
+    shards = tmp_path / "demo"
+    subprocess.run([sys.executable, "-m", "herbs.cli", "shard", "demo", str(shards)], check=True, capture_output=True)
+    result = run_training(1, str(REPO / "configs" / "demo.yaml"), f"data.shards={shards}", f"train.output_dir={tmp_path}",
+                          "train.epochs=1")
+    assert "test ensemble top-1" in result.stdout and "best weights" in result.stdout
+    assert (run_dir(tmp_path, "herbs-demo", "demo") / "best" / "model.safetensors").is_file()
