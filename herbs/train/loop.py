@@ -227,7 +227,7 @@ def use_best_weights(accelerator, model, best_dir: Path) -> str:
     plugin = accelerator.state.deepspeed_plugin
     if not (best_dir / WEIGHTS).is_file() or (plugin is not None and plugin.zero_stage == 3):
         return "final"
-    accelerator.unwrap_model(model).load_state_dict(load_file(str(best_dir / WEIGHTS), device=str(accelerator.device)))
+    accelerator.unwrap_model(model).load_state_dict(load_file(str(best_dir / WEIGHTS)))
     return "best"
 
 
