@@ -9,6 +9,7 @@ checkpoints, preemption and logging.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def run_directory(config: Config) -> Path:
     path = Path(config.train.output_dir) / config.log.project / (config.log.name or "run")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        probe = path / f".write-test-{os.getpid()}"  # one per process: ranks check at the same time
         probe.write_text("")
         probe.unlink()
     except OSError as err:
