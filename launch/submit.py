@@ -33,6 +33,7 @@ if str(REPO) not in sys.path:  # `python launch/submit.py` puts launch/ on the p
     sys.path.insert(0, str(REPO))
 
 from launch import node, sweep  # noqa: E402
+from herbs.train.tracking import read_jsonl  # noqa: E402
 
 DEFAULT_MAX_JOBS = 100
 
@@ -384,33 +385,18 @@ def run_local(executor, jobs, record: dict, folder: Path, parallel: int) -> list
 
 
 def read_events(run_dir: Path) -> list[dict]:
-    path = run_dir / node.EVENTS_FILE
-    if not path.is_file():
-        return []
-    events = []
-    for line in path.read_text().splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line being written
-    return events
+    return read_jsonl(run_dir / node.EVENTS_FILE)
 
 
 def read_metrics(run_dir: Path) -> tuple[int | None, float | None]:
     """(last step, best val/ensemble_top1) from metrics.jsonl."""
-    path = run_dir / "metrics.jsonl"
     last, best = None, None
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec.get("step"), int):
-                last = rec["step"] if last is None else max(last, rec["step"])
-            acc = rec.get("val/ensemble_top1")
-            if isinstance(acc, (int, float)):
-                best = acc if best is None else max(best, acc)
+    for rec in read_jsonl(run_dir / "metrics.jsonl"):
+        if isinstance(rec.get("step"), int):
+            last = rec["step"] if last is None else max(last, rec["step"])
+        acc = rec.get("val/ensemble_top1")
+        if isinstance(acc, (int, float)):
+            best = acc if best is None else max(best, acc)
     return last, best
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from herbs.train.tracking import read_jsonl  # noqa: F401 (the tests import it from here)
+
 REPO = Path(__file__).resolve().parents[1]
 REQUIRE_ENV = "HERBS_REQUIRE_SLURM"
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
@@ -128,16 +130,6 @@ def sbatch(args: list[str], cwd: Path, env: dict | None = None) -> str:
     return out.stdout.strip().split(";")[0]
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass  # a line being written
-    return rows
 
 
 def last_step(run_dir: Path) -> int:

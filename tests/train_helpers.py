@@ -3,7 +3,6 @@ one process (`python train.py`) or two CPU processes (`accelerate launch --multi
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -15,6 +14,7 @@ from safetensors.torch import load_file
 
 from herbs.data.demo import make_demo
 from herbs.data.writer import write_shards
+from herbs.train.tracking import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,4 +96,4 @@ def checkpoint_weights(run: Path, step: int | None = None) -> dict:
 
 
 def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return read_jsonl(run / "metrics.jsonl")
