@@ -18,6 +18,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from herbs.data.workers import START_METHODS
 from herbs.errors import ConfigError
 
 TAPS = ("layer1", "layer2", "layer3", "layer4")
@@ -57,6 +58,7 @@ class DataConfig:
     batch_size: int = 8  # micro-batch per process
     eval_batch_size: int = 16
     num_workers: int = 4  # decoding/augmentation worker processes per training process
+    worker_start: str = "forkserver"  # how workers start: forkserver (safe beside the process group's threads), spawn or fork
     shuffle_buffer: int = 1000  # samples held for shuffling inside each worker
     verify_checksums: bool = True  # check every shard's sha256 before training (one read of the shards)
     resize: int = 510  # images are resized to resize x resize before cropping to model.img_size
@@ -300,6 +302,8 @@ def validate(config: Config) -> None:
         raise ConfigError("data.batch_size and data.eval_batch_size must be at least 1")
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers must be 0 or more, got {d.num_workers}")
+    if d.worker_start not in START_METHODS:
+        raise ConfigError(f"data.worker_start must be one of {', '.join(START_METHODS)}, got '{d.worker_start}'")
     if len(d.mean) != 3 or len(d.std) != 3:
         raise ConfigError("data.mean and data.std must have 3 values (R, G, B)")
     if not any((config.loss.lambda_b0, config.loss.lambda_b, config.loss.lambda_s, config.loss.lambda_n, config.loss.lambda_c)):

@@ -43,6 +43,7 @@ def test_overrides_are_typed():
     (["model.num_selects=[800, 32, 16, 16]"], "layer1 is 800 but that tap has only 784 tokens"),
     (["model.img_size=230"], "multiple of 32"),
     (["train.mixed_precision=fp8"], "no, bf16 or fp16"),
+    (["data.worker_start=thread"], "data.worker_start must be one of forkserver, spawn, fork"),
     (["lr=1"], "section.key=value"),
 ])
 def test_bad_settings_name_the_key(override, message):

@@ -289,3 +289,12 @@ def test_epochs_can_be_rounded_to_the_accumulation_steps(shards, round_to):
         assert same(run(stream, start_batch=len(stream) - 2), batches[-2:])
         seen += keys(batches)
     assert set(seen) == TRAIN_KEYS
+
+
+def test_workers_start_from_a_forkserver_and_the_start_method_does_not_change_the_data(shards):
+    """Workers forked from a training process that runs communication threads can hang on a lock one
+    of those threads held; they start from a single-threaded forkserver instead, with the same batches."""
+    default, forked = train(shards, world_size=1), train(shards, world_size=1, worker_start="fork")
+    assert default.epoch(0).multiprocessing_context.get_start_method() == "forkserver"
+    assert forked.epoch(0).multiprocessing_context.get_start_method() == "fork"
+    assert same(run(default, epoch=1), run(forked, epoch=1))

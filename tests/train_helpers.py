@@ -4,6 +4,7 @@ one process (`python train.py`) or two CPU processes (`accelerate launch --multi
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -60,8 +61,18 @@ def env(deepspeed: bool = False) -> dict:
 
 def run_training(processes: int, config: str, *overrides: str, timeout: float = 600, check: bool = True,
                  launch_config: str | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(train_command(processes, "--config", config, *overrides, launch_config=launch_config),
-                            capture_output=True, text=True, timeout=timeout, env=env(launch_config is not None), cwd=REPO)
+    command = train_command(processes, "--config", config, *overrides, launch_config=launch_config)
+    # Its own session: a run that overstays is killed whole (launcher, ranks, loader workers), not
+    # just the launcher, so no orphaned rank keeps running beside the next test.
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env(launch_config is not None), cwd=REPO, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"training did not finish in {timeout} s:\n{stdout[-3000:]}\n{stderr[-5000:]}") from None
+    result = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"training exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result

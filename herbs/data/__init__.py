@@ -9,6 +9,7 @@
     plan                         which shard ranges each (rank, worker) reads in an epoch
     transforms                   decoding and the published augmentation on uint8 tensors
     stream                       training and evaluation loaders over the shards
+    workers                      how loader workers start (forkserver: no fork beside running threads)
     commands                     `herbs shard ...`
 
 Nothing here knows about the model or Accelerate: a loader is given its rank and world size.

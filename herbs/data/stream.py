@@ -52,6 +52,7 @@ from herbs.data.manifest import Manifest, load_manifest
 from herbs.data.plan import Piece, eval_pieces, train_pieces, train_samples_per_slot
 from herbs.data.tario import Fields, read_samples
 from herbs.data.transforms import DecodeError, EvalTransform, TrainTransform, decode_image
+from herbs.data.workers import worker_context
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +136,14 @@ def make_batch(images: list[torch.Tensor], labels: list[int], keys: list[str], s
 class _Stream:
     """What both loaders share: the manifest and split, this rank's place, the loader settings."""
 
-    def __init__(self, shards: str | Path | Manifest, split: str, *, rank: int, world_size: int, batch_size: int, num_workers: int, pin_memory: bool):
+    def __init__(self, shards: str | Path | Manifest, split: str, *, rank: int, world_size: int, batch_size: int, num_workers: int,
+                 pin_memory: bool, worker_start: str):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         self.manifest = shards if isinstance(shards, Manifest) else load_manifest(shards)
         self.split = self.manifest.split(split)
         self.rank, self.world_size = rank, world_size
-        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.batch_size, self.num_workers, self.pin_memory, self.worker_start = batch_size, num_workers, pin_memory, worker_start
         self.workers = max(1, num_workers)  # slots per rank; 0 workers means one slot in this process
         self.slots = world_size * self.workers
 
@@ -159,6 +161,7 @@ class _Stream:
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             generator=torch.Generator().manual_seed(0),
+            multiprocessing_context=worker_context(self.num_workers, self.worker_start),
         )
 
 
@@ -176,11 +179,13 @@ class TrainStream(_Stream):
         seed: int,
         shuffle_buffer: int = 1000,
         pin_memory: bool = False,
+        worker_start: str = "forkserver",
         round_to: int = 1,
     ):
         """`round_to`: make `len(self)` a multiple of it (the trainer's gradient accumulation steps,
         so that an epoch ends on an optimizer step); extra batches repeat samples like short slots do."""
-        super().__init__(shards, split, rank=rank, world_size=world_size, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        super().__init__(shards, split, rank=rank, world_size=world_size, batch_size=batch_size, num_workers=num_workers,
+                         pin_memory=pin_memory, worker_start=worker_start)
         self.transform, self.seed, self.shuffle_buffer = transform, seed, shuffle_buffer
         self.samples_per_slot = train_samples_per_slot(self.split.num_samples, self.slots)
         multiple = round_to // math.gcd(round_to, self.workers)
@@ -283,8 +288,10 @@ class EvalStream(_Stream):
         batch_size: int,
         num_workers: int,
         pin_memory: bool = False,
+        worker_start: str = "forkserver",
     ):
-        super().__init__(shards, split, rank=rank, world_size=world_size, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
+        super().__init__(shards, split, rank=rank, world_size=world_size, batch_size=batch_size, num_workers=num_workers,
+                         pin_memory=pin_memory, worker_start=worker_start)
         self.transform = transform
         self.pieces = [eval_pieces(self.split, self.slot(w), self.slots) for w in range(self.workers)]
 
@@ -329,7 +336,7 @@ def train_stream(data: DataConfig, *, crop: int, rank: int, world_size: int, see
     return TrainStream(
         data.shards, data.train_split, transform,
         rank=rank, world_size=world_size, batch_size=data.batch_size, num_workers=data.num_workers,
-        seed=seed, shuffle_buffer=data.shuffle_buffer, pin_memory=pin_memory, round_to=round_to,
+        seed=seed, shuffle_buffer=data.shuffle_buffer, pin_memory=pin_memory, round_to=round_to, worker_start=data.worker_start,
     )
 
 
@@ -338,4 +345,5 @@ def eval_stream(data: DataConfig, split: str, *, crop: int, rank: int, world_siz
     return EvalStream(
         data.shards, split, EvalTransform(data.resize, crop),
         rank=rank, world_size=world_size, batch_size=data.eval_batch_size, num_workers=data.num_workers, pin_memory=pin_memory,
+        worker_start=data.worker_start,
     )

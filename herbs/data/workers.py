@@ -1,0 +1,30 @@
+"""How loader worker processes start.
+
+A training process runs threads of its own by the time it builds a loader (the process group's
+communication threads, tqdm's monitor, the previous loader's queue feeders). `fork` copies
+whatever locks those threads hold into the child, which then waits on them forever: a rare hang
+that stops every rank of a job. `forkserver` forks workers from a small single-threaded server
+process instead, started once per training process; preloading the data modules there makes
+each later worker start as fast as a plain fork.
+
+Like `spawn`, it needs the usual `if __name__ == "__main__":` guard in a script that builds loaders.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+
+START_METHODS = ("forkserver", "spawn", "fork")
+PRELOAD = ["herbs.data.stream", "herbs.evaluate.images"]  # the modules every worker unpickles its dataset from
+
+
+def worker_context(num_workers: int, method: str = "forkserver"):
+    """The multiprocessing context for a loader's `num_workers` workers (None: loading in this process)."""
+    if method not in START_METHODS:
+        raise ValueError(f"worker start method '{method}' is not one of {', '.join(START_METHODS)}")
+    if num_workers == 0:
+        return None
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(PRELOAD)
+    return context
