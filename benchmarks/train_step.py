@@ -41,16 +41,19 @@ class PlainClassifier(nn.Module):
 
 
 def median_times(fns, steps: int, warmup: int = 2) -> list[float]:
-    """Median seconds of each function, interleaved so that load from other processes hits all alike."""
+    """Median seconds of each function, interleaved so that load from other processes hits all alike.
+    Each round starts with the next function: the first after a round's last one runs with colder
+    caches (measured: +25 % for the selector), and that must not always be the same one."""
     for _ in range(warmup):
         for fn in fns:
             fn()
     times = [[] for _ in fns]
-    for _ in range(steps):
-        for fn, spent in zip(fns, times):
+    for round_ in range(steps):
+        for i in range(len(fns)):
+            which = (round_ + i) % len(fns)
             start = time.perf_counter()
-            fn()
-            spent.append(time.perf_counter() - start)
+            fns[which]()
+            times[which].append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
 
 
