@@ -45,6 +45,9 @@ class ModelConfig:
     # the global batch is split across processes.
     freeze_batchnorm: bool = False
     grad_checkpointing: bool = False  # recompute backbone activations in backward to save memory
+    # torch's scaled_dot_product_attention in the Swin windows (timm's "fused" attention): faster and
+    # leaner on GPUs; outputs move by ~1e-6 (HERBS_SPEC.md §10). Off: timm's default, bit-exact with the original.
+    fused_attention: bool = False
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from timm.layers import DropPath
@@ -21,9 +23,15 @@ def reference(reference_dir):
     return fixture, config, load("input.pt"), load
 
 
-def test_eval_outputs_match(reference):
+def with_attention(config, fused: bool):
+    """The fixture's config with timm's default (bit-exact) or fused Swin attention."""
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, fused_attention=fused))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["default_attention", "fused_attention"])
+def test_eval_outputs_match(reference, fused):
     fixture, config, inputs, load = reference
-    model, _ = load_original(fixture / "checkpoint.pt", config)
+    model, _ = load_original(fixture / "checkpoint.pt", with_attention(config, fused))
     with torch.no_grad():
         outputs = model.eval()(inputs["images"])
     expected = load("outputs_eval.pt")
@@ -57,9 +65,11 @@ def _close(got: float, want: float) -> bool:
     return abs(got - want) <= max(1e-5 * abs(want), 1e-9)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["default_attention", "fused_attention"])
 @pytest.mark.parametrize("epoch", [0, 25])
-def test_loss_terms_and_gradients_match(reference, epoch):
+def test_loss_terms_and_gradients_match(reference, epoch, fused):
     fixture, config, inputs, load = reference
+    config = with_attention(config, fused)
     expected = load("loss_train.pt")["loss_terms"][f"epoch{epoch}"]
     model, total, terms = _train_forward_backward(fixture, config, inputs, load, epoch)
     assert _close(total.item(), expected["total_before_update_freq_division"].item())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.models.swin_transformer import SwinTransformer, checkpoint_filter_fn
+from timm.models.swin_transformer import SwinTransformer, WindowAttention, checkpoint_filter_fn
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -33,6 +33,7 @@ class SwinTaps(nn.Module):
         pretrained: bool = False,
         pretrained_file: str | None = None,
         grad_checkpointing: bool = False,
+        fused_attention: bool = False,
     ):
         super().__init__()
         args = dict(backbone_args or {})
@@ -59,6 +60,9 @@ class SwinTaps(nn.Module):
             raise ConfigError(f"model.backbone '{name}' is a {type(swin).__name__}, not a Swin Transformer; HERBS taps Swin stages")
         self.patch_embed = swin.patch_embed
         self.layers = swin.layers
+        for module in self.layers.modules():
+            if isinstance(module, WindowAttention):  # timm's own switch, read on every forward
+                module.fused_attn = fused_attention
         self.grad_checkpointing = grad_checkpointing
         if pretrained_file is not None:
             self.load_backbone_file(pretrained_file, swin)

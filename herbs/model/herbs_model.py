@@ -31,6 +31,7 @@ class HERBSModel(nn.Module):
             pretrained=config.pretrained and load_pretrained,
             pretrained_file=config.pretrained_file if load_pretrained else None,
             grad_checkpointing=config.grad_checkpointing,
+            fused_attention=config.fused_attention,
         )
         F, K = config.fpn_size, config.num_classes
         self.top_down = TopDownPyramid(self.backbone.channels, tokens, F)
