@@ -61,27 +61,27 @@ def env(deepspeed: bool = False) -> dict:
 
 def run_training(processes: int, config: str, *overrides: str, timeout: float = 600, check: bool = True,
                  launch_config: str | None = None) -> subprocess.CompletedProcess:
-    command = train_command(processes, "--config", config, *overrides, launch_config=launch_config)
-    # Its own session: a run that overstays is killed whole (launcher, ranks, loader workers), not
-    # just the launcher, so no orphaned rank keeps running beside the next test.
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env(launch_config is not None), cwd=REPO, start_new_session=True)
+    proc = start_training(processes, config, *overrides, launch_config=launch_config)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        # killed whole (launcher, ranks, loader workers), so no orphaned rank runs beside the next test
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
         raise AssertionError(f"training did not finish in {timeout} s:\n{stdout[-3000:]}\n{stderr[-5000:]}") from None
-    result = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"training exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
 
 
-def start_training(processes: int, config: str, *overrides: str, log: Path) -> subprocess.Popen:
-    """A training run in its own process group (so the test can signal or kill all of it)."""
-    return subprocess.Popen(train_command(processes, "--config", config, *overrides), stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, env=env(), cwd=REPO, start_new_session=True)
+def start_training(processes: int, config: str, *overrides: str, log: Path | None = None,
+                   launch_config: str | None = None) -> subprocess.Popen:
+    """A training run in its own process group (so the test can signal or kill all of it), writing
+    to `log`, or to pipes without one."""
+    streams = {"stdout": log.open("w"), "stderr": subprocess.STDOUT} if log else {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    return subprocess.Popen(train_command(processes, "--config", config, *overrides, launch_config=launch_config), **streams,
+                            env=env(launch_config is not None), cwd=REPO, start_new_session=True)
 
 
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, poll: float = 0.1):
