@@ -22,6 +22,10 @@ from herbs.data.workers import START_METHODS
 from herbs.errors import ConfigError
 
 TAPS = ("layer1", "layer2", "layer3", "layer4")
+LR_SCALING = ("none", "linear", "sqrt")
+# A section that a run writes into its config.yaml (what it derived: global batch, accumulation, peak LR,
+# warmup steps) and that reading the file back ignores: it is recomputed for the processes at hand.
+DERIVED = "derived"
 
 
 @dataclass
@@ -96,7 +100,13 @@ class OptimConfig:
     nesterov: bool = True  # sgd
     betas: list = field(default_factory=lambda: [0.9, 0.999])  # adamw
     weight_decay: float = 3e-4
-    warmup_steps: int = 1500  # optimizer steps of linear warmup
+    # Linear warmup, in epochs of optimizer steps at the run's global batch: the same share of the run
+    # on any number of processes. The published 1500 iterations of 32 images are 8 epochs of CUB's 5,994.
+    warmup_epochs: float = 8.0
+    warmup_steps: Optional[int] = None  # an exact count of warmup optimizer steps instead (wins when set)
+    # How the peak LR follows a global batch other than train.global_batch_size: none | linear | sqrt
+    # (lr x ratio, lr x sqrt(ratio)). Only used where the global batch cannot be kept.
+    lr_scaling: str = "none"
     max_grad_norm: Optional[float] = None  # gradient clipping; None disables it
 
 
@@ -106,11 +116,20 @@ class TrainConfig:
 
     epochs: int = 80
     max_steps: Optional[int] = None  # stop after this many optimizer steps (debug and smoke runs)
-    gradient_accumulation_steps: int = 4
+    # Images per optimizer step over all processes: the batch that optim.lr and the warmup are stated for.
+    # The published recipe is 8 x 4 accumulated = 32 on one GPU; on N processes herbs keeps it by
+    # accumulating global / (data.batch_size x N) micro-batches (herbs/train/batch.py).
+    global_batch_size: Optional[int] = 32
+    # Micro-batches per optimizer step. None: derived from global_batch_size. A number fixes it; the
+    # global batch is then data.batch_size x this x processes, and optim.lr_scaling says how the LR follows.
+    gradient_accumulation_steps: Optional[int] = None
     mixed_precision: str = "fp16"  # no | bf16 | fp16
     seed: int = 42
     eval_every: int = 1  # epochs between validation runs
     checkpoint_every: int = 500  # optimizer steps between checkpoints
+    # Also checkpoint when this many minutes have passed since the last checkpoint (None: off), so a
+    # kill -9 loses at most that much work whatever the step time.
+    checkpoint_minutes: Optional[float] = None
     keep_checkpoints: int = 3  # newest step checkpoints kept on disk
     max_nonfinite_steps: int = 10  # stop after this many non-finite losses in a row
     compile: bool = False  # torch.compile the model
@@ -144,8 +163,12 @@ class Config:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml())
+    def save(self, path: str | Path, derived: dict | None = None) -> None:
+        """The config as YAML; `derived` (what a run computed from it) goes into its own section."""
+        text = self.to_yaml()
+        if derived:
+            text += yaml.safe_dump({DERIVED: derived}, sort_keys=False)
+        Path(path).write_text(text)
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -213,6 +236,8 @@ def from_dict(data: dict) -> Config:
     config = Config()
     classes = _section_classes()
     for section, values in (data or {}).items():
+        if section == DERIVED:
+            continue
         if section not in classes:
             raise ConfigError(f"unknown config section '{section}'{_closest(section, classes)}")
         if values is None:
@@ -317,8 +342,18 @@ def validate(config: Config) -> None:
         raise ConfigError(f"optim.lr must be positive, got {o.lr}")
     if t.mixed_precision not in ("no", "bf16", "fp16"):
         raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got '{t.mixed_precision}'")
-    if t.gradient_accumulation_steps < 1:
-        raise ConfigError("train.gradient_accumulation_steps must be at least 1")
+    if t.gradient_accumulation_steps is None and t.global_batch_size is None:
+        raise ConfigError("train.global_batch_size and train.gradient_accumulation_steps are both unset; set one of them")
+    if t.gradient_accumulation_steps is not None and t.gradient_accumulation_steps < 1:
+        raise ConfigError(f"train.gradient_accumulation_steps must be at least 1, got {t.gradient_accumulation_steps}")
+    if t.global_batch_size is not None and t.global_batch_size < 1:
+        raise ConfigError(f"train.global_batch_size must be at least 1, got {t.global_batch_size}")
+    if o.lr_scaling not in LR_SCALING:
+        raise ConfigError(f"optim.lr_scaling must be one of {', '.join(LR_SCALING)}, got '{o.lr_scaling}'")
+    if o.warmup_epochs < 0 or (o.warmup_steps is not None and o.warmup_steps < 0):
+        raise ConfigError("optim.warmup_epochs and optim.warmup_steps must be 0 or more")
+    if t.checkpoint_minutes is not None and t.checkpoint_minutes <= 0:
+        raise ConfigError(f"train.checkpoint_minutes must be above 0 (or null for off), got {t.checkpoint_minutes}")
     if t.epochs < 1:
         raise ConfigError("train.epochs must be at least 1")
     if t.keep_checkpoints < 1:

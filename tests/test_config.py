@@ -23,8 +23,8 @@ def test_shipped_configs_load_and_round_trip(tmp_path, name):
 def test_published_recipe_is_the_cub_config():
     c = load_config(CONFIGS / "cub200.yaml")
     assert (c.model.img_size, c.model.num_classes, c.model.fpn_size, c.model.num_selects) == (384, 200, 1536, [256, 128, 64, 32])
-    assert (c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.nesterov, c.optim.warmup_steps) == ("sgd", 5e-4, 3e-4, True, 1500)
-    assert (c.data.batch_size, c.train.gradient_accumulation_steps, c.train.mixed_precision) == (8, 4, "fp16")
+    assert (c.optim.name, c.optim.lr, c.optim.weight_decay, c.optim.nesterov, c.optim.warmup_epochs) == ("sgd", 5e-4, 3e-4, True, 8)
+    assert (c.data.batch_size, c.train.global_batch_size, c.train.mixed_precision) == (8, 32, "fp16")
     assert load_config(CONFIGS / "nabirds.yaml").model.num_classes == 555
 
 

@@ -60,18 +60,6 @@ def test_single_process_run_leaves_everything_a_user_needs(shards, tmp_path):
 
 
 @pytest.mark.multiprocess
-def test_ddp_equals_one_process_with_accumulation(shards, tmp_path):
-    """2 processes x batch b == 1 process x batch b x 2 accumulated micro-batches, parameter by parameter."""
-    same = ["train.max_steps=4", "model.freeze_batchnorm=true", "model.drop_path_rate=0.0", "model.combiner_dropout=0.0"]
-    run_training(1, TINY, *micro(shards, tmp_path / "one", *same, "train.gradient_accumulation_steps=2", "data.num_workers=2"))
-    run_training(2, TINY, *micro(shards, tmp_path / "two", *same, "train.gradient_accumulation_steps=1", "data.num_workers=0"))
-    one, two = checkpoint_weights(run_dir(tmp_path / "one"), 4), checkpoint_weights(run_dir(tmp_path / "two"), 4)
-    assert one.keys() == two.keys()
-    for name in one:
-        assert torch.allclose(one[name].float(), two[name].float(), atol=1e-5, rtol=0), name
-
-
-@pytest.mark.multiprocess
 def test_killed_two_process_run_resumes_bitwise(shards, tmp_path):
     args = ["train.checkpoint_every=3", "data.num_workers=1"]
     run_training(2, TINY, *micro(shards, tmp_path / "straight", *args))

@@ -4,13 +4,20 @@ two real CPU processes over gloo train, checkpoint, resume and export a usable m
 from __future__ import annotations
 
 import json
+import math
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
+import torch
 
 from herbs.config import load_config
 from herbs.errors import ConfigError
 from herbs.model.checkpoint import load_model
 from herbs.train.accel import fill_deepspeed_config
+from herbs.train.optim import Schedule
 
 from train_helpers import MICRO, REPO, metrics, run_dir, run_training, write_demo_shards
 
@@ -26,10 +33,13 @@ def shards(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.deepspeed
 @pytest.mark.multiprocess
-@pytest.mark.parametrize("stage", [2, 3])
-def test_zero_trains_saves_resumes_and_exports(shards, tmp_path, stage):
+@pytest.mark.parametrize("stage, extra", [(1, []), (2, ["loss.lambda_b0=0"]), (3, [])])
+def test_zero_bf16_trains_saves_resumes_and_exports(shards, tmp_path, stage, extra):
+    """bf16 in every ZeRO stage (DeepSpeed's torch_autocast over fp32 weights); ZeRO-2 also with a zero
+    loss weight, whose head then gets no gradient."""
     launch = f"configs/accelerate/zero{stage}.yaml"
-    args = [*MICRO, f"data.shards={shards}", f"train.output_dir={tmp_path}", "data.num_workers=0", "log.every=1"]
+    args = [*MICRO, f"data.shards={shards}", f"train.output_dir={tmp_path}", "data.num_workers=0", "log.every=1",
+            "train.mixed_precision=bf16", *extra]
     run_training(2, TINY, *args, "train.max_steps=2", launch_config=launch)
     run = run_dir(tmp_path)
     first = run / "checkpoints" / "step-0000002"
@@ -39,22 +49,82 @@ def test_zero_trains_saves_resumes_and_exports(shards, tmp_path, stage):
     result = run_training(2, TINY, *args, "train.max_steps=4", "--resume", "auto", launch_config=launch)
     assert "resumed from" in result.stderr and "step 2" in result.stderr
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-0000004"
-    assert [r["step"] for r in metrics(run) if "loss" in r] == [1, 2, 3, 4]
+    records = [r for r in metrics(run) if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) for r in records) and not records[-1]["nonfinite_steps"]
+    assert ("loss/refine/layer1" in records[-1]) == ("loss.lambda_b0=0" not in extra)
 
     model, config, meta = load_model(run / "best")  # gathered from the shards into one safetensors file
     val = {r["step"]: r["val/ensemble_top1"] for r in metrics(run) if "val/ensemble_top1" in r}
     assert sorted(val) == [2, 4] and meta["step"] == min(s for s in val if val[s] == max(val.values()))
     assert config.model.num_classes == 20
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights, not DeepSpeed's bf16 ones
     assert sum(p.abs().sum().item() for p in model.parameters()) > 0
 
 
+def zero_weights(run, step: int) -> dict:
+    """The module weights DeepSpeed saved in a checkpoint (fp32 under torch_autocast)."""
+    path = run / "checkpoints" / f"step-{step:07d}" / "pytorch_model" / "mp_rank_00_model_states.pt"
+    return torch.load(path, map_location="cpu", weights_only=False)["module"]
+
+
+@pytest.mark.slow
+@pytest.mark.deepspeed
+@pytest.mark.multiprocess
+def test_zero2_applies_the_scheduled_lr_and_skips_a_non_finite_group_whole(shards, tmp_path):
+    """Under DeepSpeed the optimizer step happens inside the group's last backward: the LR must be set
+    before it, and a NaN in one micro-batch (of one rank) must skip the group's step on every rank."""
+    launch = "configs/accelerate/zero2.yaml"
+    args = [*MICRO, f"data.shards={shards}", "data.num_workers=0", "train.gradient_accumulation_steps=2",
+            "optim.warmup_steps=3", "train.checkpoint_every=1", "train.keep_checkpoints=10", "train.max_steps=4"]
+    lrs = tmp_path / "lr.jsonl"
+    faulty = tmp_path / "faulty"
+    # step 1 (0-based), micro-batch 0 of 2: the group's other micro-batch goes backward as usual
+    os.environ.update(HERBS_RECORD_LR=str(lrs), HERBS_FAULT_NAN="1:0")
+    try:
+        run_training(2, TINY, *args, f"train.output_dir={faulty}", launch_config=launch)
+    finally:
+        del os.environ["HERBS_RECORD_LR"], os.environ["HERBS_FAULT_NAN"]
+    schedule = Schedule(peak_lr=0.01, min_lr=0.0, warmup_steps=3, total_steps=4)
+    applied = [json.loads(line)["lr"] for line in lrs.read_text().splitlines()]
+    assert applied == [schedule.lr_at(k) for k in (0, 2, 3)]  # step 1 was not taken; the first is not the peak
+
+    run = run_dir(faulty)
+    before, after = zero_weights(run, 1), zero_weights(run, 2)
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert [r["nonfinite_steps"] for r in metrics(run) if "loss" in r][-1] == 1
+
+    # A run that resumes after the skipped step never held that group's gradients: its next step is the same.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run / "checkpoints" / "step-0000002", run_dir(resumed) / "checkpoints" / "step-0000002")
+    run_training(2, TINY, *args, f"train.output_dir={resumed}", "--resume", "auto", launch_config=launch)
+    carried, clean = zero_weights(run, 3), zero_weights(run_dir(resumed), 3)
+    assert all(torch.equal(carried[name], clean[name]) for name in carried)
+
+
 def test_deepspeed_json_contradicting_the_herbs_config_is_refused():
-    config = load_config(REPO / "configs" / "tiny.yaml", ["train.gradient_accumulation_steps=4"])
+    config = load_config(REPO / "configs" / "tiny.yaml", ["train.mixed_precision=bf16"])
     ds = json.loads((REPO / "configs" / "deepspeed" / "zero2.json").read_text())
-    fill_deepspeed_config(ds, config)
+    fill_deepspeed_config(ds, config, accumulation=4)
     assert ds["gradient_accumulation_steps"] == 4 and ds["train_micro_batch_size_per_gpu"] == config.data.batch_size
+    # precision is DeepSpeed's torch_autocast over fp32 weights, never its half-precision weights
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert ds["bf16"]["enabled"] is False and ds["fp16"]["enabled"] is False
     ds = {"gradient_accumulation_steps": 2, "train_micro_batch_size_per_gpu": "auto"}
-    with pytest.raises(ConfigError, match="gradient_accumulation_steps=2 but the herbs config has train.gradient_accumulation_steps=4"):
-        fill_deepspeed_config(ds, config)
-    with pytest.raises(ConfigError, match="bf16.enabled=True but train.mixed_precision is no"):
-        fill_deepspeed_config({"bf16": {"enabled": True}}, load_config(REPO / "configs" / "tiny.yaml"))
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps=2 but the herbs config has train.gradient_accumulation_steps"):
+        fill_deepspeed_config(ds, config, accumulation=4)
+    with pytest.raises(ConfigError, match="bf16.enabled=True, DeepSpeed's half-precision weights"):
+        fill_deepspeed_config({"bf16": {"enabled": True}}, config, accumulation=1)
+    with pytest.raises(ConfigError, match="torch_autocast=.* but train.mixed_precision is no"):
+        fill_deepspeed_config({"torch_autocast": {"enabled": True, "dtype": "float16"}}, load_config(REPO / "configs" / "tiny.yaml"), 1)
+
+
+def test_a_contradicting_deepspeed_json_stops_before_any_process_starts(tmp_path):
+    """The refusal comes from the JSON file itself, before `Accelerator()` starts a process group."""
+    bad = tmp_path / "ds.json"
+    bad.write_text(json.dumps({"gradient_accumulation_steps": 3, "zero_optimization": {"stage": 2}}))
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", TINY, "data.shards=/nonexistent"],
+                            env={**os.environ, "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(bad)},
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "gradient_accumulation_steps=3 but the herbs config has" in result.stderr

@@ -61,19 +61,30 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict_batches(model, batches, device, mean, std) -> Predictions:
+def predict_batches(model, batches, device, mean, std, forwards: int | None = None, crop: int | None = None) -> Predictions:
     """This process's predictions for an iterable of batches (dicts with image, label, key, skipped,
-    and optionally skipped_keys)."""
+    and optionally skipped_keys). `forwards`: make exactly this many forward passes, one per batch
+    (an empty one included) and the rest on a blank `crop`-sized image, as ZeRO-3's per-layer
+    collectives need when ranks hold different numbers of batches."""
     was_training = model.training
     model.eval()
     result = Predictions()
+    made = 0
+    blank = None if forwards is None else torch.zeros(1, 3, crop, crop, device=device)
     for batch in batches:
         result.skipped += int(batch["skipped"])
         result.skipped_keys.extend(batch.get("skipped_keys", ()))
         if not len(batch["key"]):
+            if blank is not None:
+                model(blank)
+                made += 1
             continue
         images = normalize(batch["image"].to(device, non_blocking=True), mean, std)
         result.add(batch["key"], batch["label"], model(images))
+        made += 1
+    while blank is not None and made < forwards:
+        model(blank)
+        made += 1
     model.train(was_training)
     return result
 

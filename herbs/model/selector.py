@@ -22,10 +22,14 @@ def select_tokens(features: torch.Tensor, logits: torch.Tensor, num_select: int)
     """Rank tokens by their probability of the sample's predicted class; split at `num_select`."""
     batch, tokens = logits.shape[:2]
     with torch.no_grad():  # the ranking is not differentiated; only the gathered tokens are
-        predicted = logits.mean(1).argmax(-1)  # argmax of the mean logits == argmax of its softmax
-        probs = logits.softmax(-1)
+        # Ranked in fp32 with a stable sort: under autocast the logits are bf16/fp16, whose coarse
+        # steps tie many tokens, and an unstable sort would break those ties by kernel and batch
+        # layout (so by the number of processes a batch is split over); stable keeps token order.
+        scores = logits.float()
+        predicted = scores.mean(1).argmax(-1)  # argmax of the mean logits == argmax of its softmax
+        probs = scores.softmax(-1)
         confidence = probs.gather(2, predicted.view(-1, 1, 1).expand(-1, tokens, 1)).squeeze(-1)
-        order = confidence.argsort(dim=1, descending=True)
+        order = confidence.argsort(dim=1, descending=True, stable=True)
         # rows of the [B * L, C] flattened tokens, best first within each sample: index_select on
         # those is much faster than gather, and one for all logits serves both sides of the split
         rows = (order + torch.arange(0, batch * tokens, tokens, device=order.device).unsqueeze(1)).flatten()

@@ -18,7 +18,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from herbs.config import Config
+from herbs.config import Config, LossConfig
 from herbs.data.manifest import load_manifest
 from herbs.data.stream import eval_stream, train_stream
 from herbs.data.transforms import normalize
@@ -28,9 +28,12 @@ from herbs.evaluate.predictions import gather, predict_batches
 from herbs.loss import HERBSLoss, temperature_at
 from herbs.model import HERBSModel
 from herbs.model.checkpoint import WEIGHTS, save_model
-from herbs.train.accel import build_accelerator
+from herbs.train.accel import build_accelerator, launched_processes
+from herbs.train.batch import plan_batch, warmup_steps
 from herbs.train.checkpoints import CheckpointDir, TrainerState, resolve_resume
-from herbs.train.optim import build_optimizer, lr_at, set_lr
+from herbs.train.faults import Faults
+from herbs.train.norm_stats import NormStatistics
+from herbs.train.optim import Schedule, build_optimizer, set_lr
 from herbs.train.preemption import EXIT_REQUEUE, REQUEUE_MARKER, PreemptionWatch
 from herbs.train.tracking import MetricsFile, start_wandb
 
@@ -66,12 +69,14 @@ def train(config: Config, resume: str | None = None) -> int:
     if t.debug:
         apply_debug(config)
     run_dir = run_directory(config)
-    accelerator = build_accelerator(config, run_dir, log_with="wandb" if config.log.wandb else None)
+    plan = plan_batch(config, launched_processes())  # before the process group: a bad plan stops every rank at once
+    accum = plan.accumulation
+    accelerator = build_accelerator(config, run_dir, log_with="wandb" if config.log.wandb else None,
+                                    accumulation=accum, find_unused_parameters=leaves_parameters_unused(config.loss))
     is_main = accelerator.is_main_process
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise
     if is_main:
-        config.save(run_dir / "config.yaml")
         (run_dir / REQUEUE_MARKER).unlink(missing_ok=True)
 
     # Data: each rank streams its own part; the loaders are NOT passed to accelerator.prepare.
@@ -82,11 +87,17 @@ def train(config: Config, resume: str | None = None) -> int:
             f"{config.model.num_classes}; set model.num_classes={manifest.num_classes}"
         )
     rank, world = accelerator.process_index, accelerator.num_processes
-    accum = t.gradient_accumulation_steps
-    train_data = train_stream(d, crop=config.model.img_size, rank=rank, world_size=world, seed=t.seed, round_to=accum)
+    on_cuda = accelerator.device.type == "cuda"
+    train_data = train_stream(d, crop=config.model.img_size, rank=rank, world_size=world, seed=t.seed, round_to=accum,
+                              pin_memory=on_cuda)
     has_val = d.val_split in manifest.splits
     steps_per_epoch = len(train_data) // accum
     total_steps = t.epochs * steps_per_epoch if t.max_steps is None else min(t.max_steps, t.epochs * steps_per_epoch)
+    schedule = Schedule(plan.peak_lr, config.optim.min_lr, warmup_steps(config, steps_per_epoch), total_steps)
+    derived = {**plan.as_dict(), "warmup_steps": schedule.warmup_steps, "steps_per_epoch": steps_per_epoch,
+               "total_steps": total_steps}
+    if is_main:
+        config.save(run_dir / "config.yaml", derived=derived)
     mean, std = d.mean, d.std
 
     # Model, loss, optimizer: the same initial weights on every rank.
@@ -94,7 +105,10 @@ def train(config: Config, resume: str | None = None) -> int:
     model = HERBSModel(config.model)
     loss_fn = HERBSLoss(config.loss)
     optimizer = build_optimizer(model, config.optim)
+    faults = Faults.from_env(optimizer, rank)
     model, optimizer = accelerator.prepare(model, optimizer)
+    zero3 = accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3
+    norm_stats = NormStatistics(accelerator.unwrap_model(model))
     if t.compile:
         model = torch.compile(model)
 
@@ -115,8 +129,11 @@ def train(config: Config, resume: str | None = None) -> int:
             accelerator.log(values, step=state.step)
 
     def evaluate(split: str) -> dict:
-        stream = eval_stream(d, split, crop=config.model.img_size, rank=rank, world_size=world)
-        preds = gather(predict_batches(model, stream, accelerator.device, mean, std), accelerator)
+        stream = eval_stream(d, split, crop=config.model.img_size, rank=rank, world_size=world, pin_memory=on_cuda)
+        # ZeRO-3 gathers each layer's weights from all ranks in every forward, so all ranks make as many
+        # forwards as the rank with the most batches (the others pad with forwards on a blank image)
+        forwards = max_over_ranks(len(stream), accelerator) if zero3 else None
+        preds = gather(predict_batches(model, stream, accelerator.device, mean, std, forwards=forwards, crop=config.model.img_size), accelerator)
         return {f"{split}/{k}": v for k, v in topk_accuracy(preds).items()} | {f"{split}/samples": len(preds), f"{split}/skipped": preds.skipped}
 
     def export_best(score: float) -> None:
@@ -125,33 +142,46 @@ def train(config: Config, resume: str | None = None) -> int:
             save_model(weights, config, run_dir / "best", class_names=manifest.class_names,
                        val_ensemble_top1=score, step=state.step, epoch=state.epoch)
 
-    log.info("%d processes, %d optimizer steps per epoch, %d steps in all, run directory %s", world, steps_per_epoch, total_steps, run_dir)
+    log.info("%d processes x batch %d x %d accumulated = global batch %d; peak lr %.3g, %d warmup steps; "
+             "%d optimizer steps per epoch, %d in all; mixed precision %s; run directory %s",
+             world, plan.per_process, accum, plan.global_batch, plan.peak_lr, schedule.warmup_steps,
+             steps_per_epoch, total_steps, t.mixed_precision, run_dir)
     bar = tqdm(total=total_steps, initial=state.step, disable=not is_main, desc="train", dynamic_ncols=True)
-    window = Window()
-    group_finite, preempted, grad_norm = True, False, None
+    window = Window(accelerator)
+    preempted, grad_norm = False, None
+    checkpointed_at = time.monotonic()
     with PreemptionWatch() as watch, bar:
         while state.step < total_steps and not preempted:
             model.train()
             epoch, temperature = state.epoch, temperature_at(config.loss, state.epoch)
+            yielded = False
             fetched = time.perf_counter()
             for batch in train_data.epoch(epoch, start_batch=state.batch):
+                yielded = True
                 window.wait += time.perf_counter() - fetched
                 images = normalize(batch["image"].to(accelerator.device, non_blocking=True), mean, std)
                 labels = batch["label"].to(accelerator.device, non_blocking=True)
+                if state.batch % accum == 0:
+                    norm_stats.snapshot()
                 with accelerator.accumulate(model):
+                    # Before the backward pass: under DeepSpeed the last one of a group takes the optimizer step.
+                    set_lr(optimizer, schedule.lr_at(state.step))
                     loss, terms = loss_fn(model(images), labels, epoch)
-                    finite = all_ranks_finite(loss, accelerator)  # all ranks skip a bad micro-batch together
-                    group_finite &= finite
-                    if finite:
-                        accelerator.backward(loss)
+                    loss = faults.apply(loss, state.step, state.batch % accum)
+                    window.add(loss, terms, len(labels), int(batch["skipped"]))
+                    # Every micro-batch goes backward, a non-finite one too, so that DDP's and DeepSpeed's
+                    # collectives run alike on all ranks; the group's step is then skipped as a whole
+                    # (DeepSpeed skips a step with non-finite gradients by itself, on every rank).
+                    accelerator.backward(loss)
                     if accelerator.sync_gradients:
+                        group_finite = window.group_finite()  # one all-reduce per optimizer step
                         if group_finite:
                             if config.optim.max_grad_norm is not None:
                                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
-                            set_lr(optimizer, lr_at(state.step, total_steps, config.optim))
                             optimizer.step()
+                        else:
+                            norm_stats.restore()
                         optimizer.zero_grad(set_to_none=True)
-                window.add(loss if finite else None, terms, len(labels), int(batch["skipped"]))
                 state.batch += 1
                 if state.batch == len(train_data):  # epoch done; len is a multiple of accum, so this step syncs
                     state.epoch, state.batch = state.epoch + 1, 0
@@ -171,17 +201,16 @@ def train(config: Config, resume: str | None = None) -> int:
                             f"the loss was non-finite for {state.nonfinite_in_row} steps in a row (step {state.step}); "
                             "lower optim.lr, set optim.max_grad_norm, or use train.mixed_precision=bf16"
                         )
-                group_finite = True
                 if state.step % config.log.every == 0 or state.step == total_steps:
-                    values = window.summary(accelerator)
+                    values = window.summary()
                     state.skipped_samples += values.pop("skipped_now")
-                    values.update(lr=lr_at(state.step - 1, total_steps, config.optim), temperature=temperature,
+                    values.update(lr=schedule.lr_at(state.step - 1), temperature=temperature,
                                   skipped_samples=state.skipped_samples, nonfinite_steps=state.nonfinite_total)
                     if grad_norm is not None:
                         values["grad_norm"] = float(grad_norm)
                     record(values)
                     bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}", img_s=f"{values['images_per_s']:.0f}")
-                    window = Window()
+                    window = Window(accelerator)
                 epoch_done = state.batch == 0
                 finished = state.step >= total_steps
                 if has_val and (finished or (epoch_done and state.epoch % t.eval_every == 0)):
@@ -193,12 +222,16 @@ def train(config: Config, resume: str | None = None) -> int:
                     if score > state.best_val:
                         state.best_val, state.best_step = score, state.step
                         export_best(score)
-                preempted = watch.agreed(accelerator)
-                if preempted or finished or state.step % t.checkpoint_every == 0:
+                clock_due = t.checkpoint_minutes is not None and time.monotonic() - checkpointed_at >= 60 * t.checkpoint_minutes
+                preempted, clock_due = any_rank(accelerator, watch.received is not None, clock_due)  # ranks decide together
+                if preempted or finished or clock_due or state.step % t.checkpoint_every == 0:
                     checkpoints.save(accelerator, state)
+                    checkpointed_at = time.monotonic()
                 if preempted or finished or epoch_done:
                     break
                 fetched = time.perf_counter()
+            if not yielded:  # a planning fault must fail loudly, never spin on an empty epoch
+                raise RuntimeError(f"epoch {epoch} from batch {state.batch} yielded no batch ({len(train_data)} per epoch)")
 
         if preempted:
             if is_main:
@@ -248,42 +281,70 @@ def checked_manifest(shards: str, verify: bool, accelerator):
     return load_manifest(shards)
 
 
-def all_ranks_finite(loss: torch.Tensor, accelerator) -> bool:
-    """Whether the loss is finite on every rank, so that all ranks skip a bad step together."""
-    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=accelerator.device)
+def leaves_parameters_unused(loss: LossConfig) -> bool:
+    """Whether a zero loss weight leaves a head without gradient (the pyramid's classifiers without
+    refinement, the combiner without its cross-entropy, ...), which DDP must be told about."""
+    return any(weight == 0 for weight in (loss.lambda_b0, loss.lambda_b, loss.lambda_n, loss.lambda_c))
+
+
+def any_rank(accelerator, *flags: bool) -> list[bool]:
+    """Each flag, true on every rank when it is true on any (a collective: call it on all ranks)."""
+    values = torch.tensor([float(f) for f in flags], device=accelerator.device)
     if accelerator.num_processes > 1:
-        bad = accelerator.reduce(bad, reduction="sum")
-    return bool(bad.item() == 0)
+        values = accelerator.reduce(values, reduction="sum")
+    return [bool(v > 0) for v in values.tolist()]
+
+
+def max_over_ranks(value: int, accelerator) -> int:
+    if accelerator.num_processes == 1:
+        return value
+    return int(accelerator.reduce(torch.tensor([value], device=accelerator.device), reduction="max").item())
 
 
 class Window:
-    """Sums over the micro-batches since the last logged step."""
+    """Sums over the micro-batches since the last logged step. Losses stay on the device and are
+    read once per logged step; the only per-step synchronisation is the group's finiteness."""
 
-    def __init__(self):
-        self.loss, self.terms, self.micro, self.images, self.skipped, self.wait = 0.0, {}, 0, 0, 0, 0.0
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.names: list[str] = []
+        self.sums = None  # [loss, *terms] summed over finite micro-batches
+        self.finite = torch.zeros((), device=accelerator.device)  # finite micro-batches summed
+        self.group_bad = torch.zeros((), device=accelerator.device)  # non-finite micro-batches of this group
+        self.micro, self.images, self.skipped, self.wait = 0, 0, 0, 0.0
         self.start = time.perf_counter()
 
-    def add(self, loss: torch.Tensor | None, terms: dict, images: int, skipped: int) -> None:
+    def add(self, loss: torch.Tensor, terms: dict, images: int, skipped: int) -> None:
+        values = torch.stack([loss.detach(), *(v.detach() for v in terms.values())]).float()
+        finite = torch.isfinite(values).all()
+        if self.sums is None:
+            self.names, self.sums = list(terms), torch.zeros_like(values)
+        self.sums += torch.where(finite, values, 0.0)
+        self.finite += finite
+        self.group_bad += ~finite
         self.micro += 1
         self.images += images
         self.skipped += skipped
-        if loss is not None:
-            self.loss += loss.item()
-            for name, value in terms.items():
-                self.terms[name] = self.terms.get(name, 0.0) + value.item()
 
-    def summary(self, accelerator) -> dict:
-        """Means per micro-batch (loss terms averaged over ranks), throughput summed over ranks."""
-        names = sorted(self.terms)
-        micro = max(self.micro, 1)
-        local = torch.tensor([self.loss / micro, *[self.terms[n] / micro for n in names], float(self.skipped), float(self.images)],
-                             dtype=torch.float64, device=accelerator.device)
-        if accelerator.num_processes > 1:
+    def group_finite(self) -> bool:
+        """Whether every micro-batch since the last call was finite on every rank."""
+        (bad,) = any_rank(self.accelerator, self.group_bad.item() > 0)
+        self.group_bad.zero_()
+        return not bad
+
+    def summary(self) -> dict:
+        """Means per finite micro-batch (loss terms averaged over ranks), throughput summed over ranks."""
+        accelerator, world = self.accelerator, self.accelerator.num_processes
+        sums = self.sums if self.sums is not None else torch.zeros(1, device=accelerator.device)
+        local = torch.cat([sums.double() / self.finite.clamp(min=1).double(),
+                           torch.tensor([float(self.skipped), float(self.images)], dtype=torch.float64, device=accelerator.device)])
+        if world > 1:
             local = accelerator.reduce(local, reduction="sum")
-            local[: 1 + len(names)] /= accelerator.num_processes
+            local[:-2] /= world
         elapsed = time.perf_counter() - self.start
         steps = max(self.micro / accelerator.gradient_accumulation_steps, 1)
-        values = {"loss": local[0].item(), **{f"loss/{n}": local[1 + i].item() for i, n in enumerate(names)}}
-        values.update(skipped_now=int(local[-2].item()), images_per_s=local[-1].item() / elapsed,
+        values = {"loss": local[0].item(), **{f"loss/{n}": local[1 + i].item() for i, n in enumerate(self.names)}}
+        images_per_s = local[-1].item() / elapsed
+        values.update(skipped_now=int(local[-2].item()), images_per_s=images_per_s, images_per_s_per_process=images_per_s / world,
                       step_time_s=elapsed / steps, data_wait_fraction=self.wait / elapsed)
         return values

@@ -1,13 +1,15 @@
 """Optimizer and learning-rate schedule.
 
 The learning rate is a pure function of the optimizer step (linear warmup, then cosine to
-`min_lr`), set on the param groups before every step: nothing to save, and a resumed run
-gets exactly the rate it would have had.
+`min_lr`), set on the param groups before the backward pass that ends an accumulation group
+(under DeepSpeed that pass takes the optimizer step): nothing to save, and a resumed run gets
+exactly the rate it would have had.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -23,13 +25,22 @@ def build_optimizer(model: torch.nn.Module, config: OptimConfig) -> torch.optim.
     return torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
 
 
-def lr_at(step: int, total_steps: int, config: OptimConfig) -> float:
-    """Learning rate of optimizer step `step` (0-based) out of `total_steps`."""
-    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+@dataclass(frozen=True)
+class Schedule:
+    """Linear warmup to `peak_lr` over `warmup_steps`, then cosine to `min_lr` at `total_steps`."""
+
+    peak_lr: float
+    min_lr: float
+    warmup_steps: int
+    total_steps: int
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimizer step `step` (0-based)."""
+        warmup = min(self.warmup_steps, max(self.total_steps - 1, 0))
+        if step < warmup:
+            return self.peak_lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, self.total_steps - warmup)
+        return self.min_lr + 0.5 * (self.peak_lr - self.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

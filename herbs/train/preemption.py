@@ -1,6 +1,6 @@
 """Stop cleanly when the cluster asks: SIGUSR1 (SLURM's warning before the time limit) or SIGTERM.
 
-The handler only sets a flag; the loop checks it after each optimizer step, all ranks agree
+The handler only sets a flag (`received`); the loop checks it after each optimizer step, all ranks agree
 (any rank signalled means all stop), a checkpoint is written, and the process exits with
 EXIT_REQUEUE after leaving a `requeue` marker in the run directory, so a launcher that only
 sees `accelerate launch`'s own exit status can still tell a preemption from a failure.
@@ -9,8 +9,6 @@ sees `accelerate launch`'s own exit status can still tell a preemption from a fa
 from __future__ import annotations
 
 import signal
-
-import torch
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "try again"; slurm/train.sh and launch/submit.py requeue on it
 REQUEUE_MARKER = "requeue"
@@ -33,10 +31,3 @@ class PreemptionWatch:
 
     def _handle(self, signum, frame) -> None:
         self.received = signum
-
-    def agreed(self, accelerator) -> bool:
-        """True on every rank when any rank was signalled (a collective: call it on all ranks)."""
-        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=accelerator.device)
-        if accelerator.num_processes > 1:
-            flag = accelerator.reduce(flag, reduction="sum")
-        return bool(flag.item() > 0)
