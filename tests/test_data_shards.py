@@ -216,6 +216,8 @@ def test_shard_never_deletes_a_file_it_did_not_write(tmp_path, capsys):
     assert err == (f"herbs shard: error: '{out}' is not empty and holds no shards written by herbs (e.g. 'photos-000001.tar'); "
                    "choose an empty or new directory")
     assert files(out) == {"photos-000001.tar": b"x\n"}
+    assert main(["shard", "folder", str(src), str(out / "photos-000001.tar")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"'{out / 'photos-000001.tar'}' is a file; pass a directory (new or empty) for the shards")
 
 
 def test_rewriting_needs_overwrite_and_removes_only_the_listed_files(tmp_path, capsys):

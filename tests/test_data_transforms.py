@@ -109,7 +109,7 @@ def png(image: Image.Image) -> bytes:
     (jpeg(seed=11)[:300], "a truncated JPEG"),
     (png(photo(60, 40, seed=2))[:2000], "a truncated PNG"),
     (b"\x89PNG\r\n\x1a\n" + b"\0" * 30, "a damaged PNG (38 bytes; its header cannot be read)"),
-])
+], ids=["empty", "garbage", "cut-jpeg", "cut-png", "bad-png-header"])
 def test_undecodable_bytes_are_described_not_the_library_objects(data, described):
     with pytest.raises(DecodeError) as err:
         decode_image(data)

@@ -33,7 +33,12 @@ class OutputDir:
         self.recorded = False
 
     def __enter__(self) -> "OutputDir":
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.path.is_dir():
+            raise DataError(f"'{self.path}' is a file; pass a directory (new or empty) for the shards")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DataError(f"cannot create the shards directory '{self.path}' ({err.strerror}); choose a writable place") from None
         left = self.lock()
         try:
             previous = self.previous_files(left[1:])
