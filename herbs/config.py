@@ -69,6 +69,9 @@ class DataConfig:
     shuffle_buffer: int = 1000  # samples held for shuffling inside each worker
     verify_checksums: bool = True  # check every shard's sha256 before training (one read of the shards)
     resize: int = 510  # images are resized to resize x resize before cropping to model.img_size
+    # Images of more pixels are skipped and named, never decoded (decompression bombs): in training, eval,
+    # predict and heatmap. Default: PIL's own refusal threshold, about 13,400 x 13,400.
+    max_image_pixels: int = 178_956_970
     hflip: bool = True
     blur_p: float = 0.1  # Gaussian blur (kernel 5, sigma 0.1-5) probability
     sharpness_p: float = 0.1  # sharpness x1.5 probability
@@ -184,6 +187,9 @@ def _section_classes() -> dict[str, type]:
     return {name: hints[name] for name in SECTIONS}
 
 
+TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert a YAML value to the declared field type, or say which key has the wrong type."""
     origin = typing.get_origin(annotation)
@@ -219,8 +225,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return dict(value)
     else:
         return value
-    name = getattr(annotation, "__name__", str(annotation))
-    raise ConfigError(f"config key '{where}' must be a {name}, got {value!r}; fix it in the YAML file or the override")
+    wanted = TYPE_WORDS.get(annotation, f"a {getattr(annotation, '__name__', annotation)}")
+    raise ConfigError(f"config key '{where}' must be {wanted}, got {value!r}; fix it in the YAML file or the override")
 
 
 def _apply(section_obj: Any, section: str, values: dict) -> None:
@@ -265,6 +271,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 def read_yaml_mapping(path: str | Path, hint: str = "pass an existing YAML file (see configs/)") -> dict:
     """The mapping stored in a YAML file, or one sentence saying why there is none."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file '{path}' is a directory; pass a YAML file (see configs/)")
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist; {hint}")
     try:
@@ -328,6 +336,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.resize ({d.resize}) must be at least model.img_size ({m.img_size}), the crop size")
     if d.batch_size < 1 or d.eval_batch_size < 1:
         raise ConfigError("data.batch_size and data.eval_batch_size must be at least 1")
+    if d.max_image_pixels < 1:
+        raise ConfigError(f"data.max_image_pixels must be at least 1, got {d.max_image_pixels}")
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers must be 0 or more, got {d.num_workers}")
     if d.worker_start not in START_METHODS:

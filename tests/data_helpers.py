@@ -3,8 +3,10 @@ NABirds' own file formats, and shard directories written by herbs itself."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import struct
 import tarfile
 import uuid
 import zlib
@@ -31,6 +33,19 @@ def jpeg(width: int = 40, height: int = 30, seed: int = 0, **save) -> bytes:
     out = io.BytesIO()
     photo(width, height, seed).save(out, format="JPEG", quality=save.pop("quality", 90), **save)
     return out.getvalue()
+
+
+@functools.lru_cache(maxsize=1)
+def bomb_png(side: int = 20000) -> bytes:
+    """A decompression bomb: a real grey `side` x `side` PNG (400 megapixels at 20000) of 1.7 MB, built
+    row by row here because PIL would hold the whole image in memory to write it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, rows = zlib.compressobj(1), bytes(side + 1) * 500  # each row: filter byte 0, then its pixels
+    idat = b"".join(packer.compress(rows) for _ in range(side // 500)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 CUB_CLASSES = ["Black_footed_Albatross", "Laysan_Albatross", "Yellow_Warbler", "Pine_Warbler", "Cardinal"]

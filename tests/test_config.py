@@ -38,7 +38,10 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize("override, message", [
     (["optim.lrr=1"], "unknown config key 'optim.lrr' (did you mean 'lr'?)"),
     (["optimm.lr=1"], "unknown config section 'optimm' (did you mean 'optim'?)"),
-    (["train.epochs=many"], "'train.epochs' must be a int"),
+    (["train.epochs=many"], "config key 'train.epochs' must be an integer, got 'many'"),
+    (["optim.lr=fast"], "config key 'optim.lr' must be a number, got 'fast'"),
+    (["data.hflip=3"], "config key 'data.hflip' must be true or false, got 3"),
+    (["data.max_image_pixels=0"], "data.max_image_pixels must be at least 1, got 0"),
     (["model.num_selects=[16, 8, 8, 8]"], "at least 64 selected tokens"),
     (["model.num_selects=[800, 32, 16, 16]"], "layer1 is 800 but that tap has only 784 tokens"),
     (["model.img_size=230"], "multiple of 32"),
@@ -55,6 +58,9 @@ def test_bad_settings_name_the_key(override, message):
 def test_missing_and_broken_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path)
+    assert str(err.value) == f"config file '{tmp_path}' is a directory; pass a YAML file (see configs/)"
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):

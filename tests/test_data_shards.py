@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import socket
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -11,7 +15,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from data_helpers import CUB_CLASSES, make_cub, make_nabirds, photo, tiny_dataset
+from data_helpers import CUB_CLASSES, bomb_png, make_cub, make_nabirds, photo, tiny_dataset
 from herbs.cli import main
 from herbs.data import DataError
 from herbs.data import writer as writer_module
@@ -112,20 +116,21 @@ def test_interrupted_writer_leaves_no_manifest_and_a_rerun_completes(tmp_path, m
     write_shards(dataset, out, shard_size=ShardSize(samples=3))
     real, calls = writer_module.image_fields, []
 
-    def interrupted(data):
+    def interrupted(*args):
         calls.append(1)
         if len(calls) == 8:
             raise KeyboardInterrupt
-        return real(data)
+        return real(*args)
 
     monkeypatch.setattr(writer_module, "image_fields", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        write_shards(dataset, out, shard_size=ShardSize(samples=3))
+        write_shards(dataset, out, shard_size=ShardSize(samples=3), overwrite=True)
     assert not (out / MANIFEST).exists()
     with pytest.raises(DataError, match="has no manifest.json"):
         load_manifest(out)
     monkeypatch.setattr(writer_module, "image_fields", real)
-    write_shards(dataset, out, shard_size=ShardSize(samples=2))  # smaller shards: the earlier, larger run leaves files behind
+    # No --overwrite needed over an interrupted write; smaller shards: its files must all go.
+    write_shards(dataset, out, shard_size=ShardSize(samples=2))
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST] + [f"test-{i:06d}.tar" for i in range(2)] + [f"train-{i:06d}.tar" for i in range(6)]
     verify_shards(out)
 
@@ -162,6 +167,14 @@ def test_missing_things_are_one_sentence(tmp_path, capsys):
     (out / MANIFEST).write_text("{not json")
     with pytest.raises(DataError, match="not a readable herbs manifest"):
         load_manifest(out)
+    (out / MANIFEST).write_text('[{"format": 1}]')
+    with pytest.raises(DataError, match=f"{out / MANIFEST} holds a JSON list, not the object herbs writes"):
+        load_manifest(out)
+    (out / MANIFEST).write_text('{"format": 1, "dataset": "x", "classes": [], "hierarchy": [], "tree": {}, "splits": [], "notes": {}}')
+    with pytest.raises(DataError, match="not a readable herbs manifest"):
+        load_manifest(out)
+    with pytest.raises(DataError, match="is a file; pass the shards directory that holds manifest.json"):
+        load_manifest(out / "train-000000.tar")
     assert main(["shard", "cub", str(tmp_path / "nowhere"), str(out)]) == 2
     assert "'" + str(tmp_path / "nowhere") + "' does not exist" in capsys.readouterr().err
 
@@ -184,3 +197,81 @@ def test_shard_size_parsing(text, expected):
 def test_bad_shard_size(text):
     with pytest.raises(DataError, match="--shard-size"):
         parse_shard_size(text)
+
+
+def image_folder(root, names=("a", "b"), per_class=2):
+    for label, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            photo(40, 30, seed=10 * label + i).save(root / name / f"{i}.jpg")
+    return root
+
+
+def test_shard_never_deletes_a_file_it_did_not_write(tmp_path, capsys):
+    src, out = image_folder(tmp_path / "imgs"), tmp_path / "out"
+    out.mkdir()
+    (out / "photos-000001.tar").write_text("x\n")  # someone else's data, named like a shard
+    assert main(["shard", "folder", str(src), str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"herbs shard: error: '{out}' is not empty and holds no shards written by herbs (e.g. 'photos-000001.tar'); "
+                   "choose an empty or new directory")
+    assert files(out) == {"photos-000001.tar": b"x\n"}
+    assert main(["shard", "folder", str(src), str(out / "photos-000001.tar")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"'{out / 'photos-000001.tar'}' is a file; pass a directory (new or empty) for the shards")
+
+
+def test_rewriting_needs_overwrite_and_removes_only_the_listed_files(tmp_path, capsys):
+    src, out = image_folder(tmp_path / "imgs", per_class=3), tmp_path / "out"
+    assert main(["shard", "folder", str(src), str(out), "--shard-size", "1"]) == 0
+    assert len(load_manifest(out).split("train").shards) == 6
+    (out / "README.md").write_text("my notes")
+    capsys.readouterr()
+    assert main(["shard", "folder", str(src), str(out)]) == 2
+    assert "already holds shards written by herbs (manifest.json); pass --overwrite" in capsys.readouterr().err
+    assert main(["shard", "folder", str(src), str(out), "--overwrite", "--shard-size", "4"]) == 0
+    assert sorted(files(out)) == ["README.md", MANIFEST, "train-000000.tar", "train-000001.tar"]  # the six older shards gone
+    assert (out / "README.md").read_text() == "my notes"
+    verify_shards(out)
+
+    (out / "train-000007.tar").write_text("not listed")  # would be overwritten by a larger write
+    assert main(["shard", "folder", str(src), str(out), "--overwrite", "--shard-size", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"'{out / 'train-000007.tar'}' was not written by herbs here" in err and "move it away" in err
+    assert (out / "train-000007.tar").read_text() == "not listed" and verify_shards(out)
+
+
+def test_a_second_writer_is_refused_and_a_dead_one_leaves_nothing_in_the_way(tmp_path, capsys):
+    src, out = image_folder(tmp_path / "imgs"), tmp_path / "out"
+    # A real writer in another process, holding the output directory (and having started a shard).
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from herbs.data.outdir import OutputDir\n"
+        "with OutputDir(Path(sys.argv[1])) as output:\n"
+        "    output.new('train-000000.tar.tmp').write_bytes(b'half a shard'); print('writing', flush=True); time.sleep(120)"),
+        str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "writing\n"
+        assert main(["shard", "folder", str(src), str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"herbs shard: error: '{out}' is being written by another `herbs shard` (host {socket.gethostname()}, "
+                       f"pid {holder.pid}); wait for it to finish, or write to another directory")
+    finally:
+        holder.kill()  # SIGKILL: no clean-up of its own; the OS drops its lock
+        holder.wait()
+    assert main(["shard", "folder", str(src), str(out)]) == 0
+    assert sorted(files(out)) == [MANIFEST, "train-000000.tar"]  # its half shard removed, no lock file left
+    verify_shards(out)
+
+
+def test_a_decompression_bomb_is_left_out_and_named(tmp_path, capsys, caplog):
+    src = image_folder(tmp_path / "imgs")
+    (src / "a" / "huge.png").write_bytes(bomb_png())
+    with caplog.at_level(logging.WARNING, logger="herbs.data.writer"):
+        assert main(["shard", "folder", str(src), str(tmp_path / "out")]) == 0
+    assert "1 files were not readable images and were left out" in capsys.readouterr().out
+    manifest = load_manifest(tmp_path / "out")
+    assert manifest.notes["unreadable"] == ["a/huge.png"] and manifest.split("train").num_samples == 4
+    assert ("skipping 'a/huge.png': not a readable image: a 20000x20000 PNG of 400,000,000 pixels, over the limit of "
+            "178,956,970 (data.max_image_pixels, or --max-image-pixels)") in caplog.messages
+    # The limit is the user's: lower, and the photos (1200 pixels) go too.
+    assert main(["shard", "folder", str(src), str(tmp_path / "small"), "--max-image-pixels", "1199"]) == 0
+    assert "5 files were not readable images" in capsys.readouterr().out

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from data_helpers import rewrite_shard, write_tiny_shards
+from data_helpers import bomb_png, rewrite_shard, write_tiny_shards
 from herbs.config import DataConfig
 from herbs.data import DataError
 from herbs.data.manifest import load_manifest
@@ -220,7 +220,23 @@ def test_bad_samples_are_skipped_and_counted_in_evaluation(damaged):
     assert seen == Counter(TEST_KEYS - {"test_000013", "test_000014"})
 
 
-def test_a_truncated_shard_loses_only_its_tail(tmp_path):
+def test_a_decompression_bomb_in_a_shard_is_skipped_and_named(tmp_path, caplog):
+    shards = write_tiny_shards(tmp_path / "s", shard_samples=12)
+    rewrite_shard(shards, "train-000000.tar", {"train_000003": {"jpg": None, "png": bomb_png()}})
+    rewrite_shard(shards, "test-000000.tar", {"test_000002": {"jpg": None, "png": bomb_png()}})
+    with caplog.at_level(logging.WARNING, logger="herbs.data.stream"):
+        batches = run(train(shards, world_size=1, workers=0))
+        evaluated = list(EvalStream(shards, "test", EVAL, rank=0, world_size=1, batch_size=4, num_workers=0))
+    assert "train_000003" not in keys(batches) and all(b["image"].shape[0] == 4 for b in batches)
+    assert [k for b in evaluated for k in b["skipped_keys"]] == ["test_000002"] and len(keys(evaluated)) == 19
+    assert ("skipping evaluation sample test_000002: it has an undecodable image: a 20000x20000 PNG of 400,000,000 pixels, "
+            "over the limit of 178,956,970 (data.max_image_pixels, or --max-image-pixels)") in caplog.messages
+    # data.max_image_pixels sets the limit: the 40x30 photos themselves are over 1000.
+    data = DataConfig(shards=str(shards), eval_batch_size=8, num_workers=0, resize=36, max_image_pixels=1000)
+    assert sum(b["skipped"] for b in eval_stream(data, "test", crop=32, rank=0, world_size=1)) == 20
+
+
+def test_a_truncated_shard_loses_only_its_tail(tmp_path, caplog):
     shards = write_tiny_shards(tmp_path / "s", shard_samples=12)
     with tarfile.open(shards / "train-000001.tar") as tar:
         in_shard = {m.name.split(".")[0] for m in tar}
@@ -238,10 +254,13 @@ def test_a_truncated_shard_loses_only_its_tail(tmp_path):
     assert lost < in_shard and len(lost) >= 9  # 10 kB keep the first two or three of its 12 samples
     evaluated, skipped = set(), 0
     for rank in (0, 1):
-        for batch in EvalStream(shards, "test", EVAL, rank=rank, world_size=2, batch_size=4, num_workers=2):
-            evaluated |= set(batch["key"])
-            skipped += batch["skipped"]
+        with caplog.at_level(logging.WARNING, logger="herbs.data.stream"):
+            for batch in EvalStream(shards, "test", EVAL, rank=rank, world_size=2, batch_size=4, num_workers=rank * 2):
+                evaluated |= set(batch["key"])
+                skipped += batch["skipped"]
     assert skipped > 0 and len(evaluated) + skipped == 20
+    assert any(m.startswith("skipping evaluation sample test-000000.tar#") and m.endswith(": it is missing from its shard (truncated or damaged)")
+               for m in caplog.messages)
 
 
 def test_slots_whose_own_samples_are_all_lost_borrow_from_the_rest(tmp_path):

@@ -12,7 +12,7 @@ import torchvision.transforms as T
 import torchvision.transforms.v2.functional as F2
 from PIL import Image
 
-from data_helpers import jpeg, photo
+from data_helpers import bomb_png, jpeg, photo
 from herbs.data.transforms import DecodeError, EvalTransform, TrainTransform, adjust_sharpness, decode_image, gaussian_blur, normalize
 
 ORIGINAL_EVAL = T.Compose([T.Resize((510, 510), interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(384)])
@@ -97,7 +97,30 @@ def test_large_jpegs_are_decoded_at_reduced_scale_but_never_below_the_hint():
     assert decode_image(data).shape == (3, 1200, 1700)
 
 
-@pytest.mark.parametrize("data", [b"", b"garbage" * 20, jpeg(seed=11)[:300]])
-def test_undecodable_bytes_raise_decode_error(data):
-    with pytest.raises(DecodeError):
+def png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("data, described", [
+    (b"", "an empty file (0 bytes)"),
+    (b"garbage" * 20, "140 bytes with no known image header"),
+    (jpeg(seed=11)[:300], "a truncated JPEG"),
+    (png(photo(60, 40, seed=2))[:2000], "a truncated PNG"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 30, "a damaged PNG (38 bytes; its header cannot be read)"),
+], ids=["empty", "garbage", "cut-jpeg", "cut-png", "bad-png-header"])
+def test_undecodable_bytes_are_described_not_the_library_objects(data, described):
+    with pytest.raises(DecodeError) as err:
         decode_image(data)
+    assert str(err.value) == described
+
+
+def test_decompression_bombs_are_refused_from_their_header_at_a_configurable_limit():
+    with pytest.raises(DecodeError) as err:
+        decode_image(bomb_png(), size_hint=510)
+    assert str(err.value) == ("a 20000x20000 PNG of 400,000,000 pixels, over the limit of 178,956,970 "
+                              "(data.max_image_pixels, or --max-image-pixels)")
+    with pytest.raises(DecodeError, match="a 40x30 JPEG of 1,200 pixels, over the limit of 1,199"):
+        decode_image(jpeg(40, 30), max_pixels=1199)
+    assert decode_image(jpeg(40, 30), max_pixels=1200).shape == (3, 30, 40)

@@ -17,7 +17,7 @@ from herbs.evaluate.metrics import topk_accuracy
 from herbs.evaluate.predictions import predict_batches
 from herbs.model.checkpoint import load_model
 
-from data_helpers import rewrite_shard
+from data_helpers import bomb_png, rewrite_shard
 from test_eval_helpers import DEMO_NAMES, bird, micro_model, one_sentence, run_cli
 from train_helpers import REPO, env, free_port, write_demo_shards
 
@@ -104,11 +104,14 @@ def image_folder(root, names=("rust_plain", "slate_wing_bar"), per_class=3):
 def test_eval_on_an_image_folder_matches_names_and_reports_unreadable_files(model_dir, tmp_path, capsys):
     root = image_folder(tmp_path / "photos")
     (root / "rust_plain" / "bad.jpg").write_bytes(b"not an image")
+    (root / "slate_wing_bar" / "bomb.png").write_bytes(bomb_png())
     code, _, err = run_cli(capsys, "eval", "--checkpoint", model_dir, "--images", root, "--out", tmp_path / "out", "--workers", "1")
     assert code == 0
-    assert "skipped 'rust_plain/bad.jpg'" in err
+    assert "skipped 'rust_plain/bad.jpg': it is not a readable image: 12 bytes with no known image header" in err
+    assert "skipped 'slate_wing_bar/bomb.png': it is not a readable image: a 20000x20000 PNG of 400,000,000 pixels" in err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["data"]["kind"] == "images" and report["samples"] == 6 and report["skipped_keys"] == ["rust_plain/bad.jpg"]
+    assert report["data"]["kind"] == "images" and report["samples"] == 6
+    assert report["skipped_keys"] == ["rust_plain/bad.jpg", "slate_wing_bar/bomb.png"]
     assert report["groups"] is None and report["groups_from"] == "none"
     per_class = {r["class"]: int(r["samples"]) for r in read_csv(tmp_path / "out" / "per_class.csv")}
     assert per_class["rust_plain"] == 3 and per_class["slate_wing_bar"] == 3 and sum(per_class.values()) == 6

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from data_helpers import bomb_png
 from herbs.data.transforms import EvalTransform
 from herbs.evaluate.heatmap import TITLE_PX, heatmaps, to_image
 from herbs.evaluate.images import find_images
@@ -28,6 +29,7 @@ def photos(tmp_path_factory):
     bird("rust_wing_bar", 0, size=(150, 90)).save(root / "wide.jpg", quality=95)
     bird("olive_long_beak", 1, size=(80, 140)).save(root / "sub" / "tall.png")
     (root / "sub" / "broken.jpg").write_bytes(b"GIF89a? no")
+    (root / "sub" / "bomb.png").write_bytes(bomb_png())
     return root
 
 
@@ -37,7 +39,9 @@ def panel(png: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray:
 
 def test_png_has_the_image_aspect_ratio_and_a_map_that_is_not_constant(model_dir, photos, tmp_path, capsys):
     code, out, err = run_cli(capsys, "heatmap", "--checkpoint", model_dir, photos, "--out", tmp_path, "--size", "200", "--workers", "0")
-    assert code == 1 and "skipped" in err and "broken.jpg" in err  # the other images still get their heatmap
+    assert code == 1 and "2 of 4 images could not be read" in err  # the other images still get their heatmap
+    assert f"skipped '{photos / 'sub' / 'broken.jpg'}': it is not a readable image: a damaged GIF (10 bytes; its header cannot be read)" in err
+    assert f"skipped '{photos / 'sub' / 'bomb.png'}': it is not a readable image: a 20000x20000 PNG of 400,000,000 pixels, over the limit" in err
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == ["sub/tall.png", "wide.png"]
     lines = out.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith(str(tmp_path / "sub" / "tall.png"))

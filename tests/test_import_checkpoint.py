@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 
 import pytest
@@ -31,6 +32,7 @@ def test_imported_reference_model_reproduces_the_original(reference_dir, tmp_pat
     assert result.returncode == 0, result.stderr
     model, config, meta = load_model(out)
     assert meta["epoch"] == 0 and config.model.num_classes == 10
+    assert meta["weights_sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()  # checked on every load
     inputs = torch.load(reference_dir / "input.pt", weights_only=True)
     expected = torch.load(reference_dir / "outputs_eval.pt", weights_only=True)
     with torch.no_grad():
@@ -73,6 +75,8 @@ def test_file_that_is_not_a_herbs_checkpoint(reference_dir, tmp_path, herbs):
 def test_missing_file_and_pickle(reference_dir, tmp_path, herbs):
     line = _error_line(herbs("import-checkpoint", tmp_path / "none.pt", "--config", reference_dir / "config.yaml", "--out", tmp_path / "m"))
     assert "does not exist" in line
+    line = _error_line(herbs("import-checkpoint", reference_dir / "checkpoint.pt", "--config", reference_dir, "--out", tmp_path / "m"))
+    assert line.endswith(f"config file '{reference_dir}' is a directory; pass a YAML file (see configs/)")
     evil = tmp_path / "evil.pt"
     torch.save({"model": {}, "hook": object()}, evil)
     line = _error_line(herbs("import-checkpoint", evil, "--config", reference_dir / "config.yaml", "--out", tmp_path / "m"))

@@ -4,9 +4,12 @@ grayscale, CMYK, PNG (RGBA, 16-bit) and EXIF-rotated photos; CSV and JSON lines;
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from herbs.evaluate.images import ImageFiles, find_images
 from herbs.evaluate.inference import load_for_inference
 from herbs.evaluate.predict import Prediction, predict_images
 
+from data_helpers import bomb_png
 from test_eval_helpers import DEMO_NAMES, micro_model, one_sentence, photo_variants, run_cli
 from train_helpers import REPO
 
@@ -35,8 +39,8 @@ def test_one_row_per_readable_image_and_the_unreadable_one_reported(model_dir, p
     folder = photos["rgb.jpg"].parent
     code, out, err = run_cli(capsys, "predict", "--checkpoint", model_dir, folder, "--workers", "0", "--batch-size", "4")
     assert code == 1  # some input could not be read; the others are predicted
-    assert f"skipped '{photos['broken.jpg']}'" in err and "not a readable image" in err
-    assert "9 images predicted, 1 skipped" in err
+    assert f"herbs predict: skipped '{photos['broken.jpg']}': it is not a readable image: a truncated JPEG\n" in err
+    assert "9 images predicted, 1 skipped" in err and "BytesIO" not in err
     rows = list(csv.DictReader(out.splitlines()))
     readable = sorted(str(p) for name, p in photos.items() if name != "broken.jpg")
     assert [r["path"] for r in rows] == readable  # input (sorted) order, the broken file left out
@@ -86,6 +90,32 @@ def test_jsonl_to_a_file_with_worker_processes(model_dir, photos, tmp_path, caps
     assert [[t["score"] for t in line["top"]] for line in lines] == [[round(s, 6) for s in r.scores] for r in direct]
 
 
+def test_a_decompression_bomb_is_skipped_and_named_at_the_limit_asked_for(model_dir, photos, tmp_path, capsys):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(bomb_png())
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", model_dir, photos["rgb.jpg"], bomb, "--workers", "0")
+    assert code == 1 and [r["path"] for r in csv.DictReader(out.splitlines())] == [str(photos["rgb.jpg"])]
+    assert (f"herbs predict: skipped '{bomb}': it is not a readable image: a 20000x20000 PNG of 400,000,000 pixels, "
+            "over the limit of 178,956,970 (data.max_image_pixels, or --max-image-pixels)\n") in err
+    code, out, err = run_cli(capsys, "predict", "--checkpoint", model_dir, photos["rgb.jpg"], "--workers", "0", "--max-image-pixels", "9599")
+    assert code == 1 and "a 120x80 JPEG of 9,600 pixels, over the limit of 9,599" in err and "0 images predicted, 1 skipped" in err
+
+
+def test_model_directories_carry_the_sha256_of_their_weights(model_dir, photos, tmp_path, capsys):
+    meta = json.loads((model_dir / "meta.json").read_text())
+    assert meta["weights_sha256"] == hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+    damaged = Path(shutil.copytree(model_dir, tmp_path / "damaged"))
+    weights = bytearray((damaged / "model.safetensors").read_bytes())
+    weights[-100] ^= 0x01  # one bit of one weight: still loads, silently wrong without the checksum
+    (damaged / "model.safetensors").write_bytes(bytes(weights))
+    line = one_sentence(*run_cli(capsys, "predict", "--checkpoint", damaged, photos["rgb.jpg"])[::2])
+    assert line == (f"herbs predict: error: '{damaged / 'model.safetensors'}' weights do not match the sha256 recorded in meta.json; "
+                    "the file is damaged: re-export or re-copy it")
+    old = Path(shutil.copytree(model_dir, tmp_path / "old"))  # written before checksums were recorded
+    (old / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "weights_sha256"}))
+    assert run_cli(capsys, "predict", "--checkpoint", old, photos["rgb.jpg"], "--workers", "0")[0] == 0
+
+
 def test_bad_input_is_one_sentence(model_dir, tmp_path, capsys):
     line = one_sentence(*run_cli(capsys, "predict", "--checkpoint", model_dir, tmp_path / "missing.jpg")[::2])
     assert "missing.jpg" in line and "does not exist" in line
@@ -94,6 +124,9 @@ def test_bad_input_is_one_sentence(model_dir, tmp_path, capsys):
     assert "holds no images" in line
     line = one_sentence(*run_cli(capsys, "predict", "--checkpoint", tmp_path, model_dir / "config.yaml")[::2])
     assert "not a herbs model directory" in line
+    line = one_sentence(*run_cli(capsys, "predict", "--checkpoint", model_dir / "model.safetensors", model_dir / "config.yaml")[::2])
+    assert line == (f"herbs predict: error: '{model_dir / 'model.safetensors'}' is a file; pass a model directory holding "
+                    "model.safetensors (a run's best/, or one written by `herbs import-checkpoint`)")
     (tmp_path / "x.jpg").write_bytes(b"")
     line = one_sentence(*run_cli(capsys, "predict", "--checkpoint", model_dir, tmp_path / "x.jpg", "--precision", "fp16", "--device", "cpu")[::2])
     assert "fp16 needs a GPU" in line
@@ -101,7 +134,7 @@ def test_bad_input_is_one_sentence(model_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("command, words", [
     ("eval", ["--checkpoint", "--shards", "--images", "--split", "--groups", "--group-level", "outer errors", "accelerate launch"]),
-    ("predict", ["--checkpoint", "--output", "--format", "--topk", "EXIF", "stderr"]),
+    ("predict", ["--checkpoint", "--output", "--format", "--topk", "EXIF", "stderr", "--max-image-pixels"]),
     ("heatmap", ["--checkpoint", "--out", "--class", "Grad-CAM", "aspect ratio"]),
 ])
 def test_commands_describe_themselves(command, words):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Optional
 
 from herbs.data import DataError
 from herbs.data.cub import read_cub
+from herbs.data.decode import DEFAULT_MAX_PIXELS
 from herbs.data.demo import make_demo
 from herbs.data.folder import read_folder
 from herbs.data.manifest import Manifest, verify_shards
@@ -26,7 +28,8 @@ def summary(manifest: Manifest) -> str:
 
 
 def write(args: argparse.Namespace, dataset) -> int:
-    manifest = write_shards(dataset, args.out, shard_size=parse_shard_size(args.shard_size), seed=args.seed, val_fraction=args.val_fraction)
+    manifest = write_shards(dataset, args.out, shard_size=parse_shard_size(args.shard_size), seed=args.seed, val_fraction=args.val_fraction,
+                            overwrite=args.overwrite, max_pixels=args.max_image_pixels)
     print(f"wrote {summary(manifest)}")
     if manifest.notes["reencoded_as_png"]:
         print(f"{manifest.notes['reencoded_as_png']} images that were neither JPEG nor PNG were re-encoded as PNG (lossless)")
@@ -51,9 +54,25 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def add_pixel_limit(parser: argparse.ArgumentParser, default: Optional[int], shown: str) -> None:
+    """--max-image-pixels, for every command that reads image files (the limit is `herbs.data.decode`'s)."""
+    parser.add_argument("--max-image-pixels", type=positive, default=default, metavar="N",
+                        help=f"skip, and name, images of more pixels without decoding them (decompression bombs) (default: {shown})")
+
+
 def add_write_options(parser: argparse.ArgumentParser, *, val_fraction: bool = True) -> None:
     parser.add_argument("--shard-size", default="100MB", help="a shard's target size: bytes (100MB, 1GB) or a number of samples (1000) (default: 100MB)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample order and the val hold-out (default: 0)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the shards herbs wrote into OUT before (the files its manifest lists); nothing else is removed")
+    add_pixel_limit(parser, DEFAULT_MAX_PIXELS, f"{DEFAULT_MAX_PIXELS:,}")
     if val_fraction:
         parser.add_argument("--val-fraction", type=float, default=0.0, help="hold out this class-stratified fraction of train as a val split (e.g. 0.1)")
 

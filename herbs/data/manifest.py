@@ -80,6 +80,9 @@ class Manifest:
     @classmethod
     def from_json(cls, root: Path, text: str) -> "Manifest":
         data = json.loads(text)
+        if not isinstance(data, dict):
+            kind = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(data), "null")
+            raise DataError(f"{root / MANIFEST} holds a JSON {kind}, not the object herbs writes; {RESHARD}")
         if data.get("format") != FORMAT:
             raise DataError(f"{root / MANIFEST} has format {data.get('format')!r}, this herbs reads format {FORMAT}; {RESHARD}")
         return cls(
@@ -97,22 +100,30 @@ class Manifest:
         )
 
 
-def load_manifest(shards_dir: str | Path, *, verify: bool = False) -> Manifest:
-    """The manifest of `shards_dir`, with every listed shard checked to exist (and, with
-    `verify`, checked against its sample count and sha256: a full read of the shards)."""
+def read_manifest(shards_dir: str | Path) -> Manifest:
+    """The manifest of `shards_dir` as written, or one sentence on why there is none to read."""
     root = Path(shards_dir)
     path = root / MANIFEST
+    if root.is_file():
+        raise DataError(f"'{root}' is a file; pass the shards directory that holds {MANIFEST}")
     if not path.is_file():
         reason = "does not exist" if not root.is_dir() else f"has no {MANIFEST} (never written, or the writing was interrupted)"
         raise DataError(f"shards directory '{root}' {reason}; {RESHARD} (e.g. `herbs shard demo {root}`)")
     try:
-        manifest = Manifest.from_json(root, path.read_text())
-    except (ValueError, KeyError, TypeError) as err:
+        return Manifest.from_json(root, path.read_text())
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise DataError(f"{path} is not a readable herbs manifest ({err.__class__.__name__}: {err}); {RESHARD}") from None
+
+
+def load_manifest(shards_dir: str | Path, *, verify: bool = False) -> Manifest:
+    """The manifest of `shards_dir`, with every listed shard checked to exist (and, with
+    `verify`, checked against its sample count and sha256: a full read of the shards)."""
+    manifest = read_manifest(shards_dir)
+    path = manifest.root / MANIFEST
     missing = [shard.name for s in manifest.splits.values() for shard in s.shards if not manifest.path(shard).is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise DataError(f"shard '{root / missing[0]}'{more} listed in {path} is missing; copy it back or {RESHARD}")
+        raise DataError(f"shard '{manifest.root / missing[0]}'{more} listed in {path} is missing; copy it back or {RESHARD}")
     if verify:
         check_shards(manifest)
     return manifest

@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from herbs.config import DataConfig
 from herbs.data import DataError
+from herbs.data.decode import DEFAULT_MAX_PIXELS
 from herbs.data.manifest import Manifest, load_manifest
 from herbs.data.plan import Piece, eval_pieces, train_pieces, train_samples_per_slot
 from herbs.data.tario import Fields, read_samples
@@ -63,9 +64,9 @@ class Unusable(Exception):
     """A sample that cannot go into a batch; the message says why."""
 
 
-def decode_sample(key: str, fields: Optional[Fields], num_classes: int, size_hint: int) -> tuple[torch.Tensor, int]:
+def decode_sample(key: str, fields: Optional[Fields], num_classes: int, size_hint: int, max_pixels: int) -> tuple[torch.Tensor, int]:
     if fields is None:
-        raise Unusable("missing from its shard (truncated or damaged)")
+        raise Unusable("is missing from its shard (truncated or damaged)")
     try:
         label = int(fields["cls"])
     except (KeyError, ValueError):
@@ -76,9 +77,9 @@ def decode_sample(key: str, fields: Optional[Fields], num_classes: int, size_hin
     if data is None:
         raise Unusable("has no image")
     try:
-        return decode_image(data, size_hint), label
+        return decode_image(data, size_hint, max_pixels), label
     except DecodeError as err:
-        raise Unusable(f"has an undecodable image ({err})") from None
+        raise Unusable(f"has an undecodable image: {err}") from None
 
 
 def read_pieces(manifest: Manifest, pieces: Iterable[Piece]) -> Iterator[tuple[str, Optional[Fields]]]:
@@ -137,15 +138,19 @@ class _Stream:
     """What both loaders share: the manifest and split, this rank's place, the loader settings."""
 
     def __init__(self, shards: str | Path | Manifest, split: str, *, rank: int, world_size: int, batch_size: int, num_workers: int,
-                 pin_memory: bool, worker_start: str):
+                 pin_memory: bool, worker_start: str, max_pixels: int):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         self.manifest = shards if isinstance(shards, Manifest) else load_manifest(shards)
         self.split = self.manifest.split(split)
         self.rank, self.world_size = rank, world_size
         self.batch_size, self.num_workers, self.pin_memory, self.worker_start = batch_size, num_workers, pin_memory, worker_start
+        self.max_pixels = max_pixels
         self.workers = max(1, num_workers)  # slots per rank; 0 workers means one slot in this process
         self.slots = world_size * self.workers
+
+    def decode(self, key: str, fields: Optional[Fields]) -> tuple[torch.Tensor, int]:
+        return decode_sample(key, fields, self.manifest.num_classes, self.transform.resize, self.max_pixels)
 
     def slot(self, worker: int) -> int:
         """The global slot of this rank's logical `worker`. Randomness is keyed by slot, so an epoch's
@@ -182,11 +187,12 @@ class TrainStream(_Stream):
         pin_memory: bool = False,
         worker_start: str = "forkserver",
         round_to: int = 1,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         """`round_to`: make `len(self)` a multiple of it (the trainer's gradient accumulation steps,
         so that an epoch ends on an optimizer step); extra batches repeat samples like short slots do."""
         super().__init__(shards, split, rank=rank, world_size=world_size, batch_size=batch_size, num_workers=num_workers,
-                         pin_memory=pin_memory, worker_start=worker_start)
+                         pin_memory=pin_memory, worker_start=worker_start, max_pixels=max_pixels)
         self.transform, self.seed, self.shuffle_buffer = transform, seed, shuffle_buffer
         self.samples_per_slot = train_samples_per_slot(self.split.num_samples, self.slots)
         multiple = round_to // math.gcd(round_to, self.workers)
@@ -228,7 +234,7 @@ class TrainStream(_Stream):
             key, fields = samples.peek(ahead)
             ahead += 1
             try:
-                yield key, decode_sample(key, fields, self.manifest.num_classes, self.transform.resize)
+                yield key, self.decode(key, fields)
                 found += 1
             except Unusable:
                 continue
@@ -243,7 +249,7 @@ class TrainStream(_Stream):
             decoded, skipped_keys = [], []
             for key, fields in raw:
                 try:
-                    decoded.append(decode_sample(key, fields, self.manifest.num_classes, self.transform.resize))
+                    decoded.append(self.decode(key, fields))
                 except Unusable as why:
                     log.warning("skipping training sample %s: it %s", key, why)
                     decoded.append(None)
@@ -290,9 +296,10 @@ class EvalStream(_Stream):
         num_workers: int,
         pin_memory: bool = False,
         worker_start: str = "forkserver",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         super().__init__(shards, split, rank=rank, world_size=world_size, batch_size=batch_size, num_workers=num_workers,
-                         pin_memory=pin_memory, worker_start=worker_start)
+                         pin_memory=pin_memory, worker_start=worker_start, max_pixels=max_pixels)
         self.transform = transform
         self.pieces = [eval_pieces(self.split, self.slot(w), self.slots) for w in range(self.workers)]
 
@@ -309,7 +316,7 @@ class EvalStream(_Stream):
             images, labels, keys, skipped_keys = [], [], [], []
             for key, fields in chunk:
                 try:
-                    image, label = decode_sample(key, fields, self.manifest.num_classes, self.transform.resize)
+                    image, label = self.decode(key, fields)
                 except Unusable as why:
                     log.warning("skipping evaluation sample %s: it %s", key, why)
                     skipped_keys.append(key)
@@ -338,6 +345,7 @@ def train_stream(data: DataConfig, *, crop: int, rank: int, world_size: int, see
         data.shards, data.train_split, transform,
         rank=rank, world_size=world_size, batch_size=data.batch_size, num_workers=data.num_workers,
         seed=seed, shuffle_buffer=data.shuffle_buffer, pin_memory=pin_memory, round_to=round_to, worker_start=data.worker_start,
+        max_pixels=data.max_image_pixels,
     )
 
 
@@ -346,5 +354,5 @@ def eval_stream(data: DataConfig, split: str, *, crop: int, rank: int, world_siz
     return EvalStream(
         data.shards, split, EvalTransform(data.resize, crop),
         rank=rank, world_size=world_size, batch_size=data.eval_batch_size, num_workers=data.num_workers, pin_memory=pin_memory,
-        worker_start=data.worker_start,
+        worker_start=data.worker_start, max_pixels=data.max_image_pixels,
     )

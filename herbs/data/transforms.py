@@ -15,7 +15,6 @@ Randomness comes from the `random.Random` the caller passes, never from global s
 
 from __future__ import annotations
 
-import io
 import random
 from dataclasses import dataclass
 
@@ -27,41 +26,36 @@ from torchvision.io import ImageReadMode
 from torchvision.io import decode_image as tv_decode_image
 from torchvision.transforms.v2.functional import resize as tv_resize
 
+from herbs.data.decode import DEFAULT_MAX_PIXELS, DecodeError, opened
+
 BLUR_KERNEL = 5
 BLUR_SIGMA = (0.1, 5.0)
 SHARPNESS = 1.5
-
-
-class DecodeError(ValueError):
-    """Bytes that are not a decodable image."""
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
 
 
-def decode_image(data: bytes, size_hint: int = 0) -> torch.Tensor:
-    """Image bytes -> uint8 [3, H, W] RGB, EXIF orientation applied (as cv2.imread does).
+def decode_image(data: bytes, size_hint: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Image bytes -> uint8 [3, H, W] RGB, EXIF orientation applied (as cv2.imread does);
+    `DecodeError` for bytes that are no image or one of more than `max_pixels` pixels.
 
     A JPEG at least twice `size_hint` on its short side is decoded at 1/2, 1/4 or 1/8 scale
     by libjpeg itself (PIL's draft mode) when the result is still >= size_hint: the
     following resize to size_hint then costs a fraction. Otherwise torchvision's decoder.
     """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format == "JPEG" and size_hint and min(image.size) >= 2 * size_hint:
-                image.draft("RGB", (size_hint, size_hint))
-                return pil_to_tensor(ImageOps.exif_transpose(image))
+    with opened(data, max_pixels) as image:
+        if image.format == "JPEG" and size_hint and min(image.size) >= 2 * size_hint:
+            image.draft("RGB", (size_hint, size_hint))
+            return pil_to_tensor(ImageOps.exif_transpose(image))
         try:
-            image = tv_decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB, apply_exif_orientation=True)
-            if image.dtype == torch.uint16:  # a 16-bit PNG: round to 8 bits
-                image = ((image.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
-            return image
+            decoded = tv_decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB, apply_exif_orientation=True)
         except RuntimeError:  # formats or JPEG variants torchvision does not take; PIL may
-            with Image.open(io.BytesIO(data)) as image:
-                return pil_to_tensor(ImageOps.exif_transpose(image))
-    except (OSError, SyntaxError, ValueError, RuntimeError) as err:
-        raise DecodeError(f"{err.__class__.__name__}: {err}") from None
+            return pil_to_tensor(ImageOps.exif_transpose(image))
+    if decoded.dtype == torch.uint16:  # a 16-bit PNG: round to 8 bits
+        decoded = ((decoded.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
+    return decoded
 
 
 def resize(image: torch.Tensor, size: int) -> torch.Tensor:

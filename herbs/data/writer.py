@@ -4,7 +4,8 @@ JPEG and PNG bytes go into the shards untouched; any other format is re-encoded 
 (lossless) and counted in the manifest's notes. Samples are shuffled once, with the seed,
 before they are packed, so that any run of samples in a shard is a random draw of classes
 (the datasets list their images class by class). The manifest is deleted first and written
-last, so a directory with a manifest always holds complete shards.
+last, so a directory with a manifest always holds complete shards; which files of the output
+directory may be replaced, and the lock against a second writer, are `outdir.py`'s.
 """
 
 from __future__ import annotations
@@ -19,18 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from herbs.data import DataError
+from herbs.data.decode import DEFAULT_MAX_PIXELS, DecodeError, opened
 from herbs.data.manifest import MANIFEST, Manifest, SplitInfo
+from herbs.data.outdir import OutputDir
 from herbs.data.source import Sample, SourceDataset
 from herbs.data.tario import Fields, ShardInfo, ShardWriter, member_bytes
 from herbs.data.val_split import hold_out_val
 
 log = logging.getLogger(__name__)
 
-SHARD_NAME = re.compile(r"^\w+-\d{6}\.tar(\.tmp)?$")
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9}
 PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 
@@ -61,19 +62,16 @@ def parse_shard_size(text: str) -> ShardSize:
     return ShardSize(bytes=int(float(number) * UNITS[unit if unit.endswith("b") else unit + "b"]))
 
 
-def image_fields(data: bytes) -> Optional[tuple[str, bytes, Optional[str]]]:
-    """(extension, bytes, original format if re-encoded), or None for bytes that are no image."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format in ("JPEG", "PNG"):
-                return ("jpg" if image.format == "JPEG" else "png"), data, None
-            image.load()
-            converted = image if image.mode in PNG_MODES else image.convert("RGBA" if "A" in image.mode else "RGB")
-            out = io.BytesIO()
-            converted.save(out, format="PNG")
-            return "png", out.getvalue(), image.format
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return None
+def image_fields(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str, bytes, Optional[str]]:
+    """(extension, bytes, original format if re-encoded); `DecodeError` for bytes that are no usable image."""
+    with opened(data, max_pixels) as image:
+        if image.format in ("JPEG", "PNG"):
+            return ("jpg" if image.format == "JPEG" else "png"), data, None
+        image.load()
+        converted = image if image.mode in PNG_MODES else image.convert("RGBA" if "A" in image.mode else "RGB")
+        out = io.BytesIO()
+        converted.save(out, format="PNG")
+        return "png", out.getvalue(), image.format
 
 
 def check_output(out: Path, dataset: SourceDataset) -> None:
@@ -94,7 +92,8 @@ def sample_fields(sample: Sample, dataset: SourceDataset, image: tuple[str, byte
     return {ext: data, "cls": str(sample.label).encode(), "json": json.dumps(meta, sort_keys=True).encode()}
 
 
-def write_split(name: str, samples: list[Sample], dataset: SourceDataset, out: Path, size: ShardSize, seed: int, notes: dict) -> SplitInfo:
+def write_split(name: str, samples: list[Sample], dataset: SourceDataset, out: OutputDir, size: ShardSize, seed: int, notes: dict,
+                max_pixels: int) -> SplitInfo:
     order = list(samples)
     random.Random(f"{seed}/{name}").shuffle(order)
     shards: list[ShardInfo] = []
@@ -105,9 +104,10 @@ def write_split(name: str, samples: list[Sample], dataset: SourceDataset, out: P
             data = sample.read()
         except OSError as err:
             raise DataError(f"cannot read image '{sample.path}' ({err.strerror}); check that the dataset is readable") from None
-        image = image_fields(data)
-        if image is None:
-            log.warning("skipping '%s': not a readable image", sample.source)
+        try:
+            image = image_fields(data, max_pixels)
+        except DecodeError as err:
+            log.warning("skipping '%s': not a readable image: %s", sample.source, err)
             notes["unreadable"].append(sample.source)
             continue
         notes["reencoded_as_png"] += image[2] is not None
@@ -116,7 +116,7 @@ def write_split(name: str, samples: list[Sample], dataset: SourceDataset, out: P
             shards.append(writer.close())
             writer = None
         if writer is None:
-            writer = ShardWriter(out / f"{name}-{len(shards):06d}.tar")
+            writer = ShardWriter(out.new(f"{name}-{len(shards):06d}.tar"))
         writer.add(f"{name}_{written:06d}", fields)
         written += 1
     if writer is not None:
@@ -131,27 +131,26 @@ def write_shards(
     shard_size: ShardSize = ShardSize(bytes=100 * 10**6),
     seed: int = 0,
     val_fraction: float = 0.0,
+    overwrite: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Manifest:
+    """Write `dataset` into `out`: a new or empty directory, an interrupted write, or (with
+    `overwrite`) an earlier herbs output, whose files alone are replaced (`outdir.py`)."""
     out = Path(out)
     check_output(out, dataset)
     if val_fraction:
         dataset = hold_out_val(dataset, val_fraction, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)
     notes = {"seed": seed, "val_fraction": val_fraction, "reencoded_as_png": 0, "unreadable": []}
-    splits = {}
-    for name, samples in dataset.splits.items():
-        split = write_split(name, samples, dataset, out, shard_size, seed, notes)
-        if split.num_samples:
-            splits[name] = split
-        else:
-            log.warning("split '%s' has no images and is left out", name)
-    manifest = Manifest(out, dataset.kind, dataset.class_names, dataset.original_ids, dataset.groups, splits, dataset.tree, notes)
-    written = {shard.name for split in splits.values() for shard in split.shards}
-    for stale in out.iterdir():  # shards of an earlier, larger run would only confuse
-        if SHARD_NAME.match(stale.name) and stale.name not in written:
-            stale.unlink()
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(manifest.to_json())
-    os.replace(tmp, out / MANIFEST)
+    with OutputDir(out, overwrite) as output:
+        splits = {}
+        for name, samples in dataset.splits.items():
+            split = write_split(name, samples, dataset, output, shard_size, seed, notes, max_pixels)
+            if split.num_samples:
+                splits[name] = split
+            else:
+                log.warning("split '%s' has no images and is left out", name)
+        manifest = Manifest(out, dataset.kind, dataset.class_names, dataset.original_ids, dataset.groups, splits, dataset.tree, notes)
+        tmp = output.new(MANIFEST + ".tmp")
+        tmp.write_text(manifest.to_json())
+        os.replace(tmp, out / MANIFEST)
     return manifest

@@ -7,19 +7,14 @@ import sys
 import time
 from pathlib import Path
 
+from herbs.data.commands import add_pixel_limit, positive
+
 MODEL_HELP = "a herbs model directory (a run's best/, or one written by `herbs import-checkpoint`)"
 EVAL_BATCH = "the model config's data.eval_batch_size"
 NAMES_NOTE = (
     "A model directory without class names (an original checkpoint imported without --classes) calls its "
     "classes class_0, class_1, ... in label order."
 )
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
 
 
 def not_negative(text: str) -> int:
@@ -38,6 +33,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, images: str = "", devi
         parser.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--batch-size", type=positive, metavar="N", help=f"images per forward pass (default: {batch_default})")
     parser.add_argument("--workers", type=not_negative, metavar="N", help="decoding worker processes; 0 decodes in this process (default: min(4, CPU cores))")
+    add_pixel_limit(parser, None, "the model config's data.max_image_pixels")
 
 
 def add_precision(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +113,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     evaluate(args.checkpoint, shards=args.shards, split=args.split, images=args.images, out=args.out,
              batch_size=args.batch_size, workers=default_workers() if args.workers is None else args.workers,
-             precision=args.precision, groups=args.groups, group_level=args.group_level)
+             precision=args.precision, groups=args.groups, group_level=args.group_level, max_image_pixels=args.max_image_pixels)
     return 0
 
 
@@ -128,7 +124,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from herbs.evaluate.predict import PredictionWriter, Unreadable, default_workers, predict_images
 
     inputs = find_images(args.paths)
-    inference = load_for_inference(args.checkpoint, args.device)
+    inference = load_for_inference(args.checkpoint, args.device, max_image_pixels=args.max_image_pixels)
     check_precision(args.precision, inference.device)
     fmt = args.format or ("jsonl" if args.output and Path(args.output).suffix.lower() in (".jsonl", ".json", ".ndjson") else "csv")
     try:
@@ -164,7 +160,7 @@ def run_heatmap(args: argparse.Namespace) -> int:
     from herbs.evaluate.predict import Unreadable, default_workers
 
     inputs = find_images(args.paths)
-    inference = load_for_inference(args.checkpoint, args.device)
+    inference = load_for_inference(args.checkpoint, args.device, max_image_pixels=args.max_image_pixels)
     class_index = inference.class_index(args.class_name) if args.class_name is not None else None
     out, taken, skipped = writable_dir(Path(args.out), "--out"), set(), 0
     for result in heatmaps(inference, inputs, class_index=class_index, batch_size=args.batch_size or 8,

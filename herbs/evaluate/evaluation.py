@@ -88,12 +88,12 @@ def default_out(checkpoint: Path, shards: Optional[str], split: str, images: Opt
 
 def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: str = "test", images: Optional[str] = None,
              out: Optional[str | Path] = None, batch_size: Optional[int] = None, workers: Optional[int] = None,
-             precision: str = "no", groups: str = "auto", group_level: int = 1) -> Optional[dict]:
+             precision: str = "no", groups: str = "auto", group_level: int = 1, max_image_pixels: Optional[int] = None) -> Optional[dict]:
     """Evaluate and write the report; returns it on rank 0 (None on the other ranks)."""
     if (shards is None) == (images is None):
         raise HerbsError("give exactly one of --shards DIR (with --split) or --images ROOT")
     checkpoint = Path(checkpoint)
-    inference = load_for_inference(checkpoint, "cpu")
+    inference = load_for_inference(checkpoint, "cpu", max_image_pixels)
     config = inference.config
     check_precision(precision, torch.device("cpu" if wants_cpu() else "cuda"))
     out = Path(out) if out is not None else default_out(checkpoint, shards, split, images)
@@ -117,7 +117,8 @@ def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: str
         batches = eval_stream(data, split, crop=config.model.img_size, rank=rank, world_size=world, pin_memory=device.type == "cuda")
         described = {"kind": "shards", "shards": str(shards), "split": split, "dataset": manifest.dataset, "name": f"{Path(shards).name}/{split}"}
     else:
-        dataset = ImageFiles(paths[rank::world], eval_transform(inference), keys=keys[rank::world], labels=labels[rank::world])
+        dataset = ImageFiles(paths[rank::world], eval_transform(inference), keys=keys[rank::world], labels=labels[rank::world],
+                             max_pixels=config.data.max_image_pixels)
         batches = image_batches(dataset, batch_size=batch_size, workers=workers, pin_memory=device.type == "cuda")
         described = {"kind": "images", "images": str(images), "name": Path(images).resolve().name}
     with autocast(device, precision):

@@ -132,7 +132,7 @@ def heatmaps(inference: InferenceModel, inputs: list[ImageInput], *, class_index
     model, device, data = inference.model, inference.device, inference.config.data
     model.requires_grad_(False)  # gradients flow to the features through the input, not into the weights
     transform = eval_transform(inference)
-    dataset = ImageFiles([i.path for i in inputs], transform, display=display)
+    dataset = ImageFiles([i.path for i in inputs], transform, display=display, max_pixels=data.max_image_pixels)
     for batch in image_batches(dataset, batch_size=batch_size, workers=workers, pin_memory=device.type == "cuda"):
         results: dict[int, Union[Heatmap, Unreadable]] = {i: Unreadable(key, why) for i, key, why in batch["errors"]}
         if batch["key"]:

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2.functional import resize as tv_resize
 
+from herbs.data.decode import DEFAULT_MAX_PIXELS
 from herbs.data.folder import IMAGE_SUFFIXES, images_in
 from herbs.data.stream import make_batch
 from herbs.data.transforms import DecodeError, EvalTransform, decode_image
@@ -67,8 +68,8 @@ class ImageFiles(Dataset):
     """Decode + eval transform of each file; `labels` for evaluation (-1 when unlabelled)."""
 
     def __init__(self, paths: list[Path], transform: EvalTransform, *, keys: Optional[list[str]] = None,
-                 labels: Optional[list[int]] = None, display: int = 0):
-        self.paths, self.transform, self.display = list(paths), transform, display
+                 labels: Optional[list[int]] = None, display: int = 0, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.paths, self.transform, self.display, self.max_pixels = list(paths), transform, display, max_pixels
         self.keys = keys if keys is not None else [str(p) for p in self.paths]
         self.labels = labels if labels is not None else [-1] * len(self.paths)
 
@@ -78,11 +79,11 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> dict:
         item = {"index": index, "key": self.keys[index], "label": self.labels[index]}
         try:
-            image = decode_image(self.paths[index].read_bytes(), self.transform.resize)
+            image = decode_image(self.paths[index].read_bytes(), self.transform.resize, self.max_pixels)
         except OSError as err:
             return {**item, "error": f"cannot be read ({err.strerror or err})"}
         except DecodeError as err:
-            return {**item, "error": f"is not a readable image ({err})"}
+            return {**item, "error": f"is not a readable image: {err}"}
         item["image"] = self.transform(image)
         if self.display:
             item["display"] = display_image(image, self.display)

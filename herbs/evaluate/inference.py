@@ -12,6 +12,7 @@ import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -97,10 +98,13 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> InferenceModel:
+def load_for_inference(path: str | Path, device: str | torch.device = "cpu", max_image_pixels: Optional[int] = None) -> InferenceModel:
+    """The model directory at `path` on `device`; `max_image_pixels` replaces its config's data.max_image_pixels."""
     path = Path(path)
     device = pick_device(device) if isinstance(device, str) else device
     model, config, meta = load_model(path, map_location=device)
+    if max_image_pixels is not None:
+        config.data.max_image_pixels = max_image_pixels
     names = meta.get("class_names")
     if names is None:
         names, names_from = generic_names(config.model.num_classes), "generic"

@@ -47,7 +47,7 @@ def eval_transform(inference: InferenceModel) -> EvalTransform:
 def predict_images(inference: InferenceModel, inputs: list[ImageInput], *, topk: int = 5, batch_size: int = 16,
                    workers: int = 0, precision: str = "no") -> Iterator[Union[Prediction, Unreadable]]:
     """One result per input, in input order: its top-k classes, or why it could not be read."""
-    dataset = ImageFiles([i.path for i in inputs], eval_transform(inference))
+    dataset = ImageFiles([i.path for i in inputs], eval_transform(inference), max_pixels=inference.config.data.max_image_pixels)
     k = min(topk, inference.num_classes)
     data, device = inference.config.data, inference.device
     for batch in image_batches(dataset, batch_size=batch_size, workers=workers, pin_memory=device.type == "cuda"):

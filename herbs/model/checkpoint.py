@@ -1,5 +1,6 @@
 """This project's exported model format: a directory with `model.safetensors`, the resolved
-`config.yaml` and `meta.json` (class names, where the weights came from).
+`config.yaml` and `meta.json` (class names, where the weights came from, the sha256 of the
+weights, checked on every load: a damaged copy is one sentence, not a crash or wrong numbers).
 
 Every `herbs` command that needs a trained model reads this format. Writes go to a temporary
 directory that is renamed into place, so a crash never leaves a half-written model.
@@ -7,6 +8,7 @@ directory that is renamed into place, so a crash never leaves a half-written mod
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +24,12 @@ from herbs.model.state_dict import load_matching
 
 FORMAT = "herbs-model"
 WEIGHTS, CONFIG, META = "model.safetensors", "config.yaml", "meta.json"
+CHECKSUM = "weights_sha256"  # in meta.json; directories written before it was recorded load unchecked
+
+
+def sha256_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save_model(state_dict: dict, config: Config, out_dir: str | Path, **meta) -> Path:
@@ -34,7 +42,7 @@ def save_model(state_dict: dict, config: Config, out_dir: str | Path, **meta) ->
     state = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     save_file(state, str(tmp / WEIGHTS))
     config.save(tmp / CONFIG)
-    (tmp / META).write_text(json.dumps({"format": FORMAT, "version": 1, **meta}, indent=1))
+    (tmp / META).write_text(json.dumps({"format": FORMAT, "version": 1, **meta, CHECKSUM: sha256_of(tmp / WEIGHTS)}, indent=1))
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         out_dir.rename(old)
@@ -48,6 +56,8 @@ def save_model(state_dict: dict, config: Config, out_dir: str | Path, **meta) ->
 def read_meta(model_dir: str | Path) -> dict:
     model_dir = Path(model_dir)
     meta_path = model_dir / META
+    if model_dir.is_file():
+        raise CheckpointError(f"'{model_dir}' is a file; pass a model directory holding {WEIGHTS} (a run's best/, or one written by `herbs import-checkpoint`)")
     if not model_dir.is_dir():
         raise CheckpointError(f"model directory '{model_dir}' does not exist; pass a directory written by herbs")
     if not meta_path.is_file() or not (model_dir / WEIGHTS).is_file() or not (model_dir / CONFIG).is_file():
@@ -70,6 +80,9 @@ def load_model(model_dir: str | Path, map_location: str | torch.device = "cpu") 
     meta = read_meta(model_dir)
     config = load_config(model_dir / CONFIG)
     model = HERBSModel(config.model, load_pretrained=False)
+    if CHECKSUM in meta and sha256_of(model_dir / WEIGHTS) != meta[CHECKSUM]:
+        raise CheckpointError(f"'{model_dir / WEIGHTS}' weights do not match the sha256 recorded in {META}; "
+                              "the file is damaged: re-export or re-copy it")
     try:
         state = load_file(str(model_dir / WEIGHTS), device=str(map_location))
     except Exception as err:

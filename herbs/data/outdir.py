@@ -1,0 +1,118 @@
+"""The directory `herbs shard` writes into, and which of its files are herbs' to replace.
+
+A write is allowed into a new or empty directory, over an interrupted write, and over a
+finished one (its manifest.json) with `overwrite`; it removes only files that the earlier
+manifest or write recorded, and refuses anything else in the way. For the whole write the
+writer holds an advisory lock on OUT/.herbs-shard.lock, which the OS releases however the
+process ends, so a second writer into the same directory stops at once. The lock file also
+records the writer (host, pid) and each file name before that file is created: after a
+crash or Ctrl-C it tells the next write which files were herbs'. A finished write removes it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+from typing import Optional
+
+from herbs.data import DataError
+from herbs.data.manifest import MANIFEST, read_manifest
+
+LOCK = ".herbs-shard.lock"
+SHARD_LIKE = (".tar", ".tar.tmp")
+
+
+class OutputDir:
+    """Use as `with OutputDir(out, overwrite) as output:`; name every file through `output.new(name)`."""
+
+    def __init__(self, path: Path, overwrite: bool = False):
+        self.path, self.overwrite = path, overwrite
+        self.fd: Optional[int] = None
+        self.recorded = False
+
+    def __enter__(self) -> "OutputDir":
+        if self.path.exists() and not self.path.is_dir():
+            raise DataError(f"'{self.path}' is a file; pass a directory (new or empty) for the shards")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DataError(f"cannot create the shards directory '{self.path}' ({err.strerror}); choose a writable place") from None
+        left = self.lock()
+        try:
+            previous = self.previous_files(left[1:])
+            os.ftruncate(self.fd, 0)
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            self.record(f"{socket.gethostname()} {os.getpid()}", *sorted(previous))
+            for name in sorted(previous, key=lambda name: name != MANIFEST):  # the manifest first: shards without one are never read
+                (self.path / name).unlink(missing_ok=True)
+        except BaseException:
+            self.release(remove=not left and not self.recorded)  # any record of files stays for the next writer
+            raise
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        self.release(remove=kind is None)
+
+    def new(self, name: str) -> Path:
+        """The path of a file about to be written, recorded first as the writer's."""
+        self.record(name)
+        return self.path / name
+
+    def record(self, *lines: str) -> None:
+        os.write(self.fd, "".join(line + "\n" for line in lines).encode())
+        self.recorded = True
+
+    def lock(self) -> list[str]:
+        """Take the lock; the lines an interrupted writer left in the lock file (none: the file is new)."""
+        path = self.path / LOCK
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = (os.read(fd, 256).decode(errors="replace").splitlines() or ["? ?"])[0].split()
+                os.close(fd)
+                host, pid = (holder + ["?", "?"])[:2]
+                raise DataError(f"'{self.path}' is being written by another `herbs shard` (host {host}, pid {pid}); "
+                                "wait for it to finish, or write to another directory") from None
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else the writer before us removed the file as we opened it: lock the new one
+                self.fd = fd
+                return os.read(fd, 1 << 24).decode(errors="replace").splitlines()
+            os.close(fd)
+
+    def previous_files(self, interrupted: list[str]) -> set[str]:
+        """The files of earlier writes that this one replaces; one sentence when anything else is in the way."""
+        ours = {name for line in interrupted if (name := line.strip())}
+        if (self.path / MANIFEST).exists():
+            if not self.overwrite:
+                raise DataError(f"'{self.path}' already holds shards written by herbs ({MANIFEST}); "
+                                "pass --overwrite to replace them, or choose a new directory")
+            try:
+                manifest = read_manifest(self.path)
+            except DataError:
+                raise DataError(f"'{self.path / MANIFEST}' cannot be read, so which files herbs wrote is unknown; "
+                                "empty the directory yourself, or choose a new one") from None
+            ours |= {MANIFEST} | {shard.name for split in manifest.splits.values() for shard in split.shards}
+        ours = {name for name in ours if Path(name).name == name != ".."}  # a file of this directory, never a path out of it
+        ours |= {name + ".tmp" for name in ours}  # what a writer leaves of a file it did not finish
+        others = sorted(p.name for p in self.path.iterdir() if p.name not in ours | {LOCK})
+        if others and not ours:
+            raise DataError(f"'{self.path}' is not empty and holds no shards written by herbs (e.g. '{others[0]}'); "
+                            "choose an empty or new directory")
+        in_the_way = [name for name in others if name.endswith(SHARD_LIKE) or name.startswith(MANIFEST)]
+        if in_the_way:
+            raise DataError(f"'{self.path / in_the_way[0]}' was not written by herbs here and may be overwritten; "
+                            "move it away, or choose a new directory")
+        return {name for name in ours if (self.path / name).exists()}
+
+    def release(self, *, remove: bool) -> None:
+        if remove:  # while still locked: the next writer must not find our record gone under its lock
+            (self.path / LOCK).unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = None
