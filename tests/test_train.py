@@ -47,7 +47,7 @@ def test_single_process_run_leaves_everything_a_user_needs(shards, tmp_path):
     train_records = [r for r in records if "loss" in r]
     assert [r["step"] for r in train_records] == list(range(2, steps + 1, 2))
     for key in ("loss/refine/layer1", "loss/tap_ce/layer4", "loss/suppress/layer2", "loss/combiner_ce", "lr",
-                "temperature", "images_per_s", "step_time_s", "data_wait_fraction", "skipped_samples"):
+                "temperature", "images_per_s", "images_per_s_per_process", "step_time_s", "data_wait_fraction", "skipped_samples"):
         assert key in train_records[-1], key
     val = [r for r in records if "val/ensemble_top1" in r]
     assert [r["epoch"] for r in val] == [1, 2]  # after each epoch
@@ -107,6 +107,39 @@ def test_sigusr1_checkpoints_and_exits_for_requeue(shards, tmp_path):
     result = run_training(1, TINY, *micro(shards, tmp_path, "train.epochs=50", f"train.max_steps={step + 2}"), "--resume", "auto")
     assert "resumed from" in result.stderr and latest_step(run) == step + 2
     assert not (run / "requeue").exists()
+
+
+@pytest.mark.multiprocess
+def test_sigterm_to_the_whole_process_group_still_checkpoints(shards, tmp_path):
+    """SLURM's time limit and scancel signal every process of the step: the launcher, both ranks and
+    their loader workers. The workers must not die of it before their rank has checkpointed."""
+    run = run_dir(tmp_path)
+    args = micro(shards, tmp_path, "train.epochs=50", "train.checkpoint_every=1000", "data.num_workers=2")
+    proc = start_training(2, TINY, *args, log=tmp_path / "log")
+    try:
+        wait_for(lambda: (run / "metrics.jsonl").is_file(), 300, "training to start", proc)
+        loader_workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "train.py" not in " ".join(p.cmdline())]
+        assert loader_workers  # the group really holds processes other than the launcher and its ranks
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = (tmp_path / "log").read_text()
+    assert f"exiting with {EXIT_REQUEUE}" in log and "Traceback" not in log.split("exiting with")[0], log[-3000:]
+    step = int((run / "requeue").read_text())
+    assert step > 0 and latest_step(run) == step
+
+    run_training(2, TINY, *args[:-1], f"train.max_steps={step + 2}", "--resume", "auto")
+    assert latest_step(run) == step + 2
+
+
+def test_checkpoint_minutes_checkpoints_on_the_clock(shards, tmp_path):
+    """checkpoint_every far away, a clock of 60 ms: checkpoints come from the clock alone."""
+    run_training(1, TINY, *micro(shards, tmp_path, "train.max_steps=12", "train.checkpoint_every=1000",
+                                 "train.checkpoint_minutes=0.001", "train.keep_checkpoints=100", "data.num_workers=0"))
+    steps = sorted(int(p.name.split("-")[1]) for p in (run_dir(tmp_path) / "checkpoints").glob("step-*"))
+    assert len(steps) >= 3 and steps[-1] == 12, steps
 
 
 def test_single_process_exit_code_is_75(shards, tmp_path):

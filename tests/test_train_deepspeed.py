@@ -128,3 +128,23 @@ def test_a_contradicting_deepspeed_json_stops_before_any_process_starts(tmp_path
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "gradient_accumulation_steps=3 but the herbs config has" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.deepspeed
+@pytest.mark.multiprocess
+def test_zero3_evaluation_with_unequal_batches_per_rank_does_not_hang(shards, tmp_path):
+    """Every parameter partitioned (persistence threshold 0), so every forward gathers from all ranks;
+    20 validation images over 3 ranks in batches of 3 give the ranks 3, 3 and 2 batches."""
+    ds = json.loads((REPO / "configs" / "deepspeed" / "zero3.json").read_text())
+    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    (tmp_path / "zero3.json").write_text(json.dumps(ds))
+    launch = (REPO / "configs" / "accelerate" / "zero3.yaml").read_text().replace(
+        "configs/deepspeed/zero3.json", str(tmp_path / "zero3.json"))
+    (tmp_path / "zero3.yaml").write_text(launch)
+    args = [*MICRO, f"data.shards={shards}", f"train.output_dir={tmp_path}", "data.num_workers=0", "train.max_steps=2",
+            "data.eval_batch_size=3"]
+    run_training(3, TINY, *args, launch_config=str(tmp_path / "zero3.yaml"), timeout=400)
+    records = metrics(run_dir(tmp_path))
+    assert [r["val/samples"] for r in records if "val/samples" in r] == [20]
+    assert records[-1]["test/samples"] == 20

@@ -35,6 +35,7 @@ from herbs.train.faults import Faults
 from herbs.train.norm_stats import NormStatistics
 from herbs.train.optim import Schedule, build_optimizer, set_lr
 from herbs.train.preemption import EXIT_REQUEUE, REQUEUE_MARKER, PreemptionWatch
+from herbs.train.throughput import peak_flops, train_flops_per_image
 from herbs.train.tracking import MetricsFile, start_wandb
 
 log = logging.getLogger("herbs.train")
@@ -109,6 +110,8 @@ def train(config: Config, resume: str | None = None) -> int:
     model, optimizer = accelerator.prepare(model, optimizer)
     zero3 = accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3
     norm_stats = NormStatistics(accelerator.unwrap_model(model))
+    peak = peak_flops(accelerator.device) if t.mixed_precision != "no" else None  # peaks are half-precision rates
+    flops_per_image = train_flops_per_image(config.model) if peak else None
     if t.compile:
         model = torch.compile(model)
 
@@ -208,6 +211,8 @@ def train(config: Config, resume: str | None = None) -> int:
                                   skipped_samples=state.skipped_samples, nonfinite_steps=state.nonfinite_total)
                     if grad_norm is not None:
                         values["grad_norm"] = float(grad_norm)
+                    if flops_per_image:
+                        values["mfu"] = flops_per_image * values["images_per_s_per_process"] / peak
                     record(values)
                     bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}", img_s=f"{values['images_per_s']:.0f}")
                     window = Window(accelerator)
