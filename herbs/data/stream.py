@@ -35,10 +35,14 @@ file order); ranks may yield different numbers of batches, so gather results onc
 
 from __future__ import annotations
 
+import atexit
+import copy
 import itertools
 import logging
 import math
+import multiprocessing
 import random
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -58,6 +62,13 @@ from herbs.data.workers import ignore_stop_signals, worker_context
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
+
+
+# Streams whose loader workers are running. Workers ignore SIGTERM (see workers.py), so they must be
+# shut down (sentinel, join) before multiprocessing's own exit handler tries to terminate() them;
+# atexit runs this module's handler first, as it was registered after multiprocessing's.
+_OPEN: "weakref.WeakSet[_Stream]" = weakref.WeakSet()
+atexit.register(lambda: [stream.close() for stream in list(_OPEN)])
 
 
 class Unusable(Exception):
@@ -137,6 +148,10 @@ def make_batch(images: list[torch.Tensor], labels: list[int], keys: list[str], s
 class _Stream:
     """What both loaders share: the manifest and split, this rank's place, the loader settings."""
 
+    # The loader, made on the first pass and kept, with its persistent workers, for the next ones.
+    _loader: Optional[DataLoader] = None
+    _passes: Optional["_TrainEpoch"] = None
+
     def __init__(self, shards: str | Path | Manifest, split: str, *, rank: int, world_size: int, batch_size: int, num_workers: int,
                  pin_memory: bool, worker_start: str, max_pixels: int):
         if not 0 <= rank < world_size:
@@ -152,6 +167,20 @@ class _Stream:
     def decode(self, key: str, fields: Optional[Fields]) -> tuple[torch.Tensor, int]:
         return decode_sample(key, fields, self.manifest.num_classes, self.transform.resize, self.max_pixels)
 
+    def __getstate__(self) -> dict:
+        # A worker gets the stream's plan, not the loader (and its workers) that hands the plan out.
+        return {key: value for key, value in self.__dict__.items() if key not in ("_passes", "_loader")}
+
+    def plan(self) -> "_Stream":
+        """A copy without the loader, for the loader's dataset: no reference cycle keeps a dropped
+        stream's workers alive until interpreter exit (where they would ignore terminate())."""
+        return copy.copy(self)
+
+    def close(self) -> None:
+        """Stop the loader workers now; dropping the stream does the same."""
+        self._passes = self._loader = None
+        _OPEN.discard(self)
+
     def slot(self, worker: int) -> int:
         """The global slot of this rank's logical `worker`. Randomness is keyed by slot, so an epoch's
         data depends only on the number of slots: 2 ranks x 1 worker see what 1 rank x 2 workers sees."""
@@ -160,10 +189,12 @@ class _Stream:
     def loader(self, dataset: IterableDataset) -> DataLoader:
         # A private generator: starting the loader's workers must not draw from the global torch
         # RNG (that would shift the trainer's random stream). The workers draw nothing from it.
+        # Persistent workers: one set per stream for the whole run, not a new one every pass.
         return DataLoader(
             dataset,
             batch_size=None,
             num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
             generator=torch.Generator().manual_seed(0),
             multiprocessing_context=worker_context(self.num_workers, self.worker_start),
@@ -203,10 +234,16 @@ class TrainStream(_Stream):
         return self.workers * self.batches_per_worker
 
     def epoch(self, epoch: int, start_batch: int = 0) -> DataLoader:
-        """Batches `start_batch` .. len(self) - 1 of `epoch`."""
+        """Batches `start_batch` .. len(self) - 1 of `epoch`. Every call returns the same loader, whose
+        persistent workers read the epoch and first batch from shared memory at the start of each pass."""
         if not 0 <= start_batch <= len(self):
             raise ValueError(f"start_batch {start_batch} is not in 0..{len(self)}")
-        return self.loader(_TrainEpoch(self, epoch, start_batch))
+        if self._passes is None:
+            self._passes = _TrainEpoch(self.plan(), worker_context(self.num_workers, self.worker_start))
+            self._loader = self.loader(self._passes)
+            _OPEN.add(self)
+        self._passes.position[:] = [epoch, start_batch]
+        return self._loader
 
     def samples(self, epoch: int, worker: int) -> Lookahead:
         """The endless raw sample sequence of one logical worker in `epoch`: its slot's samples through
@@ -267,20 +304,23 @@ class TrainStream(_Stream):
 
 
 class _TrainEpoch(IterableDataset):
-    def __init__(self, stream: TrainStream, epoch: int, start_batch: int):
-        self.stream, self.epoch, self.start_batch = stream, epoch, start_batch
+    def __init__(self, stream: TrainStream, context):
+        self.stream = stream
+        # (epoch, start_batch) of the coming pass: shared memory, handed to the workers when they start
+        self.position = (context or multiprocessing).Array("q", 2, lock=False)
 
     def __len__(self) -> int:
-        return len(self.stream) - self.start_batch
+        return len(self.stream) - self.position[1]
 
     def __iter__(self) -> Iterator[dict]:
+        epoch, start_batch = self.position[:]
         loader_worker, workers = worker()
         # Batch k of the epoch is batch k // workers of logical worker k % workers. The loader
         # takes batches from its workers 0, 1, ... in turn, so its worker i plays logical worker
         # (i + start_batch) % workers, which starts at the first of its batches not yet seen.
-        logical = (loader_worker + self.start_batch) % workers
-        first = max(0, -(-(self.start_batch - logical) // workers))
-        return self.stream.batches(self.epoch, logical, first)
+        logical = (loader_worker + start_batch) % workers
+        first = max(0, -(-(start_batch - logical) // workers))
+        return self.stream.batches(epoch, logical, first)
 
 
 class EvalStream(_Stream):
@@ -308,7 +348,10 @@ class EvalStream(_Stream):
         return sum(-(-sum(p.stop - p.start for p in pieces) // self.batch_size) for pieces in self.pieces)
 
     def __iter__(self) -> Iterator[dict]:
-        return iter(self.loader(_EvalPass(self)))
+        if self._loader is None:
+            self._loader = self.loader(_EvalPass(self.plan()))
+            _OPEN.add(self)
+        return iter(self._loader)
 
     def batches(self, worker: int) -> Iterator[dict]:
         samples = read_pieces(self.manifest, self.pieces[worker])

@@ -131,8 +131,12 @@ def train(config: Config, resume: str | None = None) -> int:
         if config.log.wandb:
             accelerator.log(values, step=state.step)
 
+    eval_streams = {}  # one per split, kept with its loader workers for every evaluation of the run
+
     def evaluate(split: str) -> dict:
-        stream = eval_stream(d, split, crop=config.model.img_size, rank=rank, world_size=world, pin_memory=on_cuda)
+        if split not in eval_streams:
+            eval_streams[split] = eval_stream(d, split, crop=config.model.img_size, rank=rank, world_size=world, pin_memory=on_cuda)
+        stream = eval_streams[split]
         # ZeRO-3 gathers each layer's weights from all ranks in every forward, so all ranks make as many
         # forwards as the rank with the most batches (the others pad with forwards on a blank image)
         forwards = max_over_ranks(len(stream), accelerator) if zero3 else None
@@ -160,6 +164,8 @@ def train(config: Config, resume: str | None = None) -> int:
             yielded = False
             fetched = time.perf_counter()
             for batch in train_data.epoch(epoch, start_batch=state.batch):
+                if not yielded:  # how long the epoch's first batch took: loader start-up, not steady state
+                    record({"first_batch_s": time.perf_counter() - fetched})
                 yielded = True
                 window.wait += time.perf_counter() - fetched
                 images = normalize(batch["image"].to(accelerator.device, non_blocking=True), mean, std)
@@ -238,6 +244,7 @@ def train(config: Config, resume: str | None = None) -> int:
             if not yielded:  # a planning fault must fail loudly, never spin on an empty epoch
                 raise RuntimeError(f"epoch {epoch} from batch {state.batch} yielded no batch ({len(train_data)} per epoch)")
 
+        train_data.close()  # its workers are done; the evaluation streams keep theirs to the end
         if preempted:
             if is_main:
                 (run_dir / REQUEUE_MARKER).write_text(f"{state.step}\n")
