@@ -13,6 +13,7 @@ Like `spawn`, it needs the usual `if __name__ == "__main__":` guard in a script 
 from __future__ import annotations
 
 import multiprocessing
+import signal
 
 START_METHODS = ("forkserver", "spawn", "fork")
 PRELOAD = ["herbs.data.stream", "herbs.evaluate.images"]  # the modules every worker unpickles its dataset from
@@ -28,3 +29,11 @@ def worker_context(num_workers: int, method: str = "forkserver"):
     if method == "forkserver":
         context.set_forkserver_preload(PRELOAD)
     return context
+
+
+def ignore_signals(_worker_id: int) -> None:
+    """Loader worker init: a terminal's Ctrl-C and a scheduler's signals reach the whole process
+    group, but stopping is the training process's business (it finishes its step and checkpoints);
+    a worker dying of them would fail the loader first."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
