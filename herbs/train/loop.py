@@ -29,9 +29,11 @@ from herbs.loss import HERBSLoss, temperature_at
 from herbs.model import HERBSModel
 from herbs.model.checkpoint import WEIGHTS, save_model
 from herbs.train.accel import build_accelerator
-from herbs.train.checkpoints import CheckpointDir, TrainerState, resolve_resume
+from herbs.train.checkpoints import CheckpointDir
+from herbs.train.fit import progressing, requirements
 from herbs.train.optim import build_optimizer, lr_at, set_lr
 from herbs.train.preemption import EXIT_REQUEUE, REQUEUE_MARKER, PreemptionWatch
+from herbs.train.rundir import claim_run_directory
 from herbs.train.tracking import MetricsFile, start_wandb
 
 log = logging.getLogger("herbs.train")
@@ -60,7 +62,7 @@ def apply_debug(config: Config) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def train(config: Config, resume: str | None = None) -> int:
+def train(config: Config, resume: str | None = None, overwrite: bool = False) -> int:
     """Train to the end (returns 0) or until preempted (checkpoint written, returns EXIT_REQUEUE)."""
     t, d = config.train, config.data
     if t.debug:
@@ -70,6 +72,7 @@ def train(config: Config, resume: str | None = None) -> int:
     is_main = accelerator.is_main_process
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise
+    run = claim_run_directory(run_dir, config, accelerator, resume=resume, overwrite=overwrite)
     if is_main:
         config.save(run_dir / "config.yaml")
         (run_dir / REQUEUE_MARKER).unlink(missing_ok=True)
@@ -92,25 +95,30 @@ def train(config: Config, resume: str | None = None) -> int:
     # Model, loss, optimizer: the same initial weights on every rank.
     set_seed(t.seed)
     model = HERBSModel(config.model)
+    requires = requirements(config, manifest, model, world)
     loss_fn = HERBSLoss(config.loss)
     optimizer = build_optimizer(model, config.optim)
     model, optimizer = accelerator.prepare(model, optimizer)
     if t.compile:
         model = torch.compile(model)
 
-    checkpoints = CheckpointDir(run_dir / "checkpoints", keep=t.keep_checkpoints)
-    state = TrainerState()
-    start_from = resolve_resume(resume, checkpoints)
+    checkpoints = CheckpointDir(run_dir / "checkpoints", keep=t.keep_checkpoints, run_id=run.id, requires=requires)
+    state, start_from = checkpoints.resume(accelerator, resume)
     metrics = MetricsFile(run_dir / "metrics.jsonl", enabled=is_main)
-    if start_from is not None:
-        state = checkpoints.load(accelerator, start_from)
+    if resume:
         metrics.truncate_after(state.step)
+    if start_from is not None:
         log.info("resumed from %s (step %d, epoch %d, batch %d)", start_from, state.step, state.epoch, state.batch)
+        if run.finished(state.step, total_steps):
+            log.info("this run already finished at step %d; nothing to do (raise train.epochs or train.max_steps to train on)", state.step)
+            accelerator.end_training()
+            return 0
     if config.log.wandb:
         start_wandb(accelerator, config, run_dir)
 
     def record(values: dict) -> None:
-        metrics.write({"step": state.step, "epoch": state.epoch, **values})
+        with checkpoints.guard_space(metrics.path):
+            metrics.write({"step": state.step, "epoch": state.epoch, **values})
         if config.log.wandb:
             accelerator.log(values, step=state.step)
 
@@ -122,8 +130,9 @@ def train(config: Config, resume: str | None = None) -> int:
     def export_best(score: float) -> None:
         weights = accelerator.get_state_dict(model)  # collective: gathers ZeRO-3 shards
         if is_main:
-            save_model(weights, config, run_dir / "best", class_names=manifest.class_names,
-                       val_ensemble_top1=score, step=state.step, epoch=state.epoch)
+            with checkpoints.guard_space(run_dir / "best"):
+                save_model(weights, config, run_dir / "best", class_names=manifest.class_names,
+                           val_ensemble_top1=score, step=state.step, epoch=state.epoch)
 
     log.info("%d processes, %d optimizer steps per epoch, %d steps in all, run directory %s", world, steps_per_epoch, total_steps, run_dir)
     bar = tqdm(total=total_steps, initial=state.step, disable=not is_main, desc="train", dynamic_ncols=True)
@@ -134,7 +143,7 @@ def train(config: Config, resume: str | None = None) -> int:
             model.train()
             epoch, temperature = state.epoch, temperature_at(config.loss, state.epoch)
             fetched = time.perf_counter()
-            for batch in train_data.epoch(epoch, start_batch=state.batch):
+            for batch in progressing(train_data.epoch(epoch, start_batch=state.batch), epoch, state.batch):
                 window.wait += time.perf_counter() - fetched
                 images = normalize(batch["image"].to(accelerator.device, non_blocking=True), mean, std)
                 labels = batch["label"].to(accelerator.device, non_blocking=True)
@@ -217,6 +226,7 @@ def train(config: Config, resume: str | None = None) -> int:
         if is_main:
             print(f"test ensemble top-1: {final.get(f'{d.test_split}/ensemble_top1', 0.0):.2f}% "
                   f"({final[f'{d.test_split}/samples']} images, {weights} weights, chance {100.0 / manifest.num_classes:.2f}%)")
+    run.finish(state.step, is_main)
     accelerator.end_training()
     return 0
 
