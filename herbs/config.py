@@ -370,3 +370,15 @@ def validate(config: Config) -> None:
         raise ConfigError("train.keep_checkpoints must be at least 1")
     if log.wandb_mode not in ("auto", "online", "offline"):
         raise ConfigError(f"log.wandb_mode must be auto, online or offline, got '{log.wandb_mode}'")
+    # Intervals and counts: 0 would divide by zero mid-run, a negative value silently never fires.
+    for key, value, off in (("train.checkpoint_every", t.checkpoint_every, False), ("train.eval_every", t.eval_every, False),
+                            ("train.max_steps", t.max_steps, True), ("train.max_nonfinite_steps", t.max_nonfinite_steps, False),
+                            ("log.every", log.every, False), ("loss.temperature_halve_every", config.loss.temperature_halve_every, False)):
+        if value is None and off:
+            continue
+        if value is None or value < 1:
+            raise ConfigError(f"{key} must be a whole number of at least 1{' (or null: off)' if off else ''}, got {value}")
+    if o.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps must be 0 or more, got {o.warmup_steps}")
+    if o.max_grad_norm is not None and o.max_grad_norm <= 0:
+        raise ConfigError(f"optim.max_grad_norm must be positive (or null: no clipping), got {o.max_grad_norm}")

@@ -16,8 +16,8 @@ import torch
 from herbs.model.checkpoint import load_model
 from herbs.train.preemption import EXIT_REQUEUE
 
-from train_helpers import (MICRO, REPO, checkpoint_weights, metrics, run_dir, run_training, start_training,
-                           wait_for, write_demo_shards)
+from train_helpers import (REPO, checkpoint_weights, error_line, latest_step, metrics, micro, run_dir, run_training,
+                           start_training, wait_for, write_demo_shards)
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 
@@ -25,15 +25,6 @@ TINY = str(REPO / "configs" / "tiny.yaml")
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     return write_demo_shards(tmp_path_factory.mktemp("shards") / "demo")
-
-
-def micro(shards, out, *extra):
-    return [*MICRO, f"data.shards={shards}", f"train.output_dir={out}", *extra]
-
-
-def latest_step(run) -> int:
-    latest = run / "checkpoints" / "latest"
-    return int(latest.read_text().strip().split("-")[1]) if latest.is_file() else -1
 
 
 def test_single_process_run_leaves_everything_a_user_needs(shards, tmp_path):
@@ -167,21 +158,12 @@ def test_wandb_offline_writes_a_run(shards, tmp_path):
     assert (run / "wandb_id").read_text().strip() in offline[0].name
 
 
-def _error(result: subprocess.CompletedProcess) -> str:
-    """The one error sentence of a run that stopped on bad input."""
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.startswith("train.py: error:")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
-
-
 def test_bad_settings_stop_before_training(shards, tmp_path):
-    line = _error(run_training(1, TINY, *micro(shards, tmp_path, "model.num_classes=10"), check=False))
+    line = error_line(run_training(1, TINY, *micro(shards, tmp_path, "model.num_classes=10"), check=False))
     assert "have 20 classes but model.num_classes is 10" in line
-    line = _error(run_training(1, TINY, *micro(shards, tmp_path, "train.mixed_precision=fp16"), check=False))
+    line = error_line(run_training(1, TINY, *micro(shards, tmp_path, "train.mixed_precision=fp16"), check=False))
     assert "fp16" in line and "no GPU" in line
-    line = _error(run_training(1, TINY, *micro(shards, tmp_path), "--resume", str(tmp_path), check=False))
+    line = error_line(run_training(1, TINY, *micro(shards, tmp_path), "--resume", str(tmp_path), check=False))
     assert "no complete checkpoint" in line
     damaged = tmp_path / "damaged"
     shutil.copytree(shards, damaged)
@@ -189,18 +171,18 @@ def test_bad_settings_stop_before_training(shards, tmp_path):
     data = bytearray(tar.read_bytes())
     data[700] ^= 0xFF
     tar.write_bytes(bytes(data))
-    line = _error(run_training(1, TINY, *micro(damaged, tmp_path), check=False))
+    line = error_line(run_training(1, TINY, *micro(damaged, tmp_path), check=False))
     assert "sha256" in line and tar.name in line
     blocker = tmp_path / "file"
     blocker.write_text("")
-    line = _error(run_training(1, TINY, *micro(shards, blocker / "runs"), check=False))
+    line = error_line(run_training(1, TINY, *micro(shards, blocker / "runs"), check=False))
     assert "cannot be written" in line
 
 
 def test_non_finite_losses_stop_with_a_message(shards, tmp_path):
     result = run_training(1, TINY, *micro(shards, tmp_path, "optim.lr=1e30", "optim.warmup_steps=0", "train.max_nonfinite_steps=3"),
                           check=False)
-    line = _error(result)
+    line = error_line(result)
     assert "non-finite for 3 steps in a row" in line
 
 

@@ -3,6 +3,7 @@ one process (`python train.py`) or two CPU processes (`accelerate launch --multi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -30,9 +31,18 @@ MICRO = [
 ]
 
 
-def write_demo_shards(out: Path, train: int = 4, val: int = 1, test: int = 1) -> Path:
-    """Demo shards with `train`/`val`/`test` images per class (20 classes), 64 px."""
-    write_shards(make_demo(seed=0, train=train, val=val, test=test, size=64), out)
+def micro(shards, out, *extra) -> list[str]:
+    """Overrides for the micro model on `shards`, writing under `out`."""
+    return [*MICRO, f"data.shards={shards}", f"train.output_dir={out}", *extra]
+
+
+def write_demo_shards(out: Path, train: int = 4, val: int = 1, test: int = 1, classes: int = 20) -> Path:
+    """Demo shards with `train`/`val`/`test` images per class (the first `classes` of 20), 64 px."""
+    demo = make_demo(seed=0, train=train, val=val, test=test, size=64)
+    if classes < len(demo.class_names):
+        demo = dataclasses.replace(demo, class_names=demo.class_names[:classes], original_ids=demo.original_ids[:classes], groups=[],
+                                   splits={name: [s for s in samples if s.label < classes] for name, samples in demo.splits.items()})
+    write_shards(demo, out)
     return out
 
 
@@ -108,3 +118,17 @@ def checkpoint_weights(run: Path, step: int | None = None) -> dict:
 
 def metrics(run: Path) -> list[dict]:
     return read_jsonl(run / "metrics.jsonl")
+
+
+def latest_step(run: Path) -> int:
+    latest = run / "checkpoints" / "latest"
+    return int(latest.read_text().strip().split("-")[1]) if latest.is_file() else -1
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The one error sentence of a run that stopped on bad input."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.startswith("train.py: error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]

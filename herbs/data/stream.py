@@ -57,7 +57,7 @@ from herbs.data.manifest import Manifest, load_manifest
 from herbs.data.plan import Piece, eval_pieces, train_pieces, train_samples_per_slot
 from herbs.data.tario import Fields, read_samples
 from herbs.data.transforms import DecodeError, EvalTransform, TrainTransform, decode_image
-from herbs.data.workers import ignore_stop_signals, worker_context
+from herbs.data.workers import ignore_signals, worker_context
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class _Stream:
             pin_memory=self.pin_memory,
             generator=torch.Generator().manual_seed(0),
             multiprocessing_context=worker_context(self.num_workers, self.worker_start),
-            worker_init_fn=ignore_stop_signals,
+            worker_init_fn=ignore_signals,
         )
 
 

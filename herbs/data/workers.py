@@ -12,17 +12,18 @@ Like `spawn`, it needs the usual `if __name__ == "__main__":` guard in a script 
 Workers (and the forkserver) ignore the stop signals. SLURM's time limit, `scancel` and Ctrl-C
 signal every process of the job, workers included; a worker that died of it would make the
 training process raise before it reaches its checkpoint. The training process alone decides to
-stop, and its workers end with it (they watch their parent).
+stop, and its workers end with it (they watch their parent, and its loaders shut them down).
 """
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
+import multiprocessing.forkserver
 import signal
-from multiprocessing import forkserver
+import threading
 
 START_METHODS = ("forkserver", "spawn", "fork")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # the training process's to handle, not its workers'
 PRELOAD = ["herbs.data.stream", "herbs.evaluate.images"]  # the modules every worker unpickles its dataset from
 
 
@@ -35,25 +36,26 @@ def worker_context(num_workers: int, method: str = "forkserver"):
     context = multiprocessing.get_context(method)
     if method == "forkserver":
         context.set_forkserver_preload(PRELOAD)
-        with stop_signals_ignored():  # the server is exec'd with, and forks its workers with, SIG_IGN
-            forkserver.ensure_running()
+        if threading.current_thread() is threading.main_thread():
+            _start_forkserver_deaf()
     return context
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-
-
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """`worker_init_fn` of every loader: for workers started by fork or spawn."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def stop_signals_ignored():
+def _start_forkserver_deaf() -> None:
+    """Start the forkserver now, with the stop signals ignored, which it and every worker it forks
+    inherit. Started later by the loader, a Ctrl-C reaching the process group while it imports the
+    preload modules would kill it, and the training process would fail on its next worker start."""
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}
     try:
-        yield
+        multiprocessing.forkserver.ensure_running()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def ignore_signals(_worker_id: int) -> None:
+    """Loader worker init: a terminal's Ctrl-C and a scheduler's signals reach the whole process
+    group, but stopping is the training process's business (it finishes its step and checkpoints);
+    a worker dying of them would fail the loader first."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

@@ -26,7 +26,7 @@ from herbs.data.decode import DEFAULT_MAX_PIXELS
 from herbs.data.folder import IMAGE_SUFFIXES, images_in
 from herbs.data.stream import make_batch
 from herbs.data.transforms import DecodeError, EvalTransform, decode_image
-from herbs.data.workers import ignore_stop_signals, worker_context
+from herbs.data.workers import ignore_signals, worker_context
 from herbs.errors import HerbsError
 
 
@@ -104,5 +104,5 @@ def collate(items: list[dict], crop: int) -> dict:
 def image_batches(dataset: ImageFiles, *, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
     """Batches in file order; decoding in `workers` processes (0: in this one)."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory,
-                      multiprocessing_context=worker_context(workers), worker_init_fn=ignore_stop_signals,
+                      multiprocessing_context=worker_context(workers), worker_init_fn=ignore_signals,
                       collate_fn=functools.partial(collate, crop=dataset.transform.crop))

@@ -40,9 +40,13 @@ def save_model(state_dict: dict, config: Config, out_dir: str | Path, **meta) ->
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     state = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    save_file(state, str(tmp / WEIGHTS))
-    config.save(tmp / CONFIG)
-    (tmp / META).write_text(json.dumps({"format": FORMAT, "version": 1, **meta, CHECKSUM: sha256_of(tmp / WEIGHTS)}, indent=1))
+    try:
+        save_file(state, str(tmp / WEIGHTS))
+        config.save(tmp / CONFIG)
+        (tmp / META).write_text(json.dumps({"format": FORMAT, "version": 1, **meta, CHECKSUM: sha256_of(tmp / WEIGHTS)}, indent=1))
+    except BaseException:  # e.g. a full disk: leave nothing half-written behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out_dir.exists():
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         out_dir.rename(old)

@@ -11,9 +11,12 @@ from herbs.errors import HerbsError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML (see configs/)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. optim.lr=1e-3")
-    parser.add_argument("--resume", metavar="auto|PATH",
-                        help="'auto': continue from the run's newest complete checkpoint (start fresh if none); "
-                             "PATH: a checkpoints/step-NNNNNNN directory")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", metavar="auto|PATH",
+                       help="'auto': continue from the run's newest intact checkpoint (start fresh if none); "
+                            "PATH: a checkpoints/step-NNNNNNN directory")
+    start.add_argument("--overwrite", action="store_true",
+                       help="start afresh in a run directory that holds an earlier run, moving that run aside to <name>.old-<time>")
     parser.set_defaults(func=run)
 
 
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if args.debug:
         config.train.debug = True
-    return train(config, resume=args.resume)
+    return train(config, resume=args.resume, overwrite=args.overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,11 +30,13 @@ from herbs.model import HERBSModel
 from herbs.model.checkpoint import WEIGHTS, save_model
 from herbs.train.accel import build_accelerator, launched_processes
 from herbs.train.batch import plan_batch, warmup_steps
-from herbs.train.checkpoints import CheckpointDir, TrainerState, resolve_resume
+from herbs.train.checkpoints import CheckpointDir
 from herbs.train.faults import Faults
+from herbs.train.fit import progressing, requirements
 from herbs.train.norm_stats import NormStatistics
 from herbs.train.optim import Schedule, build_optimizer, set_lr
 from herbs.train.preemption import EXIT_REQUEUE, REQUEUE_MARKER, PreemptionWatch
+from herbs.train.rundir import claim_run_directory
 from herbs.train.throughput import peak_flops, train_flops_per_image
 from herbs.train.tracking import MetricsFile, start_wandb
 
@@ -64,7 +66,7 @@ def apply_debug(config: Config) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def train(config: Config, resume: str | None = None) -> int:
+def train(config: Config, resume: str | None = None, overwrite: bool = False) -> int:
     """Train to the end (returns 0) or until preempted (checkpoint written, returns EXIT_REQUEUE)."""
     t, d = config.train, config.data
     if t.debug:
@@ -77,6 +79,7 @@ def train(config: Config, resume: str | None = None) -> int:
     is_main = accelerator.is_main_process
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise
+    run = claim_run_directory(run_dir, config, accelerator, resume=resume, overwrite=overwrite)
     if is_main:
         (run_dir / REQUEUE_MARKER).unlink(missing_ok=True)
 
@@ -104,6 +107,7 @@ def train(config: Config, resume: str | None = None) -> int:
     # Model, loss, optimizer: the same initial weights on every rank.
     set_seed(t.seed)
     model = HERBSModel(config.model)
+    requires = requirements(config, manifest, model, world, accum)
     loss_fn = HERBSLoss(config.loss)
     optimizer = build_optimizer(model, config.optim)
     faults = Faults.from_env(optimizer, rank)
@@ -115,19 +119,23 @@ def train(config: Config, resume: str | None = None) -> int:
     if t.compile:
         model = torch.compile(model)
 
-    checkpoints = CheckpointDir(run_dir / "checkpoints", keep=t.keep_checkpoints)
-    state = TrainerState()
-    start_from = resolve_resume(resume, checkpoints)
+    checkpoints = CheckpointDir(run_dir / "checkpoints", keep=t.keep_checkpoints, run_id=run.id, requires=requires)
+    state, start_from = checkpoints.resume(accelerator, resume)
     metrics = MetricsFile(run_dir / "metrics.jsonl", enabled=is_main)
-    if start_from is not None:
-        state = checkpoints.load(accelerator, start_from)
+    if resume:
         metrics.truncate_after(state.step)
+    if start_from is not None:
         log.info("resumed from %s (step %d, epoch %d, batch %d)", start_from, state.step, state.epoch, state.batch)
+        if run.finished(state.step, total_steps):
+            log.info("this run already finished at step %d; nothing to do (raise train.epochs or train.max_steps to train on)", state.step)
+            accelerator.end_training()
+            return 0
     if config.log.wandb:
         start_wandb(accelerator, config, run_dir)
 
     def record(values: dict) -> None:
-        metrics.write({"step": state.step, "epoch": state.epoch, **values})
+        with checkpoints.guard_space(metrics.path):
+            metrics.write({"step": state.step, "epoch": state.epoch, **values})
         if config.log.wandb:
             accelerator.log(values, step=state.step)
 
@@ -146,8 +154,9 @@ def train(config: Config, resume: str | None = None) -> int:
     def export_best(score: float) -> None:
         weights = accelerator.get_state_dict(model)  # collective: gathers ZeRO-3 shards
         if is_main:
-            save_model(weights, config, run_dir / "best", class_names=manifest.class_names,
-                       val_ensemble_top1=score, step=state.step, epoch=state.epoch)
+            with checkpoints.guard_space(run_dir / "best"):
+                save_model(weights, config, run_dir / "best", class_names=manifest.class_names,
+                           val_ensemble_top1=score, step=state.step, epoch=state.epoch)
 
     log.info("%d processes x batch %d x %d accumulated = global batch %d; peak lr %.3g, %d warmup steps; "
              "%d optimizer steps per epoch, %d in all; mixed precision %s; run directory %s",
@@ -161,12 +170,12 @@ def train(config: Config, resume: str | None = None) -> int:
         while state.step < total_steps and not preempted:
             model.train()
             epoch, temperature = state.epoch, temperature_at(config.loss, state.epoch)
-            yielded = False
             fetched = time.perf_counter()
-            for batch in train_data.epoch(epoch, start_batch=state.batch):
-                if not yielded:  # how long the epoch's first batch took: loader start-up, not steady state
+            first = True
+            for batch in progressing(train_data.epoch(epoch, start_batch=state.batch), epoch, state.batch):
+                if first:  # how long the epoch's first batch took: loader start-up, not steady state
                     record({"first_batch_s": time.perf_counter() - fetched})
-                yielded = True
+                    first = False
                 window.wait += time.perf_counter() - fetched
                 images = normalize(batch["image"].to(accelerator.device, non_blocking=True), mean, std)
                 labels = batch["label"].to(accelerator.device, non_blocking=True)
@@ -241,8 +250,6 @@ def train(config: Config, resume: str | None = None) -> int:
                 if preempted or finished or epoch_done:
                     break
                 fetched = time.perf_counter()
-            if not yielded:  # a planning fault must fail loudly, never spin on an empty epoch
-                raise RuntimeError(f"epoch {epoch} from batch {state.batch} yielded no batch ({len(train_data)} per epoch)")
 
         train_data.close()  # its workers are done; the evaluation streams keep theirs to the end
         if preempted:
@@ -262,6 +269,7 @@ def train(config: Config, resume: str | None = None) -> int:
         if is_main:
             print(f"test ensemble top-1: {final.get(f'{d.test_split}/ensemble_top1', 0.0):.2f}% "
                   f"({final[f'{d.test_split}/samples']} images, {weights} weights, chance {100.0 / manifest.num_classes:.2f}%)")
+    run.finish(state.step, is_main)
     accelerator.end_training()
     return 0
 

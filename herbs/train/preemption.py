@@ -1,4 +1,5 @@
-"""Stop cleanly when the cluster asks: SIGUSR1 (SLURM's warning before the time limit) or SIGTERM.
+"""Stop cleanly when the cluster asks: SIGUSR1 (SLURM's warning before the time limit) or SIGTERM,
+or the user presses Ctrl-C (SIGINT); a second Ctrl-C stops at once, without a checkpoint.
 
 The handler only sets a flag (`received`); the loop checks it after each optimizer step, all ranks agree
 (any rank signalled means all stop), a checkpoint is written, and the process exits with
@@ -8,11 +9,15 @@ sees `accelerate launch`'s own exit status can still tell a preemption from a fa
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
+
+log = logging.getLogger(__name__)
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "try again"; slurm/train.sh and launch/submit.py requeue on it
 REQUEUE_MARKER = "requeue"
-SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 
 class PreemptionWatch:
@@ -30,4 +35,9 @@ class PreemptionWatch:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            if self.received == signal.SIGINT:  # the user insists: die of the signal, as without this handler
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGINT)
+            log.warning("Ctrl-C: finishing this step and writing a checkpoint; press Ctrl-C again to stop at once")
         self.received = signum

@@ -8,11 +8,14 @@ the same W&B run, whose id is kept in `<run>/wandb_id`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from pathlib import Path
 
 from herbs.config import Config
+
+log = logging.getLogger(__name__)
 
 
 def wandb_mode(config: Config) -> str:
@@ -57,12 +60,30 @@ class MetricsFile:
         self.path, self.enabled = path, enabled
 
     def truncate_after(self, step: int) -> None:
-        """Forget records past `step`: a resumed run writes them again."""
+        """Forget records past `step`: a resumed run writes them again. A line that is not JSON (a
+        write cut short, e.g. by a full disk) is dropped too, with a warning."""
         if self.enabled and self.path.is_file():
-            lines = self.path.read_text().splitlines(keepends=True)
-            self.path.write_text("".join(line for line in lines if json.loads(line).get("step", 0) <= step))
+            kept, torn = [], 0
+            for line in self.path.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    torn += 1
+                    continue
+                if record.get("step", 0) <= step:
+                    kept.append(line + "\n")
+            if torn:
+                log.warning("%s: dropped %d line(s) that are not complete JSON records (a write was cut short)", self.path, torn)
+            self.path.write_text("".join(kept))
 
     def write(self, record: dict) -> None:
         if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            data = memoryview((json.dumps(record) + "\n").encode())
+            with self.path.open("ab", buffering=0) as f:  # unbuffered: a failed write is known here, not at close
+                end = f.seek(0, os.SEEK_END)
+                try:
+                    while data:
+                        data = data[f.write(data):]
+                except OSError:
+                    f.truncate(end)  # no partial line left behind (truncating needs no space)
+                    raise

@@ -1,0 +1,254 @@
+"""Nothing lost, nothing hangs: run directories, checkpoints and resume under misuse and damage,
+with real single-process runs of train.py (one 2-process run for the lock's broadcast)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+
+import pytest
+import torch
+
+from herbs.config import load_config
+from herbs.errors import ConfigError, HerbsError
+from herbs.train.fit import progressing
+from herbs.train.preemption import EXIT_REQUEUE
+
+from train_helpers import (REPO, checkpoint_weights, error_line, latest_step, metrics, micro, run_dir, run_training,
+                           start_training, wait_for, write_demo_shards)
+
+TINY = str(REPO / "configs" / "tiny.yaml")
+TEN = ["train.checkpoint_every=5", "train.max_steps=10"]  # checkpoints at steps 5 and 10, then val, best, test
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_demo_shards(tmp_path_factory.mktemp("shards") / "demo")
+
+
+@pytest.fixture(scope="module")
+def finished(shards, tmp_path_factory):
+    """The output directory of a finished 10-step run; tests work on copies of it."""
+    out = tmp_path_factory.mktemp("finished")
+    run_training(1, TINY, *micro(shards, out, *TEN))
+    return out
+
+
+@pytest.fixture
+def copy(finished, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    return out
+
+
+def steps(run) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*"))
+
+
+@pytest.mark.slow
+def test_a_fresh_run_never_reuses_a_directory_and_overwrite_moves_the_old_run_aside(shards, copy):
+    run = run_dir(copy)
+    first = json.loads((run / "run.json").read_text())
+    other = micro(shards, copy, "optim.lr=0.02", "train.max_steps=2", "train.checkpoint_every=1")
+    line = error_line(run_training(1, TINY, *other, check=False))
+    assert "already holds a run" in line and "--resume auto" in line and "log.name" in line and "--overwrite" in line
+    assert steps(run) == [5, 10] and latest_step(run) == 10  # untouched
+
+    run_training(1, TINY, *other, "--overwrite")
+    [aside] = run.parent.glob("tiny.old-*")
+    assert steps(aside) == [5, 10] and json.loads((aside / "run.json").read_text())["id"] == first["id"]
+    assert steps(run) == [1, 2] and json.loads((run / "run.json").read_text())["id"] != first["id"]
+
+
+@pytest.mark.slow
+def test_pruning_keeps_this_runs_newest_checkpoints_by_step_and_never_another_runs(shards, copy):
+    run = run_dir(copy)
+    foreign = run / "checkpoints" / "step-0000100"  # e.g. copied in from another run
+    shutil.copytree(run / "checkpoints" / "step-0000005", foreign)
+    record = json.loads((foreign / "checkpoint.json").read_text())
+    (foreign / "checkpoint.json").write_text(json.dumps({**record, "run": "another-run"}))
+
+    run_training(1, TINY, *micro(shards, copy, "train.checkpoint_every=5", "train.max_steps=20", "train.keep_checkpoints=2"),
+                 "--resume", "auto")
+    assert steps(run) == [15, 20, 100] and latest_step(run) == 20
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_and_exits_75_while_a_second_process_is_refused(shards, tmp_path):
+    run = run_dir(tmp_path)
+    args = micro(shards, tmp_path, "train.epochs=50", "train.checkpoint_every=1000", "data.num_workers=1")
+    proc = start_training(1, TINY, *args, log=tmp_path / "log")
+    try:
+        wait_for(lambda: (run / "metrics.jsonl").is_file(), 300, "training to start", proc)
+        line = error_line(run_training(1, TINY, *args, "--resume", "auto", check=False))
+        assert f"in use by pid {proc.pid} on host {socket.gethostname()}" in line
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group, loader workers too
+        assert proc.wait(timeout=120) == EXIT_REQUEUE
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = (tmp_path / "log").read_text()
+    assert "Traceback" not in log and "KeyboardInterrupt" not in log
+    assert latest_step(run) == int((run / "requeue").read_text()) > 0
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_and_the_lock_goes_with_the_process(shards, tmp_path):
+    log = tmp_path / "log"
+    args = micro(shards, tmp_path, "train.epochs=50", "train.checkpoint_every=1000", "data.num_workers=1")
+    proc = start_training(1, TINY, *args, log=log)
+    try:
+        # the first step takes seconds (the loader's worker starts): both Ctrl-Cs land in it
+        wait_for(lambda: "steps in all" in log.read_text(), 300, "the training loop", proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        wait_for(lambda: "press Ctrl-C again" in log.read_text(), 60, "the first Ctrl-C", proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == -signal.SIGINT
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert latest_step(run_dir(tmp_path)) == -1  # no checkpoint: it really stopped at once
+    run_training(1, TINY, *micro(shards, tmp_path, "train.max_steps=2"), "--resume", "auto")  # the lock died with it
+
+
+@pytest.mark.multiprocess
+def test_a_locked_run_directory_stops_every_rank(shards, tmp_path):
+    run = run_dir(tmp_path)
+    run.mkdir(parents=True)
+    with (run / "run.lock").open("a+") as lock:  # held as a running train.py holds it
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("pid 4242 on host elsewhere\n")
+        lock.flush()
+        result = run_training(2, TINY, *micro(shards, tmp_path), check=False, timeout=300)
+    assert result.returncode != 0
+    refusals = [line for line in result.stderr.splitlines() if "in use by pid 4242 on host elsewhere" in line]
+    assert len(refusals) == 2, result.stderr  # one per rank: neither waits for the other
+
+
+@pytest.mark.slow
+def test_a_resume_that_does_not_fit_is_one_sentence(shards, copy, tmp_path):
+    resume = ["train.max_steps=20", "--resume", "auto"]
+    line = error_line(run_training(1, TINY, *micro(shards, copy, "data.batch_size=8"), *resume, check=False, timeout=300))
+    assert "data.batch_size was 4 when it was written and is 8 now" in line
+    line = error_line(run_training(1, TINY, *micro(shards, copy, "model.fpn_size=16"), *resume, check=False))
+    assert re.search(r"the shape of \S+ was \[.*\] when it was written and is \[.*\] now", line)
+    ten = write_demo_shards(tmp_path / "ten", classes=10)
+    checkpoint = run_dir(copy) / "checkpoints" / "step-0000010"
+    line = error_line(run_training(1, TINY, *micro(ten, tmp_path / "new", "model.num_classes=10", "train.max_steps=20"),
+                                   "--resume", str(checkpoint), check=False))
+    assert "model.num_classes was 20 when it was written and is 10 now" in line
+
+
+def test_an_epoch_without_batches_stops_instead_of_spinning():
+    with pytest.raises(HerbsError, match="epoch 3 has no batches from batch 10 on"):
+        list(progressing(iter([]), 3, 10))
+    assert list(progressing(iter([1, 2]), 0, 0)) == [1, 2]
+
+
+def damage(path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if how == "truncate" else data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, how", [("random_states_0.pkl", "flip"), ("model.safetensors", "truncate")])
+def test_a_damaged_newest_checkpoint_is_named_and_the_previous_one_resumed_step_exactly(shards, finished, copy, name, how):
+    run = run_dir(copy)
+    straight = checkpoint_weights(run_dir(finished), 10)
+    damage(run / "checkpoints" / "step-0000010" / name, how)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 11, "loss": 1.2')  # torn by a full disk
+    result = run_training(1, TINY, *micro(shards, copy, *TEN), "--resume", "auto")
+    assert f"checkpoint {run / 'checkpoints' / 'step-0000010'} is damaged: {name} does not match" in result.stderr
+    assert "resuming from step-0000005, the newest intact checkpoint" in result.stderr
+    assert "dropped 1 line(s) that are not complete JSON" in result.stderr
+    assert all(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+    resumed = checkpoint_weights(run, 10)
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+@pytest.mark.slow
+def test_an_explicitly_named_damaged_checkpoint_is_one_sentence(shards, copy):
+    checkpoint = run_dir(copy) / "checkpoints" / "step-0000010"
+    damage(checkpoint / "optimizer.bin", "truncate")
+    line = error_line(run_training(1, TINY, *micro(shards, copy, *TEN), "--resume", str(checkpoint), check=False))
+    assert f"checkpoint {checkpoint} is damaged: optimizer.bin does not match the sha256" in line
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_does_nothing(shards, copy):
+    run = run_dir(copy)
+    before = (run / "metrics.jsonl").read_text()
+    result = run_training(1, TINY, *micro(shards, copy, *TEN), "--resume", "auto")
+    assert "already finished at step 10; nothing to do" in result.stderr
+    assert (run / "metrics.jsonl").read_text() == before and len([r for r in metrics(run) if "test/samples" in r]) == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real full disk: a 32 MiB tmpfs, mounted for the test (needs root); skipped where mount is not allowed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk) -> None:
+    with (disk / "ballast").open("wb", buffering=0) as f:
+        for chunk in (1 << 20, 1 << 12):
+            try:
+                while True:
+                    f.write(bytes(chunk))
+            except OSError:
+                pass
+
+
+def train_until_the_disk_is_full(shards, disk, ready, what: str, *overrides: str) -> str:
+    """Train on `disk`, fill it once `ready()`, and return the run's error sentence."""
+    proc = start_training(1, TINY, *micro(shards, disk, "train.epochs=50", *overrides))
+    try:
+        wait_for(ready, 300, what, proc)
+        fill(disk)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return error_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr))
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_checkpointing_is_one_sentence_and_leaves_no_temporaries(shards, small_disk):
+    run = run_dir(small_disk)
+    line = train_until_the_disk_is_full(shards, small_disk, lambda: latest_step(run) >= 5, "the first checkpoint",
+                                        "train.checkpoint_every=5", "log.every=1000")
+    match = re.search(rf"no space left on {small_disk} while writing {run / 'checkpoints'}/step-(\d+); "
+                      r"the previous checkpoint step-(\d+) is intact", line)
+    assert match, line
+    assert int(match[2]) == latest_step(run) == int(match[1]) - 5
+    assert not list((run / "checkpoints").glob(".*")) and not list(run.glob(".*"))
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_logging_is_one_sentence_and_leaves_no_torn_line(shards, small_disk):
+    run = run_dir(small_disk)
+    line = train_until_the_disk_is_full(shards, small_disk, lambda: metrics(run), "the first metrics",
+                                        "train.checkpoint_every=1000", "log.every=1")
+    assert f"no space left on {small_disk} while writing {run / 'metrics.jsonl'}; no checkpoint had been written yet" in line
+    assert all(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+
+
+@pytest.mark.parametrize("override", ["train.checkpoint_every=0", "train.checkpoint_every=-1", "log.every=0",
+                                      "train.eval_every=0", "train.max_steps=0", "loss.temperature_halve_every=0"])
+def test_intervals_and_counts_are_checked_before_anything_starts(override):
+    with pytest.raises(ConfigError, match=re.escape(override.split("=")[0]) + " must be a whole number of at least 1"):
+        load_config(None, [override])
+    assert load_config(None, ["train.max_steps=null"]).train.max_steps is None
