@@ -26,7 +26,7 @@ def _one_thread():
 
 
 @pytest.fixture(scope="session")
-def reference() -> Reference:
+def reference_fixture() -> Reference:
     """The numbers of the original HERBS code (tests/fixtures/herbs_reference); the repository carries them."""
     missing = missing_files(FIXTURE)
     if missing:
@@ -35,9 +35,9 @@ def reference() -> Reference:
 
 
 @pytest.fixture(scope="session")
-def reference_checkpoint(reference, tmp_path_factory) -> Path:
+def reference_checkpoint(reference_fixture, tmp_path_factory) -> Path:
     """The fixture's weights in the original's checkpoint file layout, as import-checkpoint reads them."""
-    return reference.write_checkpoint(tmp_path_factory.mktemp("reference") / "checkpoint.pt")
+    return reference_fixture.write_checkpoint(tmp_path_factory.mktemp("reference") / "checkpoint.pt")
 
 
 def tiny_config(**model_overrides):

@@ -16,8 +16,8 @@ TERM_NAMES = {"loss_b0": "refine", "loss_b": "tap_ce", "loss_s": "select_ce", "l
 
 
 @pytest.fixture(scope="module")
-def original_config(reference):
-    return config_from_original(reference.config)
+def original_config(reference_fixture):
+    return config_from_original(reference_fixture.config)
 
 
 def with_attention(config, fused: bool):
@@ -26,11 +26,11 @@ def with_attention(config, fused: bool):
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["default_attention", "fused_attention"])
-def test_eval_outputs_match(reference, reference_checkpoint, original_config, fused):
+def test_eval_outputs_match(reference_fixture, reference_checkpoint, original_config, fused):
     model, _ = load_original(reference_checkpoint, with_attention(original_config, fused))
     with torch.no_grad():
-        outputs = model.eval()(reference.images)
-    expected = reference.outputs_eval
+        outputs = model.eval()(reference_fixture.images)
+    expected = reference_fixture.outputs_eval
     assert list(outputs) == list(expected)
     for key, want in expected.items():
         got = outputs[key]
@@ -40,19 +40,19 @@ def test_eval_outputs_match(reference, reference_checkpoint, original_config, fu
         assert (got - want).abs().max().item() <= 1e-4, key
 
 
-def _train_forward_backward(reference, checkpoint, config, epoch):
+def _train_forward_backward(reference_fixture, checkpoint, config, epoch):
     """The fixture's procedure: train mode, with exactly the modules its README names in eval mode."""
     model, _ = load_original(checkpoint, config)
     model.train()
-    disabled = reference.expected["disabled_modules"]
+    disabled = reference_fixture.expected["disabled_modules"]
     stochastic_blocks = set()
     for name, module in model.named_modules():
         if isinstance(module, DropPath) or name == "combiner.dropout":
             module.eval()
             stochastic_blocks.add(name.rsplit(".", 1)[0])  # timm >= 1.0 has drop_path1/2 where 0.4.12 had one
     assert stochastic_blocks == {name.rsplit(".", 1)[0] for name in disabled}
-    outputs = model(reference.images)
-    total, terms = HERBSLoss(config.loss)(outputs, reference.labels, epoch)
+    outputs = model(reference_fixture.images)
+    total, terms = HERBSLoss(config.loss)(outputs, reference_fixture.labels, epoch)
     (total / config.train.gradient_accumulation_steps).backward()
     return model, total, terms
 
@@ -63,10 +63,10 @@ def _close(got: float, want: float) -> bool:
 
 @pytest.mark.parametrize("fused", [False, True], ids=["default_attention", "fused_attention"])
 @pytest.mark.parametrize("epoch", [0, 25])
-def test_loss_terms_and_gradients_match(reference, reference_checkpoint, original_config, epoch, fused):
+def test_loss_terms_and_gradients_match(reference_fixture, reference_checkpoint, original_config, epoch, fused):
     config = with_attention(original_config, fused)
-    expected = reference.expected["loss_terms"][f"epoch{epoch}"]
-    model, total, terms = _train_forward_backward(reference, reference_checkpoint, config, epoch)
+    expected = reference_fixture.expected["loss_terms"][f"epoch{epoch}"]
+    model, total, terms = _train_forward_backward(reference_fixture, reference_checkpoint, config, epoch)
     assert _close(total.item(), expected["total_before_update_freq_division"])
     compared = 0
     for key, want in expected.items():
@@ -85,9 +85,9 @@ def test_loss_terms_and_gradients_match(reference, reference_checkpoint, origina
     assert compared == 13
 
     norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None))
-    want_norm = reference.expected["grad_norm"][f"epoch{epoch}"]["float64"]
+    want_norm = reference_fixture.expected["grad_norm"][f"epoch{epoch}"]["float64"]
     assert abs(norm.item() - want_norm) <= 1e-4 * want_norm
     # The original's unused backbone norm/head are not part of this model; everything else learns.
-    assert set(reference.expected["params_without_grad"]) == {"backbone.norm.weight", "backbone.norm.bias",
+    assert set(reference_fixture.expected["params_without_grad"]) == {"backbone.norm.weight", "backbone.norm.bias",
                                                  "backbone.head.weight", "backbone.head.bias"}
     assert [n for n, p in model.named_parameters() if p.grad is None] == []

@@ -58,7 +58,6 @@ def compact(source: Path, out: Path) -> None:
         "temperature_base": loss["temperature_base"],
         "pre_steps_losses_div_update_freq": facts["pre_steps_losses_div_update_freq"],
         "alpha1_after_pre_steps": facts["alpha1_after_pre_steps"],
-        "input_seed_search": facts.get("input_seed_search"),
     }
     (out / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     for name in ("config.yaml", "eval_metrics.json"):
