@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from herbs.config import Config
 from herbs.data.manifest import load_manifest
@@ -28,6 +27,7 @@ from herbs.evaluate.predictions import gather, predict_batches
 from herbs.loss import HERBSLoss, temperature_at
 from herbs.model import HERBSModel
 from herbs.model.checkpoint import WEIGHTS, save_model
+from herbs.progress import Progress
 from herbs.train.accel import build_accelerator
 from herbs.train.checkpoints import CheckpointDir, TrainerState, resolve_resume
 from herbs.train.optim import build_optimizer, lr_at, set_lr
@@ -126,7 +126,7 @@ def train(config: Config, resume: str | None = None) -> int:
                        val_ensemble_top1=score, step=state.step, epoch=state.epoch)
 
     log.info("%d processes, %d optimizer steps per epoch, %d steps in all, run directory %s", world, steps_per_epoch, total_steps, run_dir)
-    bar = tqdm(total=total_steps, initial=state.step, disable=not is_main, desc="train", dynamic_ncols=True)
+    bar = Progress(total_steps, "train", unit="step", initial=state.step, disable=not is_main)
     window = Window()
     group_finite, preempted, grad_norm = True, False, None
     with PreemptionWatch() as watch, bar:
@@ -180,7 +180,7 @@ def train(config: Config, resume: str | None = None) -> int:
                     if grad_norm is not None:
                         values["grad_norm"] = float(grad_norm)
                     record(values)
-                    bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}", img_s=f"{values['images_per_s']:.0f}")
+                    bar.report(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}", img_s=f"{values['images_per_s']:.0f}")
                     window = Window()
                 epoch_done = state.batch == 0
                 finished = state.step >= total_steps
@@ -189,7 +189,7 @@ def train(config: Config, resume: str | None = None) -> int:
                     record(values)
                     score = values.get(f"{d.val_split}/ensemble_top1", 0.0)
                     if is_main:
-                        tqdm.write(f"epoch {epoch}: val ensemble top-1 {score:.2f}%")
+                        bar.write(f"epoch {epoch}: val ensemble top-1 {score:.2f}%")
                     if score > state.best_val:
                         state.best_val, state.best_step = score, state.step
                         export_best(score)
