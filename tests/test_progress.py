@@ -9,6 +9,7 @@ import re
 import struct
 import termios
 
+import pytest
 from PIL import Image
 from train_helpers import MICRO, REPO, run_dir, run_training, write_demo_shards
 
@@ -60,6 +61,7 @@ def test_a_terminal_gets_a_redrawn_bar():
     assert b"\r" in drawn.replace(b"\r\n", b"") and b"3/3" in drawn and b"loss=0.500" in drawn, drawn
 
 
+@pytest.mark.slow
 def test_training_sharding_eval_and_predict_write_plain_lines_to_a_pipe(tmp_path, capsys):
     shards = write_demo_shards(tmp_path / "shards")
     sharding = capsys.readouterr().err

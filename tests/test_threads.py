@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 from train_helpers import MICRO, REPO, env, metrics, run_dir, train_command, write_demo_shards
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 
 
+@pytest.mark.slow
 def test_train_threads_pins_the_thread_count_whatever_the_environment(tmp_path):
     """train.threads=2 under OMP_NUM_THREADS=1 and =2 takes bit-identical steps; without it, OMP_NUM_THREADS=1 differs."""
     shards = write_demo_shards(tmp_path / "shards")
