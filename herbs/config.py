@@ -128,6 +128,9 @@ class TrainConfig:
     gradient_accumulation_steps: Optional[int] = None
     mixed_precision: str = "fp16"  # no | bf16 | fp16
     seed: int = 42
+    # torch threads per process (null: torch's default, one per core). The thread count changes how
+    # sums are split, so the last bits of every step, and over a run the result, depend on it.
+    threads: Optional[int] = None
     eval_every: int = 1  # epochs between validation runs
     checkpoint_every: int = 500  # optimizer steps between checkpoints
     # Also checkpoint when this many minutes have passed since the last checkpoint (None: off), so a
@@ -368,6 +371,8 @@ def validate(config: Config) -> None:
         raise ConfigError("train.epochs must be at least 1")
     if t.keep_checkpoints < 1:
         raise ConfigError("train.keep_checkpoints must be at least 1")
+    if t.threads is not None and t.threads < 1:
+        raise ConfigError(f"train.threads must be at least 1 or null (torch's default), got {t.threads}")
     if log.wandb_mode not in ("auto", "online", "offline"):
         raise ConfigError(f"log.wandb_mode must be auto, online or offline, got '{log.wandb_mode}'")
     # Intervals and counts: 0 would divide by zero mid-run, a negative value silently never fires.

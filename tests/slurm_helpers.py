@@ -1,7 +1,7 @@
 """SLURM in tests: the real local cluster, tiny training runs, and polling with deadlines.
 
 Without `sbatch` on the PATH the SLURM tests skip; under HERBS_REQUIRE_SLURM=1 (set by .ci/run,
-which starts `../shared/tools/local-slurm/start.sh`) they fail instead, so CI cannot pass by
+which starts `tools/local-slurm/start.sh`) they fail instead, so CI cannot pass by
 skipping them. Tests wait by polling squeue/sacct/files against a deadline, never by sleeping
 for a guessed time.
 """
@@ -35,8 +35,8 @@ def require_slurm() -> None:
             problem = f"sinfo does not reach a controller ({out.stderr.strip() or 'no nodes'})"
     if problem:
         if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{REQUIRE_ENV}=1 but there is no usable SLURM: {problem}; start ../shared/tools/local-slurm/start.sh")
-        pytest.skip(f"no SLURM cluster here ({problem})")
+            pytest.fail(f"{REQUIRE_ENV}=1 but there is no usable SLURM: {problem}; start one with `sudo bash tools/local-slurm/start.sh`")
+        pytest.skip(f"no SLURM cluster here ({problem}); `sudo bash tools/local-slurm/start.sh` starts one")
 
 
 @pytest.fixture(scope="session")

@@ -150,10 +150,10 @@ def test_user_mistakes_are_one_sentence(shards, model_dir, tmp_path, capsys):
     assert "cannot be written" in line and "--out" in line
 
 
-def test_reference_model_evaluates_and_predicts_end_to_end(reference_dir, tmp_path, capsys):
+def test_reference_model_evaluates_and_predicts_end_to_end(reference_fixture, reference_checkpoint, tmp_path, capsys):
     """The original code's checkpoint, imported: it names no classes, so folders are class_0, class_1, ..."""
     model = tmp_path / "reference"
-    code, _, err = run_cli(capsys, "import-checkpoint", reference_dir / "checkpoint.pt", "--config", reference_dir / "config.yaml", "--out", model)
+    code, _, err = run_cli(capsys, "import-checkpoint", reference_checkpoint, "--config", reference_fixture.config, "--out", model)
     assert code == 0, err
     root = tmp_path / "photos"
     for label, name in ((0, "rust_plain"), (7, "grey_red_crown")):

@@ -8,7 +8,6 @@ import json
 import random
 
 import pytest
-import torch
 from PIL import Image
 
 from herbs.data.manifest import Manifest
@@ -105,13 +104,11 @@ def test_merging_rank_parts_gives_the_one_process_result():
     assert topk_accuracy(merged) == topk_accuracy(whole)
 
 
-def test_per_head_accuracy_equals_the_original_code_on_its_fixture(reference_dir):
+def test_per_head_accuracy_equals_the_original_code_on_its_fixture(reference_fixture):
     """The original eval.py's per-head top-1/top-3 on the fixture batch (eval_metrics.json)."""
-    inputs = torch.load(reference_dir / "input.pt", weights_only=True)
-    outputs = torch.load(reference_dir / "outputs_eval.pt", weights_only=True)
-    expected = json.loads((reference_dir / "eval_metrics.json").read_text())["accs"]
+    expected = reference_fixture.eval_metrics["accs"]
     preds = Predictions()
-    preds.add([f"k{i}" for i in range(4)], inputs["labels"], outputs)
+    preds.add([f"k{i}" for i in range(4)], reference_fixture.labels, reference_fixture.outputs_eval)
     got = topk_accuracy(preds, ks=(1, 3))
     for tap in ("layer1", "layer2", "layer3", "layer4"):
         for prefix in ("", "FPN1_"):

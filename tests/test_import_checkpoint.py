@@ -26,17 +26,16 @@ def herbs(capsys):
     return run
 
 
-def test_imported_reference_model_reproduces_the_original(reference_dir, tmp_path, herbs):
+def test_imported_reference_model_reproduces_the_original(reference_fixture, reference_checkpoint, tmp_path, herbs):
     out = tmp_path / "model"
-    result = herbs("import-checkpoint", reference_dir / "checkpoint.pt", "--config", reference_dir / "config.yaml", "--out", out)
+    result = herbs("import-checkpoint", reference_checkpoint, "--config", reference_fixture.config, "--out", out)
     assert result.returncode == 0, result.stderr
     model, config, meta = load_model(out)
     assert meta["epoch"] == 0 and config.model.num_classes == 10
     assert meta["weights_sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()  # checked on every load
-    inputs = torch.load(reference_dir / "input.pt", weights_only=True)
-    expected = torch.load(reference_dir / "outputs_eval.pt", weights_only=True)
+    expected = reference_fixture.outputs_eval
     with torch.no_grad():
-        got = model(inputs["images"])
+        got = model(reference_fixture.images)
     assert (got["comb_outs"] - expected["comb_outs"]).abs().max() <= 1e-4
     assert (got["layer1"] - expected["layer1"]).abs().max() <= 1e-4
 
@@ -55,31 +54,31 @@ def _error_line(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_mismatched_config_names_the_parameter(reference_dir, tmp_path, herbs):
-    config = yaml.safe_load((reference_dir / "config.yaml").read_text())
+def test_mismatched_config_names_the_parameter(reference_fixture, reference_checkpoint, tmp_path, herbs):
+    config = yaml.safe_load(reference_fixture.config.read_text())
     config["num_classes"] = 12
     path = tmp_path / "wrong.yaml"
     path.write_text(yaml.safe_dump(config))
-    line = _error_line(herbs("import-checkpoint", reference_dir / "checkpoint.pt", "--config", path, "--out", tmp_path / "m"))
+    line = _error_line(herbs("import-checkpoint", reference_checkpoint, "--config", path, "--out", tmp_path / "m"))
     assert "classifier" in line and "(10," in line and "(12," in line
     assert not (tmp_path / "m").exists()
 
 
-def test_file_that_is_not_a_herbs_checkpoint(reference_dir, tmp_path, herbs):
+def test_file_that_is_not_a_herbs_checkpoint(reference_fixture, tmp_path, herbs):
     path = tmp_path / "resnet.pt"
     torch.save({"model": {"conv1.weight": torch.zeros(2, 3, 3, 3)}}, path)
-    line = _error_line(herbs("import-checkpoint", path, "--config", reference_dir / "config.yaml", "--out", tmp_path / "m"))
+    line = _error_line(herbs("import-checkpoint", path, "--config", reference_fixture.config, "--out", tmp_path / "m"))
     assert "not a checkpoint of the original HERBS code" in line and "resnet.pt" in line
 
 
-def test_missing_file_and_pickle(reference_dir, tmp_path, herbs):
-    line = _error_line(herbs("import-checkpoint", tmp_path / "none.pt", "--config", reference_dir / "config.yaml", "--out", tmp_path / "m"))
+def test_missing_file_and_pickle(reference_fixture, reference_checkpoint, tmp_path, herbs):
+    line = _error_line(herbs("import-checkpoint", tmp_path / "none.pt", "--config", reference_fixture.config, "--out", tmp_path / "m"))
     assert "does not exist" in line
-    line = _error_line(herbs("import-checkpoint", reference_dir / "checkpoint.pt", "--config", reference_dir, "--out", tmp_path / "m"))
-    assert line.endswith(f"config file '{reference_dir}' is a directory; pass a YAML file (see configs/)")
+    line = _error_line(herbs("import-checkpoint", reference_checkpoint, "--config", tmp_path, "--out", tmp_path / "m"))
+    assert line.endswith(f"config file '{tmp_path}' is a directory; pass a YAML file (see configs/)")
     evil = tmp_path / "evil.pt"
     torch.save({"model": {}, "hook": object()}, evil)
-    line = _error_line(herbs("import-checkpoint", evil, "--config", reference_dir / "config.yaml", "--out", tmp_path / "m"))
+    line = _error_line(herbs("import-checkpoint", evil, "--config", reference_fixture.config, "--out", tmp_path / "m"))
     assert "weights-only" in line
 
 

@@ -16,11 +16,8 @@ TERM_NAMES = {"loss_b0": "refine", "loss_b": "tap_ce", "loss_s": "select_ce", "l
 
 
 @pytest.fixture(scope="module")
-def reference(reference_dir):
-    fixture = reference_dir
-    config = config_from_original(fixture / "config.yaml")
-    load = lambda name: torch.load(fixture / name, weights_only=True)  # noqa: E731
-    return fixture, config, load("input.pt"), load
+def original_config(reference_fixture):
+    return config_from_original(reference_fixture.config)
 
 
 def with_attention(config, fused: bool):
@@ -29,12 +26,11 @@ def with_attention(config, fused: bool):
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["default_attention", "fused_attention"])
-def test_eval_outputs_match(reference, fused):
-    fixture, config, inputs, load = reference
-    model, _ = load_original(fixture / "checkpoint.pt", with_attention(config, fused))
+def test_eval_outputs_match(reference_fixture, reference_checkpoint, original_config, fused):
+    model, _ = load_original(reference_checkpoint, with_attention(original_config, fused))
     with torch.no_grad():
-        outputs = model.eval()(inputs["images"])
-    expected = load("outputs_eval.pt")
+        outputs = model.eval()(reference_fixture.images)
+    expected = reference_fixture.outputs_eval
     assert list(outputs) == list(expected)
     for key, want in expected.items():
         got = outputs[key]
@@ -44,19 +40,19 @@ def test_eval_outputs_match(reference, fused):
         assert (got - want).abs().max().item() <= 1e-4, key
 
 
-def _train_forward_backward(fixture, config, inputs, load, epoch):
+def _train_forward_backward(reference_fixture, checkpoint, config, epoch):
     """The fixture's procedure: train mode, with exactly the modules its README names in eval mode."""
-    model, _ = load_original(fixture / "checkpoint.pt", config)
+    model, _ = load_original(checkpoint, config)
     model.train()
-    disabled = load("loss_train.pt")["disabled_modules"]
+    disabled = reference_fixture.expected["disabled_modules"]
     stochastic_blocks = set()
     for name, module in model.named_modules():
         if isinstance(module, DropPath) or name == "combiner.dropout":
             module.eval()
             stochastic_blocks.add(name.rsplit(".", 1)[0])  # timm >= 1.0 has drop_path1/2 where 0.4.12 had one
     assert stochastic_blocks == {name.rsplit(".", 1)[0] for name in disabled}
-    outputs = model(inputs["images"])
-    total, terms = HERBSLoss(config.loss)(outputs, inputs["labels"], epoch)
+    outputs = model(reference_fixture.images)
+    total, terms = HERBSLoss(config.loss)(outputs, reference_fixture.labels, epoch)
     (total / config.train.gradient_accumulation_steps).backward()
     return model, total, terms
 
@@ -67,12 +63,11 @@ def _close(got: float, want: float) -> bool:
 
 @pytest.mark.parametrize("fused", [False, True], ids=["default_attention", "fused_attention"])
 @pytest.mark.parametrize("epoch", [0, 25])
-def test_loss_terms_and_gradients_match(reference, epoch, fused):
-    fixture, config, inputs, load = reference
-    config = with_attention(config, fused)
-    expected = load("loss_train.pt")["loss_terms"][f"epoch{epoch}"]
-    model, total, terms = _train_forward_backward(fixture, config, inputs, load, epoch)
-    assert _close(total.item(), expected["total_before_update_freq_division"].item())
+def test_loss_terms_and_gradients_match(reference_fixture, reference_checkpoint, original_config, epoch, fused):
+    config = with_attention(original_config, fused)
+    expected = reference_fixture.expected["loss_terms"][f"epoch{epoch}"]
+    model, total, terms = _train_forward_backward(reference_fixture, reference_checkpoint, config, epoch)
+    assert _close(total.item(), expected["total_before_update_freq_division"])
     compared = 0
     for key, want in expected.items():
         if key == "loss_c":
@@ -83,17 +78,16 @@ def test_loss_terms_and_gradients_match(reference, epoch, fused):
         else:
             continue
         if config.loss.lambda_s == 0 and key.startswith("loss_s/"):
-            assert name not in terms and want.item() == 0.0  # a zero weight skips its term
+            assert name not in terms and want == 0.0  # a zero weight skips its term
             continue
-        assert _close(terms[name].item(), want.item()), (key, terms[name].item(), want.item())
+        assert _close(terms[name].item(), want), (key, terms[name].item(), want)
         compared += 1
     assert compared == 13
 
-    grads = load("grads.pt")
     norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None))
-    want_norm = grads[f"epoch{epoch}"]["grad_norm_total_float64"].item()
+    want_norm = reference_fixture.expected["grad_norm"][f"epoch{epoch}"]["float64"]
     assert abs(norm.item() - want_norm) <= 1e-4 * want_norm
     # The original's unused backbone norm/head are not part of this model; everything else learns.
-    assert set(grads["params_without_grad"]) == {"backbone.norm.weight", "backbone.norm.bias",
+    assert set(reference_fixture.expected["params_without_grad"]) == {"backbone.norm.weight", "backbone.norm.bias",
                                                  "backbone.head.weight", "backbone.head.bias"}
     assert [n for n, p in model.named_parameters() if p.grad is None] == []

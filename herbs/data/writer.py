@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from tqdm import tqdm
-
 from herbs.data import DataError
 from herbs.data.decode import DEFAULT_MAX_PIXELS, DecodeError, opened
 from herbs.data.manifest import MANIFEST, Manifest, SplitInfo
@@ -29,6 +27,7 @@ from herbs.data.outdir import OutputDir
 from herbs.data.source import Sample, SourceDataset
 from herbs.data.tario import Fields, ShardInfo, ShardWriter, member_bytes
 from herbs.data.val_split import hold_out_val
+from herbs.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ def write_split(name: str, samples: list[Sample], dataset: SourceDataset, out: O
     shards: list[ShardInfo] = []
     writer: Optional[ShardWriter] = None
     written = 0
-    for sample in tqdm(order, desc=f"shard {name}", unit="img", dynamic_ncols=True):
+    for sample in Progress(len(order), f"shard {name}", unit="img").wrap(order):
         try:
             data = sample.read()
         except OSError as err:

@@ -122,6 +122,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from herbs.evaluate.images import find_images
     from herbs.evaluate.inference import check_precision, load_for_inference
     from herbs.evaluate.predict import PredictionWriter, Unreadable, default_workers, predict_images
+    from herbs.progress import Progress
 
     inputs = find_images(args.paths)
     inference = load_for_inference(args.checkpoint, args.device, max_image_pixels=args.max_image_pixels)
@@ -132,13 +133,15 @@ def run_predict(args: argparse.Namespace) -> int:
     except OSError as err:
         raise HerbsError(f"cannot write '{args.output}' ({err.strerror}); choose a writable --output") from None
     start, done, skipped = time.perf_counter(), 0, 0
+    progress = Progress(len(inputs), "predict", unit="img")
     try:
         writer = PredictionWriter(stream, fmt, min(args.topk, inference.num_classes))
-        for result in predict_images(inference, inputs, topk=args.topk, batch_size=args.batch_size or inference.config.data.eval_batch_size,
-                                     workers=default_workers() if args.workers is None else args.workers, precision=args.precision):
+        results = predict_images(inference, inputs, topk=args.topk, batch_size=args.batch_size or inference.config.data.eval_batch_size,
+                                 workers=default_workers() if args.workers is None else args.workers, precision=args.precision)
+        for result in progress.wrap(results):
             if isinstance(result, Unreadable):
                 skipped += 1
-                print(f"herbs predict: skipped '{result.key}': it {result.reason}", file=sys.stderr)
+                progress.write(f"herbs predict: skipped '{result.key}': it {result.reason}")
                 continue
             writer.write(result)
             done += 1
@@ -146,6 +149,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 writer.flush()
         writer.flush()
     finally:
+        progress.close()
         if args.output:
             stream.close()
     print(f"herbs predict: {done} images predicted, {skipped} skipped, in {time.perf_counter() - start:.1f} s"

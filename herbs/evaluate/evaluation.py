@@ -24,6 +24,7 @@ from herbs.evaluate.inference import InferenceModel, autocast, check_precision, 
 from herbs.evaluate.predict import eval_transform
 from herbs.evaluate.predictions import gather, predict_batches
 from herbs.evaluate.report import choose_groups, write_report
+from herbs.progress import Progress
 from herbs.train.accel import build_accelerator, wants_cpu
 
 
@@ -122,7 +123,8 @@ def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: str
         batches = image_batches(dataset, batch_size=batch_size, workers=workers, pin_memory=device.type == "cuda")
         described = {"kind": "images", "images": str(images), "name": Path(images).resolve().name}
     with autocast(device, precision):
-        local = predict_batches(model, reported(batches, "eval"), device, config.data.mean, config.data.std)
+        counted = Progress(len(batches), "eval", unit="batch", disable=not accelerator.is_main_process).wrap(batches)
+        local = predict_batches(model, reported(counted, "eval"), device, config.data.mean, config.data.std)
     preds = gather(local, accelerator)
 
     report = None

@@ -38,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if args.debug:
         config.train.debug = True
+    if config.train.threads:
+        import torch
+
+        torch.set_num_threads(config.train.threads)
     return train(config, resume=args.resume, overwrite=args.overwrite)
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from herbs.config import Config, LossConfig
 from herbs.data.manifest import load_manifest
@@ -28,6 +27,7 @@ from herbs.evaluate.predictions import gather, predict_batches
 from herbs.loss import HERBSLoss, temperature_at
 from herbs.model import HERBSModel
 from herbs.model.checkpoint import WEIGHTS, save_model
+from herbs.progress import Progress
 from herbs.train.accel import build_accelerator, launched_processes
 from herbs.train.batch import plan_batch, warmup_steps
 from herbs.train.checkpoints import CheckpointDir
@@ -162,7 +162,7 @@ def train(config: Config, resume: str | None = None, overwrite: bool = False) ->
              "%d optimizer steps per epoch, %d in all; mixed precision %s; run directory %s",
              world, plan.per_process, accum, plan.global_batch, plan.peak_lr, schedule.warmup_steps,
              steps_per_epoch, total_steps, t.mixed_precision, run_dir)
-    bar = tqdm(total=total_steps, initial=state.step, disable=not is_main, desc="train", dynamic_ncols=True)
+    bar = Progress(total_steps, "train", unit="step", initial=state.step, disable=not is_main)
     window = Window(accelerator)
     preempted, grad_norm = False, None
     checkpointed_at = time.monotonic()
@@ -229,7 +229,7 @@ def train(config: Config, resume: str | None = None, overwrite: bool = False) ->
                     if flops_per_image:
                         values["mfu"] = flops_per_image * values["images_per_s_per_process"] / peak
                     record(values)
-                    bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}", img_s=f"{values['images_per_s']:.0f}")
+                    bar.report(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.2e}", img_s=f"{values['images_per_s']:.0f}")
                     window = Window(accelerator)
                 epoch_done = state.batch == 0
                 finished = state.step >= total_steps
@@ -238,7 +238,7 @@ def train(config: Config, resume: str | None = None, overwrite: bool = False) ->
                     record(values)
                     score = values.get(f"{d.val_split}/ensemble_top1", 0.0)
                     if is_main:
-                        tqdm.write(f"epoch {epoch}: val ensemble top-1 {score:.2f}%")
+                        bar.write(f"epoch {epoch}: val ensemble top-1 {score:.2f}%")
                     if score > state.best_val:
                         state.best_val, state.best_step = score, state.step
                         export_best(score)
