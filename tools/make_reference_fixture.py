@@ -88,7 +88,7 @@ def main() -> int:
     args = parser.parse_args()
     if not (args.checkout / "models" / "pim_module").is_dir() or not (args.checkout / "timm").is_dir():
         parser.error(f"{args.checkout} is not a checkout of FGVC-HERBS (no models/pim_module or timm/)")
-    recipe = (args.out if args.check else DEFAULT_DIR) / "config.yaml"
+    recipe = ((args.out if args.check else DEFAULT_DIR) / "config.yaml").resolve()  # the original runs in its checkout
     with tempfile.TemporaryDirectory() as tmp:
         raw, compacted = Path(tmp) / "original", Path(tmp) / "compact"
         run_original(args.checkout.resolve(), recipe, raw)
