@@ -1,8 +1,9 @@
 """Throughput of the whole training loop (data, forward, loss, backward, step, logging) on the
-tiny config, one process, and the fraction of time spent waiting for data.
+tiny config, one process, the fraction of time spent waiting for data, and how long the loader
+takes to give the first batch of each epoch (its start-up: new workers, or persistent ones reset).
 
 Prints one JSON line. Builds small demo shards in a temporary directory unless --shards is given.
-Run: python benchmarks/train_loop.py [--steps 60] [--workers 2] [--batch 8]
+Run: python benchmarks/train_loop.py [--steps 60] [--workers 2] [--batch 8] [--epochs 4]
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +25,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of the stream whose first batch is timed")
     parser.add_argument("--shards", help="an existing 20-class demo shards directory")
     args = parser.parse_args()
 
@@ -42,6 +45,7 @@ def main() -> None:
                    "log.wandb=false"]
         subprocess.run(command, check=True, capture_output=True, text=True)
         records = [json.loads(line) for line in (Path(tmp) / "runs" / "herbs-tiny" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+        first_batch = first_batch_seconds(shards, args.workers, args.batch, args.epochs) if args.workers else None
     windows = [r for r in records if "images_per_s" in r][1:]  # the first window includes start-up
     print(json.dumps({
         "benchmark": "train_loop",
@@ -52,7 +56,27 @@ def main() -> None:
         "images_per_s": round(statistics.median(r["images_per_s"] for r in windows), 2),
         "step_time_s": round(statistics.median(r["step_time_s"] for r in windows), 4),
         "data_wait_fraction": round(statistics.median(r["data_wait_fraction"] for r in windows), 4),
+        # loader start-up, with workers only: the first epoch's includes starting the forkserver
+        "first_batch_s_epoch0": round(first_batch[0], 4) if first_batch else None,
+        "first_batch_s_later_epochs": round(statistics.median(first_batch[1:]), 4) if first_batch else None,
     }))
+
+
+def first_batch_seconds(shards: str, workers: int, batch: int, epochs: int) -> list[float]:
+    """Seconds from asking for each epoch to its first batch, for the tiny config's training stream."""
+    from herbs.config import load_config
+    from herbs.data.stream import train_stream
+
+    config = load_config(REPO / "configs" / "tiny.yaml", [f"data.shards={shards}", f"data.num_workers={workers}",
+                                                         f"data.batch_size={batch}", "model.num_classes=20"])
+    stream = train_stream(config.data, crop=config.model.img_size, rank=0, world_size=1, seed=0)
+    seconds = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        for i, _ in enumerate(stream.epoch(epoch)):
+            if i == 0:
+                seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 if __name__ == "__main__":
