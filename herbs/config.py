@@ -363,8 +363,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.global_batch_size must be at least 1, got {t.global_batch_size}")
     if o.lr_scaling not in LR_SCALING:
         raise ConfigError(f"optim.lr_scaling must be one of {', '.join(LR_SCALING)}, got '{o.lr_scaling}'")
-    if o.warmup_epochs < 0 or (o.warmup_steps is not None and o.warmup_steps < 0):
-        raise ConfigError("optim.warmup_epochs and optim.warmup_steps must be 0 or more")
+    if o.warmup_epochs < 0:
+        raise ConfigError(f"optim.warmup_epochs must be 0 or more, got {o.warmup_epochs}")
+    if o.warmup_steps is not None and o.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps must be 0 or more (or null: optim.warmup_epochs decides), got {o.warmup_steps}")
     if t.checkpoint_minutes is not None and t.checkpoint_minutes <= 0:
         raise ConfigError(f"train.checkpoint_minutes must be above 0 (or null for off), got {t.checkpoint_minutes}")
     if t.epochs < 1:
@@ -383,7 +385,5 @@ def validate(config: Config) -> None:
             continue
         if value is None or value < 1:
             raise ConfigError(f"{key} must be a whole number of at least 1{' (or null: off)' if off else ''}, got {value}")
-    if o.warmup_steps < 0:
-        raise ConfigError(f"optim.warmup_steps must be 0 or more, got {o.warmup_steps}")
     if o.max_grad_norm is not None and o.max_grad_norm <= 0:
         raise ConfigError(f"optim.max_grad_norm must be positive (or null: no clipping), got {o.max_grad_norm}")
