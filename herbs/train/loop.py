@@ -159,7 +159,7 @@ def train(config: Config, resume: str | None = None, overwrite: bool = False) ->
                            val_ensemble_top1=score, step=state.step, epoch=state.epoch)
 
     log.info("%d processes x batch %d x %d accumulated = global batch %d; peak lr %.3g, %d warmup steps; "
-             "%d optimizer steps per epoch, %d in all; mixed precision %s; run directory %s",
+             "%d optimizer steps per epoch, %d steps in all; mixed precision %s; run directory %s",
              world, plan.per_process, accum, plan.global_batch, plan.peak_lr, schedule.warmup_steps,
              steps_per_epoch, total_steps, t.mixed_precision, run_dir)
     bar = Progress(total_steps, "train", unit="step", initial=state.step, disable=not is_main)
