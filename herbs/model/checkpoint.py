@@ -8,7 +8,6 @@ directory that is renamed into place, so a crash never leaves a half-written mod
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from herbs.config import Config, load_config
+from herbs.data.tario import sha256_file
 from herbs.errors import CheckpointError
 from herbs.model.herbs_model import HERBSModel
 from herbs.model.state_dict import load_matching
@@ -25,11 +25,6 @@ from herbs.model.state_dict import load_matching
 FORMAT = "herbs-model"
 WEIGHTS, CONFIG, META = "model.safetensors", "config.yaml", "meta.json"
 CHECKSUM = "weights_sha256"  # in meta.json; directories written before it was recorded load unchecked
-
-
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save_model(state_dict: dict, config: Config, out_dir: str | Path, **meta) -> Path:
@@ -43,7 +38,7 @@ def save_model(state_dict: dict, config: Config, out_dir: str | Path, **meta) ->
     try:
         save_file(state, str(tmp / WEIGHTS))
         config.save(tmp / CONFIG)
-        (tmp / META).write_text(json.dumps({"format": FORMAT, "version": 1, **meta, CHECKSUM: sha256_of(tmp / WEIGHTS)}, indent=1))
+        (tmp / META).write_text(json.dumps({"format": FORMAT, "version": 1, **meta, CHECKSUM: sha256_file(tmp / WEIGHTS)}, indent=1))
     except BaseException:  # e.g. a full disk: leave nothing half-written behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -84,7 +79,7 @@ def load_model(model_dir: str | Path, map_location: str | torch.device = "cpu") 
     meta = read_meta(model_dir)
     config = load_config(model_dir / CONFIG)
     model = HERBSModel(config.model, load_pretrained=False)
-    if CHECKSUM in meta and sha256_of(model_dir / WEIGHTS) != meta[CHECKSUM]:
+    if CHECKSUM in meta and sha256_file(model_dir / WEIGHTS) != meta[CHECKSUM]:
         raise CheckpointError(f"'{model_dir / WEIGHTS}' weights do not match the sha256 recorded in {META}; "
                               "the file is damaged: re-export or re-copy it")
     try:
