@@ -39,11 +39,9 @@ PUBLISHED = dict(backbone="swin_large_patch4_window12_384", pretrained=False, im
                  fpn_size=1536, num_selects=[256, 128, 64, 32])
 MICRO = dict(backbone="swin_tiny_patch4_window7_224", pretrained=False, img_size=64, num_classes=20, fpn_size=32,
              num_selects=[48, 12, 2, 2], backbone_args=dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4))
-# The same micro model as train.py overrides, on the demo shards this script writes.
-MICRO_OVERRIDES = [
-    "model.backbone=swin_tiny_patch4_window7_224",
-    "model.backbone_args={embed_dim: 16, depths: [1, 1, 1, 1], num_heads: [1, 1, 2, 2], window_size: 4}",
-    "model.img_size=64", "model.fpn_size=32", "model.num_selects=[48, 12, 2, 2]", "model.num_classes=20",
+# The same micro model as train.py overrides (JSON values are YAML), on the demo shards this script writes.
+MICRO_OVERRIDES = [f"model.{key}={json.dumps(value)}" for key, value in MICRO.items()
+                   if key != "pretrained"] + [
     "data.resize=72", "data.batch_size=4", "data.eval_batch_size=8", "data.num_workers=0", "log.wandb=false", "log.every=1",
 ]
 
