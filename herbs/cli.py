@@ -10,13 +10,14 @@ import argparse
 import importlib
 import sys
 
-from herbs.errors import HerbsError
+from herbs.errors import EXIT_USAGE, exit_code
 
 COMMAND_MODULES = (
     "herbs.model.commands",
     "herbs.data.commands",
     "herbs.train.commands",
     "herbs.evaluate.commands",
+    "herbs.launch.commands",
 )
 
 
@@ -37,14 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except HerbsError as err:
-        if args.debug:
-            raise
-        print(f"herbs {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    return exit_code(f"herbs {args.command}", lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,20 @@
-"""The one exception type a user can cause.
+"""The one exception type a user can cause, and the one way it leaves a command.
 
-Anything raised as `HerbsError` is reported by the command line as a single sentence and
-exit code 2 (`--debug` shows the traceback); everything else is a bug and keeps its traceback.
+Anything raised as `HerbsError` is reported by every command (`herbs`, `train.py`,
+`launch/submit.py`) as a single sentence and exit code 2 (`--debug` shows the traceback);
+everything else is a bug and keeps its traceback.
 """
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+EXIT_USAGE = 2
 
 
 class HerbsError(Exception):
-    """A problem with the user's input (config, file, checkpoint, data) and how to fix it."""
+    """A problem with the user's input (config, file, checkpoint, data, launch request) and how to fix it."""
 
 
 class ConfigError(HerbsError):
@@ -15,3 +23,22 @@ class ConfigError(HerbsError):
 
 class CheckpointError(HerbsError):
     """A checkpoint file that is missing, unreadable or does not fit the model."""
+
+
+class DataError(HerbsError):
+    """A dataset, shard or manifest that cannot be used as it is, and what to do about it."""
+
+
+class LaunchError(HerbsError):
+    """A launch or submission request that cannot work (resources, sweep, cluster)."""
+
+
+def exit_code(prog: str, command: Callable[[], int | None], debug: bool = False) -> int:
+    """Run a command; a `HerbsError` becomes `<prog>: error: <sentence>` on stderr and exit code 2."""
+    try:
+        return int(command() or 0)
+    except HerbsError as err:
+        if debug:
+            raise
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,22 +1,25 @@
 #!/bin/bash
-# Multi-node HERBS training under SLURM: one srun task per node, each runs `accelerate launch`.
+# Multi-node HERBS training under SLURM: one srun task per training process, each running `herbs task`.
 #
 #   sbatch [sbatch options] slurm/train.sh CONFIG [section.key=value ...]
 #
-# Run it from the repository (or set HERBS_ROOT). Command-line sbatch options override the
-# defaults below, e.g. CPU nodes:  sbatch --gpus-per-node=0 --cpus-per-task=2 slurm/train.sh ...
+# Submit where herbs is installed (pip install -e .); relative paths in CONFIG and the overrides
+# are taken from the submit directory. Command-line sbatch options override the defaults below,
+# e.g. CPU nodes:  HERBS_PROCS_PER_NODE=2 sbatch --gpus-per-node=0 --cpus-per-task=2 slurm/train.sh ...
 #
 # Environment (exported into the job by sbatch):
 #   HERBS_PROCS_PER_NODE     training processes per node (default: GPUs on the node, 1 without GPUs)
 #   HERBS_ACCELERATE_CONFIG  accelerate config file (e.g. configs/accelerate/zero2.yaml)
 #   HERBS_PYTHON             python to use (default: python on PATH)
-#   HERBS_ROOT               the herbs checkout (default: found from this script / the submit directory)
+#
+# The job holds one task per node with all of its CPUs and GPUs; training is one srun step with a
+# task per process sharing them (herbs/launch/tasks.py says why), and --kill-on-bad-exit, so one
+# failed process ends them all instead of leaving the others waiting in a collective.
 #
 # Time limit and preemption: SLURM sends SIGUSR1 to this script 5 minutes before the limit
 # (--signal=B:USR1@300; it may come up to a minute earlier). The trap below forwards it to srun,
-# srun to every node's launch/node.py, and node.py to the train.py processes (torch elastic
-# would not forward it). Training finishes its step, writes a checkpoint and exits 75; the
-# script then requeues the job with `scontrol requeue`, and the next start continues with
+# and srun to every training process. Training finishes its step, writes a checkpoint and exits
+# 75; the script then requeues the job with `scontrol requeue`, and the next start continues with
 # --resume auto. SIGTERM (scancel, the hard time limit) is forwarded too but never requeues.
 #
 # Output goes to <run_dir>/slurm-<jobid>.log (appended across requeues); the file named by
@@ -42,7 +45,7 @@ die() { echo "slurm/train.sh: error: $*" >&2; exit 2; }
 srun_pid=
 early=
 terminated=0
-forward() {  # $1: signal name; srun passes it on to every node's node.py
+forward() {  # $1: signal name; srun passes it on to every training process
     echo "=== $(date '+%F %T') received SIG$1, forwarding to the training processes"
     [ "$1" = TERM ] && terminated=1
     if [ -n "$srun_pid" ]; then kill -s "$1" "$srun_pid" 2>/dev/null; else early=$1; fi
@@ -52,45 +55,29 @@ trap 'forward TERM' TERM
 
 [ $# -ge 1 ] || die "usage: sbatch [sbatch options] slurm/train.sh CONFIG [section.key=value ...]"
 [ -n "${SLURM_JOB_ID:-}" ] || die "not inside a SLURM job; submit it with: sbatch slurm/train.sh CONFIG"
+herbs=("${HERBS_PYTHON:-python}" -m herbs)
 
-# The checkout: sbatch runs a spooled copy of this file, so find the original through SLURM.
-root=${HERBS_ROOT:-}
-if [ -z "$root" ]; then
-    # scontrol's Command= is "<script path> <arguments joined by spaces>"
-    command=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=//p' | head -n1)
-    script=${command% "$*"}
-    for candidate in "$(dirname "$(dirname "$script")")" "${SLURM_SUBMIT_DIR:-$PWD}"; do
-        if [ -f "$candidate/launch/node.py" ]; then root=$candidate; break; fi
-    done
-fi
-[ -n "$root" ] && [ -f "$root/launch/node.py" ] \
-    || die "cannot find the herbs checkout (no launch/node.py); submit from the repository or set HERBS_ROOT"
-python=${HERBS_PYTHON:-python}
-node=("$python" "$root/launch/node.py")
-
-# Validates CONFIG and the overrides (one sentence on a mistake) and names the run directory.
-run_dir=$("${node[@]}" run-dir "$@") || exit 2
-mkdir -p "$run_dir" || die "cannot create the run directory $run_dir"
-job=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}
-job=${job:-$SLURM_JOB_ID}
-log="$run_dir/slurm-$job.log"
-echo "herbs: job $job, restart ${SLURM_RESTART_COUNT:-0}: output goes to $log"
+# Validates CONFIG and the overrides (one sentence on a mistake) and names this attempt's log.
+log=$("${herbs[@]}" run-dir --log "$@") || exit 2
+mkdir -p "$(dirname "$log")" || die "cannot create the run directory $(dirname "$log")"
+echo "herbs: job $SLURM_JOB_ID, restart ${SLURM_RESTART_COUNT:-0}: output goes to $log"
 exec >>"$log" 2>&1
 
-# Rendezvous: node 0 of the allocation, a port derived from the job id (node.py does the same
-# without these). Each node's rank is read by node.py on that node (SLURM_NODEID).
-HERBS_HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
-HERBS_PORT=$((15000 + SLURM_JOB_ID % 15000))
-export HERBS_HEAD_NODE HERBS_PORT
-echo "=== $(date '+%F %T') job $job restart ${SLURM_RESTART_COUNT:-0}: ${SLURM_JOB_NUM_NODES} node(s) $SLURM_JOB_NODELIST, head $HERBS_HEAD_NODE:$HERBS_PORT"
+gpus=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}}
+gpus=${gpus##*:}  # "a100:8" -> 8
+procs=${HERBS_PROCS_PER_NODE:-$(( gpus > 0 ? gpus : 1 ))}
+cpus=$(( ${SLURM_CPUS_PER_TASK:-$procs} / procs ))
+nodes=$SLURM_JOB_NUM_NODES
+# The rendezvous address; each process reads its rank from its task, the port from the job id.
+MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+export MASTER_ADDR
+echo "=== $(date '+%F %T') job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}: $nodes node(s) x $procs process(es), $((cpus > 0 ? cpus : 1)) CPU(s) each, head $MASTER_ADDR"
 
-srun_args=(--nodes="$SLURM_JOB_NUM_NODES" --ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1)
-# srun of SLURM 22.05 does not inherit --cpus-per-task from the job
-[ -n "${SLURM_CPUS_PER_TASK:-}" ] && srun_args+=(--cpus-per-task="$SLURM_CPUS_PER_TASK")
 [ "$terminated" = 1 ] && { echo "=== terminated before training started"; exit 143; }
-srun "${srun_args[@]}" "${node[@]}" run -- "$@" &
+srun --nodes="$nodes" --ntasks=$((nodes * procs)) --ntasks-per-node="$procs" --cpus-per-task=$((cpus > 0 ? cpus : 1)) \
+    --kill-on-bad-exit=1 "${herbs[@]}" task --resume auto --config "$1" "${@:2}" &
 srun_pid=$!
-if [ -n "$early" ]; then  # came before srun: pass it on once the tasks are up (node.py holds it until training listens)
+if [ -n "$early" ]; then  # came before srun: pass it on once the processes are up
     echo "=== SIG$early came before training started; passing it on in 10 s"
     (sleep 10; kill -s "$early" "$srun_pid" 2>/dev/null) &
 fi
@@ -104,7 +91,7 @@ if [ "$rc" -gt 128 ]; then wait "$srun_pid" 2>/dev/null; rc2=$?; [ "$rc2" -ne 12
 echo "=== $(date '+%F %T') training exited with $rc"
 
 if [ "$rc" -eq 75 ] && [ "$terminated" = 0 ]; then
-    echo "=== checkpoint written; requeueing job $job (it continues with --resume auto)"
+    echo "=== checkpoint written; requeueing job $SLURM_JOB_ID (it continues with --resume auto)"
     scontrol requeue "$SLURM_JOB_ID" && exit 0
     echo "=== scontrol requeue $SLURM_JOB_ID failed; resubmit the same command to continue"
 fi

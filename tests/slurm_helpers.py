@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from herbs.train.tracking import read_jsonl  # noqa: F401 (the tests import it from here)
+from herbs.run import read_jsonl  # noqa: F401 (the tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRE_ENV = "HERBS_REQUIRE_SLURM"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from data_helpers import CUB_CLASSES, NABIRDS_LEAVES, jpeg, make_cub, make_nabirds
-from herbs.data import DataError
+from herbs.errors import DataError
 from herbs.data.cub import read_cub
 from herbs.data.folder import read_folder
 from herbs.data.nabirds import read_nabirds

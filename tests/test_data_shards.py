@@ -17,7 +17,7 @@ from PIL import Image
 
 from data_helpers import CUB_CLASSES, bomb_png, make_cub, make_nabirds, photo, tiny_dataset
 from herbs.cli import main
-from herbs.data import DataError
+from herbs.errors import DataError
 from herbs.data import writer as writer_module
 from herbs.data.manifest import MANIFEST, load_manifest, verify_shards
 from herbs.data.source import Sample, SourceDataset

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from data_helpers import bomb_png, rewrite_shard, write_tiny_shards
 from herbs.config import DataConfig
-from herbs.data import DataError
+from herbs.errors import DataError
 from herbs.data.manifest import load_manifest
 from herbs.data.stream import EvalStream, TrainStream, eval_stream, train_stream
 from herbs.data.transforms import EvalTransform, TrainTransform, decode_image

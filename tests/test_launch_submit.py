@@ -1,7 +1,9 @@
-"""launch/submit.py without a cluster: dry runs, mistakes caught before submitting, the status table, --local."""
+"""`python launch/submit.py` (= `herbs submit`) without a cluster: dry runs, mistakes caught before submitting,
+the status table, --local."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
@@ -13,10 +15,10 @@ import pytest
 import yaml
 from slurm_helpers import TINY_CONFIG, make_shards, tiny_overrides
 
+from herbs.launch import status, submit
+from herbs.launch.job import TrainJob
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # launch/ is part of the checkout, not of the installed package
-from launch import submit  # noqa: E402
-from launch.job import TrainJob  # noqa: E402
 
 ODD = """it's a "quoted" value"""
 
@@ -33,9 +35,10 @@ def run(args: list[str], cwd: Path, no_slurm: bool = True, timeout: float = 120)
 def one_error(out: subprocess.CompletedProcess) -> str:
     assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("launch/submit.py: error: "), out.stderr
+    prefix = "herbs status: error: " if "status" in out.args else "herbs submit: error: "
+    assert len(lines) == 1 and lines[0].startswith(prefix), out.stderr
     assert out.stdout == ""
-    return lines[0][len("launch/submit.py: error: "):]
+    return lines[0][len(prefix):]
 
 
 @pytest.fixture
@@ -54,32 +57,32 @@ def test_dry_run_prints_the_jobs_and_the_slurm_parameters(tmp_path, sweep_file):
     assert text.startswith("tiny: 4 job(s) as one job array, at most 2 at a time")
     assert "[0] lr-0.01_seed-1_project-it-s-a-quoted-value" in text and "[3] lr-0.001_seed-2_project-p2" in text
     assert f"{tmp_path}/out/{ODD}/tiny/lr-0.01_seed-1_project-it-s-a-quoted-value" in text
-    for line in ("nodes: 2", "gpus_per_node: 4", "ntasks_per_node: 1", "cpus_per_task: 16", "partition: gpu", "time: 120",
-                 "signal_delay_s: 300", "array_parallelism: 2"):
+    for line in ("nodes: 2", "gpus_per_node: 4", "ntasks_per_node: 4", "cpus_per_task: 4", "partition: gpu", "time: 120",
+                 "signal_delay_s: 300", "array_parallelism: 2", "srun_args: ['--cpus-per-task=4', '--kill-on-bad-exit=1']"):
         assert f"  {line}\n" in text
-    assert "--multi_gpu --num_machines 2 --num_processes 8" in text
+    assert f"-m herbs train --config {TINY_CONFIG} --resume auto train.output_dir=out" in text
     assert "dry run: nothing submitted" in text
     assert not (tmp_path / "out").exists()
 
 
 def test_jobs_carry_values_with_spaces_and_quotes_as_single_arguments(tmp_path, sweep_file):
-    args = submit.build_parser().parse_args(["--config", str(TINY_CONFIG), f"log.name={ODD}", "--sweep", str(sweep_file),
+    parser = argparse.ArgumentParser()
+    submit.add_arguments(parser)
+    args = parser.parse_args(["--config", str(TINY_CONFIG), f"log.name={ODD}", "--sweep", str(sweep_file),
                                              "--gpus-per-node", "0"])
     name, points, run_dirs = submit.plan_jobs(args)
     jobs = submit.make_jobs(args, points, run_dirs, submit.resources(args))
     assert jobs[0].overrides == [f"log.name={ODD}", "optim.lr=0.01", "train.seed=1", f"log.project={ODD}", f"log.name={ODD}/{points[0].name}"]
-    from launch import node
-
-    cmd = jobs[0].command(node.NodeSpec(1, 0, "h", 1, 1))
-    assert cmd[-5:] == jobs[0].overrides and cmd[1] == str(REPO / "train.py")
+    cmd = jobs[0].command()
+    assert cmd[-5:] == jobs[0].overrides and cmd[1:4] == ["-m", "herbs", "train"]
 
 
 def test_checkpoint_requeues_the_same_call_with_resume_auto(tmp_path):
     job = TrainJob(config="/c.yaml", overrides=["a.b=1"], run_dir=str(tmp_path), cwd="/", resume=None, name="x")
-    job._run = object()  # a running process is never pickled
+    job._child = object()  # a running process is never pickled
     again = pickle.loads(pickle.dumps(job))
-    assert again._run is None
-    job._run = None
+    assert again._child is None
+    job._child = None
     delayed = job.checkpoint()
     assert delayed.function == TrainJob(config="/c.yaml", overrides=["a.b=1"], run_dir=str(tmp_path), cwd="/", resume="auto", name="x")
     assert delayed.args == () and delayed.kwargs == {}
@@ -153,5 +156,5 @@ def test_local_runs_through_submitits_local_executor(tmp_path):
 
 
 def test_array_ids_from_sacct_and_squeue():
-    assert submit._expand_array("33_[0-2,5%2]") == ["33_0", "33_1", "33_2", "33_5"]
-    assert submit._expand_array("33_4") == ["33_4"] and submit._expand_array("34") == ["34"]
+    assert status._expand_array("33_[0-2,5%2]") == ["33_0", "33_1", "33_2", "33_5"]
+    assert status._expand_array("33_4") == ["33_4"] and status._expand_array("34") == ["34"]

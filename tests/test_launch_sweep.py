@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # launch/ is part of the checkout, not of the installed package
-from launch import sweep  # noqa: E402
-
-from herbs.config import parse_override  # noqa: E402
+from herbs.config import parse_override
+from herbs.errors import LaunchError
+from herbs.launch import sweep
 
 
 def expand_text(text: str) -> list[sweep.Point]:
@@ -75,17 +70,17 @@ def test_plain_strings_stay_readable():
     ("[1, 2]", "must be a mapping"),
 ])
 def test_bad_sweeps_say_what_is_wrong(text, message):
-    with pytest.raises(sweep.SweepError) as err:
+    with pytest.raises(LaunchError) as err:
         sweep.parse_sweep(yaml.safe_load(text), "s.yaml")
     assert message in str(err.value)
 
 
 def test_missing_and_broken_files(tmp_path):
-    with pytest.raises(sweep.SweepError, match="does not exist"):
+    with pytest.raises(LaunchError, match="does not exist"):
         sweep.load_sweep(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("grid: [unclosed\n")
-    with pytest.raises(sweep.SweepError, match="is not valid YAML"):
+    with pytest.raises(LaunchError, match="is not valid YAML"):
         sweep.load_sweep(bad)
 
 

@@ -18,7 +18,7 @@ import torch
 from herbs.config import load_config
 from herbs.errors import ConfigError, HerbsError
 from herbs.train.fit import progressing
-from herbs.train.preemption import EXIT_REQUEUE
+from herbs.run import EXIT_REQUEUE
 
 from train_helpers import (REPO, checkpoint_weights, error_line, latest_step, metrics, micro, run_dir, run_training,
                            start_training, wait_for, write_demo_shards)

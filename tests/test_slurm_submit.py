@@ -42,15 +42,15 @@ def test_nodes_beyond_the_partition_and_refused_requests_stop_before_submitting(
     base = ["--config", str(TINY_CONFIG), *tiny_overrides(shards, tmp / "runs", classes), "--gpus-per-node", "0", "--time", "5"]
     out = submit_py([*base, "--nodes", "2", "--cpus-per-task", "1"], cwd=tmp)
     assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.strip().splitlines() == ["launch/submit.py: error: --nodes 2 is more than the 1 node(s) of partition 'debug'; ask for at most 1"]
+    assert out.stderr.strip().splitlines() == ["herbs submit: error: --nodes 2 is more than the 1 node(s) of partition 'debug'; ask for at most 1"]
     # SLURM would accept 64 CPUs on a 2-CPU node and leave the job pending forever
     out = submit_py([*base, "--cpus-per-task", "64"], cwd=tmp)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
-        "launch/submit.py: error: --cpus-per-task 64 is more than any node of partition 'debug' has (at most 2 CPUs); ask for less"]
+        "herbs submit: error: --cpus-per-task 64 is more than any node of partition 'debug' has (at most 2 CPUs); ask for less"]
     # what only sbatch knows (here: a node feature nobody has) is its refusal, in one sentence
     out = submit_py([*base, "--cpus-per-task", "1", "--constraint", "no-such-feature", "--dir", str(tmp / "refused")], cwd=tmp)
     assert out.returncode == 2, out.stdout + out.stderr
-    assert out.stderr.strip().splitlines() == ["launch/submit.py: error: sbatch refused the job: Batch job submission failed: Invalid feature specification"]
+    assert out.stderr.strip().splitlines() == ["herbs submit: error: sbatch refused the job: Batch job submission failed: Invalid feature specification"]
 
 
 @pytest.fixture(scope="module")

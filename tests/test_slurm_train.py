@@ -1,7 +1,7 @@
 """`sbatch slurm/train.sh` on the real local SLURM cluster: a full run, and a run stopped by SIGUSR1.
 
-Both runs use the tiny config with 2 CPU training processes on one node (accelerate's
-multi-process launcher, gloo), the way a GPU-less cluster would run it (--gpus-per-node=0).
+Both runs use the tiny config with 2 CPU training processes on one node (one srun task each,
+gloo), the way a GPU-less cluster would run it (--gpus-per-node=0).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from slurm_helpers import (REPO, TINY_CONFIG, final_checkpoint, make_shards, mod
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-# Carried intact through sbatch, srun, node.py and accelerate into the run's resolved config.
+# Carried intact through sbatch and srun into the run's resolved config.
 ODD_NAME = """uninterrupted "run" it's"""
 CHECKPOINT_EVERY = 5
 
@@ -95,7 +95,7 @@ def test_sbatch_train_sh_completes_with_two_cpu_processes(reference):
     log = run_dir / f"slurm-{job}.log"
     assert state == "COMPLETED", tail(log)
     text = log.read_text(errors="replace")
-    assert "--num_processes 2" in text and "--multi_gpu" in text and "2 processes" in text
+    assert "1 node(s) x 2 process(es)" in text and "2 processes x batch 4" in text
     assert "training exited with 0" in text
     # checkpoints and metrics
     latest = final_checkpoint(run_dir)

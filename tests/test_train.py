@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from herbs.model.checkpoint import load_model
-from herbs.train.preemption import EXIT_REQUEUE
+from herbs.run import EXIT_REQUEUE
 
 from train_helpers import (REPO, checkpoint_weights, error_line, latest_step, metrics, micro, run_dir, run_training,
                            start_training, wait_for, write_demo_shards)

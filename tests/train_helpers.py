@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from herbs.data.demo import make_demo
 from herbs.data.writer import write_shards
-from herbs.train.tracking import read_jsonl
+from herbs.run import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 

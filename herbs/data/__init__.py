@@ -16,9 +16,3 @@
 
 Nothing here knows about the model or Accelerate: a loader is given its rank and world size.
 """
-
-from herbs.errors import HerbsError
-
-
-class DataError(HerbsError):
-    """A dataset, shard or manifest that cannot be used as it is, and what to do about it."""

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from herbs.data import DataError
+from herbs.errors import DataError
 from herbs.data.cub import read_cub
 from herbs.data.decode import DEFAULT_MAX_PIXELS
 from herbs.data.demo import make_demo

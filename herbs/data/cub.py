@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from herbs.data import DataError
+from herbs.errors import DataError
 from herbs.data.source import SourceDataset, id_order, read_image_tables, read_table, split_samples, suffix_groups
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from herbs.data import DataError
+from herbs.errors import DataError
 from herbs.data.source import Sample, SourceDataset
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

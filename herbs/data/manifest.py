@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from herbs.data import DataError
+from herbs.errors import DataError
 from herbs.data.source import ClassGroup
 from herbs.data.tario import DamagedShard, ShardInfo, count_samples, sha256_file
 

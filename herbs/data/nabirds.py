@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from herbs.data import DataError
+from herbs.errors import DataError
 from herbs.data.source import ClassGroup, SourceDataset, id_order, read_image_tables, read_table, split_samples
 
 

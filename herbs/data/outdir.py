@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 from typing import Optional
 
-from herbs.data import DataError
+from herbs.errors import DataError
 from herbs.data.manifest import MANIFEST, read_manifest
 
 LOCK = ".herbs-shard.lock"

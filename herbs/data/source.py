@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from herbs.data import DataError
+from herbs.errors import DataError
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from herbs.config import DataConfig
-from herbs.data import DataError
+from herbs.errors import DataError
 from herbs.data.decode import DEFAULT_MAX_PIXELS
 from herbs.data.manifest import Manifest, load_manifest
 from herbs.data.plan import Piece, eval_pieces, train_pieces, train_samples_per_slot

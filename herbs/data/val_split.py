@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from herbs.data import DataError
+from herbs.errors import DataError
 from herbs.data.source import SourceDataset
 
 

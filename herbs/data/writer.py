@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from herbs.data import DataError
+from herbs.errors import DataError
 from herbs.data.decode import DEFAULT_MAX_PIXELS, DecodeError, opened
 from herbs.data.manifest import MANIFEST, Manifest, SplitInfo
 from herbs.data.outdir import OutputDir

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from herbs.errors import HerbsError
+from herbs.errors import exit_code
+from herbs.train.preemption import PreemptionWatch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,17 +32,18 @@ DESCRIPTION = (
 
 
 def run(args: argparse.Namespace) -> int:
-    from herbs.config import load_config
-    from herbs.train.loop import train
+    with PreemptionWatch() as watch:  # first: torch and the model take seconds to load
+        from herbs.config import load_config
+        from herbs.train.loop import train
 
-    config = load_config(args.config, args.overrides)
-    if args.debug:
-        config.train.debug = True
-    if config.train.threads:
-        import torch
+        config = load_config(args.config, args.overrides)
+        if args.debug:
+            config.train.debug = True
+        if config.train.threads:
+            import torch
 
-        torch.set_num_threads(config.train.threads)
-    return train(config, resume=args.resume, overwrite=args.overwrite)
+            torch.set_num_threads(config.train.threads)
+        return train(config, resume=args.resume, overwrite=args.overwrite, watch=watch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,10 +52,4 @@ def main(argv: list[str] | None = None) -> int:
                         help="debug mode: one process, no loader workers, a few steps, anomaly detection, full tracebacks")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except HerbsError as err:
-        if args.debug:
-            raise
-        print(f"train.py: error: {err}", file=sys.stderr)
-        return 2
+    return exit_code("train.py", lambda: run(args), debug=args.debug)

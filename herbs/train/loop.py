@@ -8,8 +8,10 @@ checkpoints, preemption and logging.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from herbs.config import Config, LossConfig
 from herbs.data.manifest import load_manifest
 from herbs.data.stream import eval_stream, train_stream
 from herbs.data.transforms import normalize
-from herbs.errors import HerbsError
+from herbs.errors import EXIT_USAGE, HerbsError
 from herbs.evaluate.metrics import topk_accuracy
 from herbs.evaluate.predictions import gather, predict_batches
 from herbs.loss import HERBSLoss, temperature_at
@@ -35,7 +37,8 @@ from herbs.train.faults import Faults
 from herbs.train.fit import progressing, requirements
 from herbs.train.norm_stats import NormStatistics
 from herbs.train.optim import Schedule, build_optimizer, set_lr
-from herbs.train.preemption import EXIT_REQUEUE, REQUEUE_MARKER, PreemptionWatch
+from herbs.run import EXIT_REQUEUE, METRICS_FILE, REQUEUE_MARKER, append_event, job_label, run_dir as run_dir_of, start_event
+from herbs.train.preemption import PreemptionWatch
 from herbs.train.rundir import claim_run_directory
 from herbs.train.throughput import peak_flops, train_flops_per_image
 from herbs.train.tracking import MetricsFile, start_wandb
@@ -44,7 +47,7 @@ log = logging.getLogger("herbs.train")
 
 
 def run_directory(config: Config) -> Path:
-    path = Path(config.train.output_dir) / config.log.project / (config.log.name or "run")
+    path = run_dir_of(config)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"  # one per process: ranks check at the same time
@@ -66,10 +69,28 @@ def apply_debug(config: Config) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def train(config: Config, resume: str | None = None, overwrite: bool = False) -> int:
-    """Train to the end (returns 0) or until preempted (checkpoint written, returns EXIT_REQUEUE)."""
-    t, d = config.train, config.data
-    if t.debug:
+@contextlib.contextmanager
+def recorded_attempt(run_dir: Path, enabled: bool):
+    """The attempt's start and end in the run's launch.jsonl, however it ends (`herbs status` reads them)."""
+    if enabled:
+        start_event(run_dir, command=sys.argv)
+    outcome = {"exit_code": 1}  # what Python exits with when an exception leaves train()
+    try:
+        yield outcome
+    except HerbsError:
+        outcome["exit_code"] = EXIT_USAGE
+        raise
+    finally:
+        if enabled:
+            code = outcome["exit_code"]
+            append_event(run_dir, event="end", job=job_label(), exit_code=code, requeue=code == EXIT_REQUEUE)
+
+
+def train(config: Config, resume: str | None = None, overwrite: bool = False, watch: PreemptionWatch | None = None) -> int:
+    """Train to the end (returns 0) or until preempted (checkpoint written, returns EXIT_REQUEUE).
+
+    `watch`: signal handlers the caller installed early (`herbs train` does, before loading torch)."""
+    if config.train.debug:
         apply_debug(config)
     run_dir = run_directory(config)
     plan = plan_batch(config, launched_processes())  # before the process group: a bad plan stops every rank at once
@@ -82,6 +103,15 @@ def train(config: Config, resume: str | None = None, overwrite: bool = False) ->
     run = claim_run_directory(run_dir, config, accelerator, resume=resume, overwrite=overwrite)
     if is_main:
         (run_dir / REQUEUE_MARKER).unlink(missing_ok=True)
+    with recorded_attempt(run_dir, is_main) as attempt, contextlib.nullcontext(watch) if watch else PreemptionWatch() as watch:
+        attempt["exit_code"] = _train(config, run_dir, run, accelerator, plan, watch, resume)
+        return attempt["exit_code"]
+
+
+def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: PreemptionWatch, resume: str | None) -> int:
+    t, d = config.train, config.data
+    accum = plan.accumulation
+    is_main = accelerator.is_main_process
 
     # Data: each rank streams its own part; the loaders are NOT passed to accelerator.prepare.
     manifest = checked_manifest(d.shards, d.verify_checksums, accelerator)
@@ -121,7 +151,7 @@ def train(config: Config, resume: str | None = None, overwrite: bool = False) ->
 
     checkpoints = CheckpointDir(run_dir / "checkpoints", keep=t.keep_checkpoints, run_id=run.id, requires=requires)
     state, start_from = checkpoints.resume(accelerator, resume)
-    metrics = MetricsFile(run_dir / "metrics.jsonl", enabled=is_main)
+    metrics = MetricsFile(run_dir / METRICS_FILE, enabled=is_main)
     if resume:
         metrics.truncate_after(state.step)
     if start_from is not None:
@@ -166,7 +196,7 @@ def train(config: Config, resume: str | None = None, overwrite: bool = False) ->
     window = Window(accelerator)
     preempted, grad_norm = False, None
     checkpointed_at = time.monotonic()
-    with PreemptionWatch() as watch, bar:
+    with bar:
         while state.step < total_steps and not preempted:
             model.train()
             epoch, temperature = state.epoch, temperature_at(config.loss, state.epoch)

@@ -5,6 +5,11 @@ The handler only sets a flag (`received`); the loop checks it after each optimiz
 (any rank signalled means all stop), a checkpoint is written, and the process exits with
 EXIT_REQUEUE after leaving a `requeue` marker in the run directory, so a launcher that only
 sees `accelerate launch`'s own exit status can still tell a preemption from a failure.
+
+`herbs train` installs the handlers before anything heavy is imported, so a signal that comes
+during start-up is kept. Once a stop was asked for, SIGUSR1 and SIGTERM stay ignored until the
+process exits: the first rank to exit ends an `srun --kill-on-bad-exit` step, whose SIGTERM must
+not turn the others' exit code 75 into a death by signal.
 """
 
 from __future__ import annotations
@@ -15,8 +20,6 @@ import signal
 
 log = logging.getLogger(__name__)
 
-EXIT_REQUEUE = 75  # EX_TEMPFAIL: "try again"; slurm/train.sh and launch/submit.py requeue on it
-REQUEUE_MARKER = "requeue"
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
 
@@ -32,7 +35,8 @@ class PreemptionWatch:
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            stopping = self.received is not None and sig != signal.SIGINT
+            signal.signal(sig, signal.SIG_IGN if stopping else handler)
 
     def _handle(self, signum, frame) -> None:
         if signum == signal.SIGINT:

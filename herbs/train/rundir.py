@@ -29,13 +29,14 @@ from accelerate.utils import broadcast_object_list
 
 from herbs.config import Config
 from herbs.errors import HerbsError
+from herbs.run import METRICS_FILE
 from herbs.train.checkpoints import write_atomic
 
 log = logging.getLogger(__name__)
 
 RUN_FILE, LOCK_FILE = "run.json", "run.lock"
 # What a run leaves behind that a second, fresh run in the same directory would mix with its own.
-RUN_TRACES = ("checkpoints/step-*", "metrics.jsonl", "best")
+RUN_TRACES = ("checkpoints/step-*", METRICS_FILE, "best")
 # Temporaries of interrupted writes; only the lock holder writes here, so none of them is in use.
 TEMPORARIES = ("checkpoints/.step-*.tmp", "checkpoints/.latest.tmp-*", ".best.tmp-*", f".{RUN_FILE}.tmp-*")
 

@@ -40,19 +40,6 @@ def start_wandb(accelerator, config: Config, run_dir: Path) -> None:
     )
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file (metrics.jsonl, launch.jsonl); a line still being written is left out."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
 class MetricsFile:
     """Appends one JSON object per line; only the main process writes."""
 

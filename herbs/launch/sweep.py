@@ -27,9 +27,7 @@ from typing import Any
 
 import yaml
 
-
-class SweepError(Exception):
-    """A sweep file that cannot be expanded; the message names the problem and the fix."""
+from herbs.errors import LaunchError
 
 
 @dataclass
@@ -61,7 +59,7 @@ def yaml_text(value: Any) -> str:
     elif text.endswith("..."):
         text = text[:-3].strip()
     if "\n" in text or yaml.safe_load(text) != value:
-        raise SweepError(f"sweep value {value!r} cannot be passed as a one-line override; use a simpler value")
+        raise LaunchError(f"sweep value {value!r} cannot be passed as a one-line override; use a simpler value")
     return text
 
 
@@ -71,9 +69,9 @@ def override(key: str, value: Any) -> str:
 
 def _check_values(key: Any, values: Any, where: str) -> list:
     if not isinstance(key, str) or key.count(".") != 1:
-        raise SweepError(f"sweep key {key!r} under '{where}' must be a config key of the form section.key (e.g. optim.lr)")
+        raise LaunchError(f"sweep key {key!r} under '{where}' must be a config key of the form section.key (e.g. optim.lr)")
     if not isinstance(values, list) or not values:
-        raise SweepError(f"sweep key '{key}' under '{where}' must map to a non-empty list of values, e.g. {key}: [a, b]")
+        raise LaunchError(f"sweep key '{key}' under '{where}' must map to a non-empty list of values, e.g. {key}: [a, b]")
     return values
 
 
@@ -81,11 +79,11 @@ def load_sweep(path: str | Path) -> dict:
     """Read and check a sweep file: {'grid': {key: [values]}, 'zip': [{key: [values]}, ...]}."""
     path = Path(path)
     if not path.is_file():
-        raise SweepError(f"sweep file '{path}' does not exist; pass an existing YAML file")
+        raise LaunchError(f"sweep file '{path}' does not exist; pass an existing YAML file")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise SweepError(f"sweep file '{path}' is not valid YAML ({err.__class__.__name__}); fix its syntax") from err
+        raise LaunchError(f"sweep file '{path}' is not valid YAML ({err.__class__.__name__}); fix its syntax") from err
     return parse_sweep(data, str(path))
 
 
@@ -93,30 +91,30 @@ def parse_sweep(data: Any, source: str = "the sweep") -> dict:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise SweepError(f"{source} must be a mapping with 'grid' and/or 'zip' sections")
+        raise LaunchError(f"{source} must be a mapping with 'grid' and/or 'zip' sections")
     unknown = sorted(set(data) - {"grid", "zip"})
     if unknown:
-        raise SweepError(f"{source} has an unknown section '{unknown[0]}'; use 'grid' (all combinations) or 'zip' (lists taken together)")
+        raise LaunchError(f"{source} has an unknown section '{unknown[0]}'; use 'grid' (all combinations) or 'zip' (lists taken together)")
     grid = data.get("grid") or {}
     if not isinstance(grid, dict):
-        raise SweepError(f"'grid' in {source} must map config keys to lists of values")
+        raise LaunchError(f"'grid' in {source} must map config keys to lists of values")
     zips = data.get("zip") or []
     if isinstance(zips, dict):
         zips = [zips]
     if not isinstance(zips, list) or not all(isinstance(z, dict) for z in zips):
-        raise SweepError(f"'zip' in {source} must be a mapping of config keys to lists (or a list of such mappings)")
+        raise LaunchError(f"'zip' in {source} must be a mapping of config keys to lists (or a list of such mappings)")
     seen: set[str] = set()
     for where, group in [("grid", grid)] + [("zip", z) for z in zips]:
         for key, values in group.items():
             _check_values(key, values, where)
             if key in seen:
-                raise SweepError(f"sweep key '{key}' appears twice in {source}; list it once")
+                raise LaunchError(f"sweep key '{key}' appears twice in {source}; list it once")
             seen.add(key)
     for group in zips:
         lengths = {k: len(v) for k, v in group.items()}
         if len(set(lengths.values())) > 1:
             detail = ", ".join(f"{k} has {n}" for k, n in lengths.items())
-            raise SweepError(f"the lists under 'zip' in {source} must have one length ({detail})")
+            raise LaunchError(f"the lists under 'zip' in {source} must have one length ({detail})")
     return {"grid": grid, "zip": [z for z in zips if z]}
 
 

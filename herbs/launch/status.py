@@ -1,0 +1,135 @@
+"""`herbs status DIR`: the jobs of a submission, from its `sweep.json` and each run's own records.
+
+State comes from SLURM (sacct, then squeue) and, where SLURM has nothing (the local executor, a
+job that left the accounting), from the run's attempt records (`herbs.run.EVENTS_FILE`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+from herbs.errors import LaunchError
+from herbs.run import METRICS_FILE, read_events, read_jsonl
+
+
+def write_record(folder: Path, record: dict) -> None:
+    tmp = folder / "sweep.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(folder / "sweep.json")
+
+
+def read_metrics(run_dir: Path) -> tuple[int | None, float | None]:
+    """(last step, best val/ensemble_top1) from metrics.jsonl."""
+    last, best = None, None
+    for rec in read_jsonl(run_dir / METRICS_FILE):
+        if isinstance(rec.get("step"), int):
+            last = rec["step"] if last is None else max(last, rec["step"])
+        acc = rec.get("val/ensemble_top1")
+        if isinstance(acc, (int, float)):
+            best = acc if best is None else max(best, acc)
+    return last, best
+
+
+def _expand_array(job_id: str) -> list[str]:
+    """`123_[0-2,5%2]` -> 123_0 123_1 123_2 123_5; plain ids unchanged."""
+    if "_[" not in job_id:
+        return [job_id]
+    main, _, rest = job_id.partition("_[")
+    out = []
+    for part in rest.rstrip("]").split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{main}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def slurm_states(job_ids: Sequence[str]) -> dict[str, str]:
+    """Job id -> SLURM state, from sacct (squeue when sacct has nothing)."""
+    states: dict[str, str] = {}
+    mains = sorted({str(j).split("_")[0] for j in job_ids if j})
+    if not mains:
+        return states
+    if shutil.which("sacct"):
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(mains)], capture_output=True, text=True)
+        if out.returncode == 0:
+            for line in out.stdout.splitlines():
+                jid, _, state = line.partition("|")
+                for j in _expand_array(jid.strip()):
+                    states[j] = state.split()[0] if state.split() else "UNKNOWN"
+    if shutil.which("squeue"):
+        out = subprocess.run(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(mains)], capture_output=True, text=True)
+        if out.returncode == 0:
+            for line in out.stdout.splitlines():
+                jid, _, state = line.partition("|")
+                for j in _expand_array(jid.strip()):
+                    states.setdefault(j, state.strip())
+    return states
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (ValueError, ProcessLookupError, PermissionError):
+        return False
+
+
+def event_state(events: list[dict]) -> str | None:
+    """What the run's own start/end records say: RUNNING, COMPLETED, REQUEUED, FAILED."""
+    if not events:
+        return None
+    last = events[-1]
+    if last.get("event") == "start":
+        return "RUNNING"
+    if last.get("exit_code") == 0:
+        return "COMPLETED"
+    return "REQUEUED" if last.get("requeue") else "FAILED"
+
+
+def status_rows(folder: Path) -> list[dict]:
+    path = folder / "sweep.json"
+    if not path.is_file():
+        raise LaunchError(f"'{folder}' holds no sweep.json; pass the directory that herbs submit printed")
+    record = json.loads(path.read_text())
+    slurm = record.get("executor") == "slurm"
+    states = slurm_states([j["job_id"] for j in record["jobs"] if j.get("job_id")]) if slurm else {}
+    rows = []
+    for entry in record["jobs"]:
+        run_dir = Path(entry["run_dir"])
+        events = read_events(run_dir)
+        last, best = read_metrics(run_dir)
+        jid = str(entry.get("job_id") or "")
+        if slurm:
+            state = states.get(jid) or event_state(events) or ("UNKNOWN" if jid else "NOT SUBMITTED")
+        else:
+            state = event_state(events) or ("PENDING" if jid else "NOT SUBMITTED")
+            if state == "RUNNING" and jid and not _pid_alive(jid):
+                state = "FAILED"  # the local controller is gone without an end record
+        starts = sum(1 for e in events if e.get("event") == "start")
+        rows.append({"name": entry["name"], "job_id": jid, "state": state, "restarts": max(starts - 1, 0),
+                     "last_step": last, "best_val_top1": best, "run_dir": str(run_dir)})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    header = ["NAME", "JOB", "STATE", "RESTARTS", "LAST STEP", "BEST VAL TOP-1", "RUN DIR"]
+    body = [[r["name"], r["job_id"] or "-", r["state"], str(r["restarts"]),
+             "-" if r["last_step"] is None else str(r["last_step"]),
+             "-" if r["best_val_top1"] is None else f"{r['best_val_top1']:.2f}%", r["run_dir"]] for r in rows]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *body])
+
+
+def print_status(folder: Path) -> None:
+    print(format_table(status_rows(Path(folder))))
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = status_rows(Path(args.dir))
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0

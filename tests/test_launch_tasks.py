@@ -1,0 +1,152 @@
+"""One SLURM task per training process: each task's environment, slurm/train.sh's srun step, and
+the submitit job's child (signals held during start-up, exit codes).
+
+No cluster is needed here: the SLURM variables of a 4-node, 8-GPU allocation are set by hand, and
+slurm/train.sh runs with stand-in `srun`/`scontrol` (the real cluster runs the same script in
+test_slurm_train.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from herbs.errors import LaunchError
+from herbs.launch.job import TrainingChild
+from herbs.launch.tasks import accelerate_env, merged_env, slurm_task_env
+from herbs.run import EXIT_REQUEUE
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+FOUR_NODES = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "4", "SLURM_NTASKS": "32", "SLURM_NTASKS_PER_NODE": "8",
+              "SLURM_CPUS_PER_TASK": "8", "MASTER_ADDR": "gpu017"}
+
+
+@pytest.mark.parametrize("procid", [0, 9, 31])
+def test_each_task_is_one_process_of_four_nodes_of_eight(procid):
+    env = slurm_task_env({**FOUR_NODES, "SLURM_PROCID": str(procid), "SLURM_LOCALID": str(procid % 8)})
+    assert env == {"RANK": str(procid), "LOCAL_RANK": str(procid % 8), "WORLD_SIZE": "32", "LOCAL_WORLD_SIZE": "8",
+                   "MASTER_ADDR": "gpu017", "MASTER_PORT": str(15000 + 4242 % 15000), "OMP_NUM_THREADS": "8"}
+    assert merged_env(env, {"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "2"  # a thread count the user set stays
+
+
+def test_outside_an_srun_task_is_one_sentence():
+    with pytest.raises(LaunchError, match=r"not inside an srun task \(SLURM_PROCID, SLURM_LOCALID unset\)"):
+        slurm_task_env({"SLURM_JOB_ID": "1", "SLURM_NTASKS": "2"})
+
+
+def test_accelerate_configs_become_what_accelerate_launch_would_export(tmp_path):
+    assert accelerate_env(str(REPO / "configs" / "accelerate" / "ddp.yaml")) == {}
+    assert accelerate_env(str(REPO / "configs" / "accelerate" / "zero2.yaml")) == {
+        "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "configs/deepspeed/zero2.json",
+        "ACCELERATE_DEEPSPEED_ZERO3_INIT": "false"}
+    fsdp = tmp_path / "fsdp.yaml"
+    fsdp.write_text("distributed_type: FSDP\n")
+    with pytest.raises(LaunchError, match="distributed_type FSDP"):
+        accelerate_env(str(fsdp))
+
+
+# ---------------------------------------------------------------------------- slurm/train.sh
+
+
+def fake_bin(tmp_path: Path, srun_exit: int) -> Path:
+    """`srun` that records its arguments and exits with `srun_exit`; `scontrol` for hostnames and requeue."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(textwrap.dedent(f"""\
+        #!/usr/bin/env python3
+        import json, os, sys
+        print(json.dumps({{"argv": sys.argv[1:], "MASTER_ADDR": os.environ.get("MASTER_ADDR")}}))
+        sys.exit({srun_exit})
+        """))
+    (bin_dir / "scontrol").write_text(textwrap.dedent("""\
+        #!/bin/bash
+        case "$1 $2" in
+            "show hostnames") printf 'gpu017\\ngpu018\\ngpu019\\ngpu020\\n' ;;
+            *) echo "scontrol $*" >> "$FAKE_CALLS" ;;
+        esac
+        """))
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    return bin_dir
+
+
+def run_train_sh(tmp_path: Path, args: list[str], srun_exit: int = 0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "4", "SLURM_JOB_NODELIST": "gpu[017-020]",
+           "SLURM_GPUS_ON_NODE": "8", "SLURM_CPUS_PER_TASK": "64", "HERBS_PYTHON": sys.executable,
+           "PATH": f"{fake_bin(tmp_path, srun_exit)}{os.pathsep}{os.environ['PATH']}", "FAKE_CALLS": str(tmp_path / "calls")}
+    return subprocess.run(["bash", str(REPO / "slurm" / "train.sh"), *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("srun_exit, requeued", [(0, False), (EXIT_REQUEUE, True), (1, False)])
+def test_train_sh_runs_one_srun_task_per_gpu_and_requeues_on_75(tmp_path, srun_exit, requeued):
+    out = tmp_path / "runs"
+    odd = "log.name=a 'b' \"c\""
+    result = run_train_sh(tmp_path, [str(TINY), f"train.output_dir={out}", odd], srun_exit)
+    log_path = out / "herbs-tiny" / "a 'b' \"c\"" / "slurm-4242.log"
+    log = log_path.read_text()
+    assert result.returncode == (0 if srun_exit == EXIT_REQUEUE else srun_exit), result.stderr + log
+    assert f"output goes to {log_path}" in result.stdout
+    step = json.loads(next(line for line in log.splitlines() if line.startswith("{")))
+    assert step["MASTER_ADDR"] == "gpu017"
+    argv = step["argv"]
+    assert argv[:6] == ["--nodes=4", "--ntasks=32", "--ntasks-per-node=8", "--cpus-per-task=8", "--kill-on-bad-exit=1", sys.executable]
+    # the overrides arrive as one argument each, quotes and all
+    assert argv[6:] == ["-m", "herbs", "task", "--resume", "auto", "--config", str(TINY), f"train.output_dir={out}", odd]
+    calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
+    assert ("scontrol requeue 4242" in calls) == requeued
+
+
+def test_train_sh_stops_on_a_bad_config(tmp_path):
+    result = run_train_sh(tmp_path, ["missing.yaml"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "herbs run-dir: error: config file 'missing.yaml' does not exist; pass an existing YAML file (see configs/)"]
+
+
+# ---------------------------------------------------------------------------- the submitit job's child
+
+TRAINER = """\
+import os, signal, sys, time
+out = sys.argv[1]
+def note(text):
+    with open(out, "a") as f:
+        f.write(text + "\\n")
+note("started")
+time.sleep(1.0)  # start-up: a signal sent now must be held, not lost (nor kill the process)
+got = []
+signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+for _ in range(100):
+    if got:
+        note(f"got USR1 {len(got)} time(s)")
+        sys.exit(75)
+    time.sleep(0.05)
+sys.exit(0)
+"""
+
+
+def test_a_signal_during_start_up_reaches_the_child_once_it_listens(tmp_path):
+    trainer, out = tmp_path / "train.py", tmp_path / "out.txt"
+    trainer.write_text(TRAINER)
+    child = TrainingChild([sys.executable, str(trainer), str(out)], dict(os.environ), str(tmp_path), tmp_path / "log").start()
+    child.forward(signal.SIGUSR1)  # at once: the child has no handler yet
+    child.forward(signal.SIGUSR1)  # asked twice, delivered once
+    assert child.wait() == EXIT_REQUEUE, (tmp_path / "log").read_text()
+    assert out.read_text().splitlines() == ["started", "got USR1 1 time(s)"]
+
+
+def test_the_childs_exit_status_comes_back(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("import os, signal, sys; sys.exit(3) if sys.argv[1] == 'exit' else os.kill(os.getpid(), signal.SIGKILL)\n")
+    for how, status in (("exit", 3), ("kill", 128 + signal.SIGKILL)):
+        child = TrainingChild([sys.executable, str(script), how], dict(os.environ), str(tmp_path), tmp_path / "log").start()
+        assert child.wait() == status
