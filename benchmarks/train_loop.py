@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from herbs.run import METRICS_FILE
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -44,7 +46,7 @@ def main() -> None:
                    f"data.num_workers={args.workers}", f"data.batch_size={args.batch}", "data.verify_checksums=false",
                    "log.wandb=false"]
         subprocess.run(command, check=True, capture_output=True, text=True)
-        records = [json.loads(line) for line in (Path(tmp) / "runs" / "herbs-tiny" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+        records = [json.loads(line) for line in (Path(tmp) / "runs" / "herbs-tiny" / "tiny" / METRICS_FILE).read_text().splitlines()]
         first_batch = first_batch_seconds(shards, args.workers, args.batch, args.epochs) if args.workers else None
     windows = [r for r in records if "images_per_s" in r][1:]  # the first window includes start-up
     print(json.dumps({

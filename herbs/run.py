@@ -3,6 +3,15 @@ handler, the launchers, `herbs status` and the tests all take these facts from h
 
 Torch-free on purpose: the launchers import it on login nodes and inside SLURM's batch script.
 
+One SLURM task per training process (as open_clip runs), rather than one task per node running
+`accelerate launch`: srun then starts, signals and stops every training process itself. SIGUSR1
+and SIGTERM reach each process directly (torch elastic does not forward SIGUSR1, so a per-node
+launcher has to find the training processes below it and signal them), and `srun
+--kill-on-bad-exit` ends the whole step when one process fails instead of leaving the others in
+a collective until its timeout. Each process reads its place from its task -- SLURM's variables
+for `slurm/train.sh` (`slurm_task_env`), submitit's `JobEnvironment` for `herbs submit` -- and
+gets the variables `torchrun` would have set (`process_env`), which Accelerate and DeepSpeed read.
+
     <train.output_dir>/<log.project>/<log.name>/     the run directory (`run_dir`)
         launch.jsonl     one record per start and end of an attempt (`append_event`, `read_events`)
         metrics.jsonl    one record per logged step and evaluation
@@ -20,6 +29,10 @@ import re
 import socket
 from pathlib import Path
 from typing import Mapping
+
+import yaml
+
+from herbs.errors import LaunchError
 
 EXIT_REQUEUE = 75
 REQUEUE_MARKER = "requeue"
@@ -85,3 +98,64 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def read_events(run_dir_: Path) -> list[dict]:
     return read_jsonl(Path(run_dir_) / EVENTS_FILE)
+
+
+# ---------------------------------------------------------------------------- rendezvous
+
+
+def process_env(*, rank: int, local_rank: int, world_size: int, local_world_size: int, head: str, port: int,
+                cpus: int | None = None, accelerate_config: str | None = None) -> dict[str, str]:
+    """The environment one training process needs, as `torchrun` / `accelerate launch` would set it."""
+    env = {"RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world_size),
+           "LOCAL_WORLD_SIZE": str(local_world_size), "MASTER_ADDR": head, "MASTER_PORT": str(port)}
+    if cpus:
+        # what `accelerate launch --num_cpu_threads_per_process` did: without it every process
+        # spins one OpenMP thread per core of the node
+        env["OMP_NUM_THREADS"] = str(cpus)
+    return {**env, **accelerate_env(accelerate_config)}
+
+
+def merged_env(process: dict[str, str], base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`base` (this process's environment) with the process variables; a thread count the user set stays."""
+    base = dict(os.environ if base is None else base)
+    if "OMP_NUM_THREADS" in base:
+        process = {k: v for k, v in process.items() if k != "OMP_NUM_THREADS"}
+    return {**base, **process}
+
+
+def accelerate_env(path: str | None) -> dict[str, str]:
+    """The variables `accelerate launch --config_file PATH` gives a DeepSpeed run, read from PATH.
+
+    Accelerate exports these only for processes it starts itself (and its launch helpers are
+    private), so the two keys herbs' configs/accelerate/*.yaml use are read here.
+    """
+    if not path:
+        return {}
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise LaunchError(f"the accelerate config '{path}' cannot be read ({err}); pass a file like configs/accelerate/zero2.yaml") from None
+    kind = config.get("distributed_type", "NO")
+    if kind in ("NO", "MULTI_GPU", "MULTI_CPU"):
+        return {}
+    ds = config.get("deepspeed_config") or {}
+    if kind != "DEEPSPEED" or "deepspeed_config_file" not in ds:
+        raise LaunchError(f"the accelerate config '{path}' has distributed_type {kind} without deepspeed_config.deepspeed_config_file; "
+                          "the launchers run DDP or DeepSpeed with a JSON file, as configs/accelerate/zero2.yaml does")
+    return {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(ds["deepspeed_config_file"]),
+            "ACCELERATE_DEEPSPEED_ZERO3_INIT": str(bool(ds.get("zero3_init_flag", False))).lower()}
+
+
+def slurm_task_env(env: Mapping[str, str] | None = None, accelerate_config: str | None = None) -> dict[str, str]:
+    """This srun task's process environment, from SLURM's task variables (MASTER_ADDR: set by slurm/train.sh)."""
+    env = os.environ if env is None else env
+    missing = [name for name in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS") if name not in env]
+    if missing:
+        raise LaunchError(f"not inside an srun task ({', '.join(missing)} unset); start it with srun, as slurm/train.sh does")
+    world = int(env["SLURM_NTASKS"])
+    per_node = int(env.get("SLURM_NTASKS_PER_NODE") or world // int(env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES") or 1))
+    return process_env(rank=int(env["SLURM_PROCID"]), local_rank=int(env["SLURM_LOCALID"]), world_size=world,
+                       local_world_size=per_node, head=env.get("MASTER_ADDR") or "127.0.0.1",
+                       port=int(env.get("MASTER_PORT") or rendezvous_port(env["SLURM_JOB_ID"])),
+                       cpus=int(env["SLURM_CPUS_PER_TASK"]) if env.get("SLURM_CPUS_PER_TASK") else None,
+                       accelerate_config=accelerate_config)

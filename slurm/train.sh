@@ -13,7 +13,7 @@
 #   HERBS_PYTHON             python to use (default: python on PATH)
 #
 # The job holds one task per node with all of its CPUs and GPUs; training is one srun step with a
-# task per process sharing them (herbs/launch/tasks.py says why), and --kill-on-bad-exit, so one
+# task per process sharing them (herbs/run.py says why), and --kill-on-bad-exit, so one
 # failed process ends them all instead of leaving the others waiting in a collective.
 #
 # Time limit and preemption: SLURM sends SIGUSR1 to this script 5 minutes before the limit
@@ -67,15 +67,17 @@ gpus=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}}
 gpus=${gpus##*:}  # "a100:8" -> 8
 procs=${HERBS_PROCS_PER_NODE:-$(( gpus > 0 ? gpus : 1 ))}
 cpus=$(( ${SLURM_CPUS_PER_TASK:-$procs} / procs ))
+share=(--cpus-per-task="$cpus")
+[ "$cpus" -ge 1 ] || share=(--cpus-per-task=1 --overcommit)  # more processes than CPUs: they share them
 nodes=$SLURM_JOB_NUM_NODES
 # The rendezvous address; each process reads its rank from its task, the port from the job id.
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
 export MASTER_ADDR
-echo "=== $(date '+%F %T') job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}: $nodes node(s) x $procs process(es), $((cpus > 0 ? cpus : 1)) CPU(s) each, head $MASTER_ADDR"
+echo "=== $(date '+%F %T') job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}: $nodes node(s) x $procs process(es), ${share[*]}, head $MASTER_ADDR"
 
 [ "$terminated" = 1 ] && { echo "=== terminated before training started"; exit 143; }
-srun --nodes="$nodes" --ntasks=$((nodes * procs)) --ntasks-per-node="$procs" --cpus-per-task=$((cpus > 0 ? cpus : 1)) \
-    --kill-on-bad-exit=1 "${herbs[@]}" task --resume auto --config "$1" "${@:2}" &
+srun --nodes="$nodes" --ntasks=$((nodes * procs)) --ntasks-per-node="$procs" "${share[@]}" --kill-on-bad-exit=1 \
+    "${herbs[@]}" task --resume auto --config "$1" "${@:2}" &
 srun_pid=$!
 if [ -n "$early" ]; then  # came before srun: pass it on once the processes are up
     echo "=== SIG$early came before training started; passing it on in 10 s"

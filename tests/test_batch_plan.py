@@ -8,7 +8,7 @@ from herbs.config import load_config
 from herbs.errors import ConfigError
 from herbs.train.batch import plan_batch, warmup_steps
 
-from train_helpers import REPO
+from helpers import REPO
 
 CUB = REPO / "configs" / "cub200.yaml"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from data_helpers import CUB_CLASSES, NABIRDS_LEAVES, jpeg, make_cub, make_nabirds
+from helpers.data import CUB_CLASSES, NABIRDS_LEAVES, jpeg, make_cub, make_nabirds
 from herbs.errors import DataError
 from herbs.data.cub import read_cub
 from herbs.data.folder import read_folder

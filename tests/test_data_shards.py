@@ -15,7 +15,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from data_helpers import CUB_CLASSES, bomb_png, make_cub, make_nabirds, photo, tiny_dataset
+from helpers.data import CUB_CLASSES, bomb_png, make_cub, make_nabirds, photo, tiny_dataset
 from herbs.cli import main
 from herbs.errors import DataError
 from herbs.data import writer as writer_module

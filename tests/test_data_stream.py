@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from data_helpers import bomb_png, rewrite_shard, write_tiny_shards
+from helpers.data import bomb_png, rewrite_shard, write_tiny_shards
 from herbs.config import DataConfig
 from herbs.errors import DataError
 from herbs.data.manifest import load_manifest

@@ -17,9 +17,10 @@ from herbs.evaluate.metrics import topk_accuracy
 from herbs.evaluate.predictions import predict_batches
 from herbs.model.checkpoint import load_model
 
-from data_helpers import bomb_png, rewrite_shard
+from helpers.data import bomb_png, rewrite_shard
 from test_eval_helpers import DEMO_NAMES, bird, micro_model, one_sentence, run_cli
-from train_helpers import REPO, env, free_port, write_demo_shards
+from helpers import REPO
+from helpers.runs import env, free_port, write_demo_shards
 
 
 @pytest.fixture(scope="module")

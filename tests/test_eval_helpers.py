@@ -20,7 +20,8 @@ from herbs.data.demo import BODIES, VARIANTS, draw_image
 from herbs.model import HERBSModel
 from herbs.model.checkpoint import save_model
 
-from train_helpers import MICRO, REPO
+from helpers import REPO
+from helpers.runs import MICRO
 
 DEMO_NAMES = [f"{body}_{variant}" for body in BODIES for variant in VARIANTS]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data_helpers import bomb_png
+from helpers.data import bomb_png
 from herbs.data.transforms import EvalTransform
 from herbs.evaluate.heatmap import TITLE_PX, heatmaps, to_image
 from herbs.evaluate.images import find_images

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from slurm_helpers import TINY_CONFIG, make_shards, tiny_overrides
 
+from herbs.run import EVENTS_FILE, METRICS_FILE
+from helpers import REPO, TINY_CONFIG
+from helpers.runs import micro, write_demo_shards
 from herbs.launch import status, submit
 from herbs.launch.job import TrainJob
-
-REPO = Path(__file__).resolve().parents[1]
 
 ODD = """it's a "quoted" value"""
 
@@ -115,8 +115,8 @@ def test_mistakes_end_in_one_sentence_before_anything_is_submitted(tmp_path, ext
 
 def write_run(run_dir: Path, events: list[dict], metrics: list[dict]) -> None:
     run_dir.mkdir(parents=True)
-    (run_dir / "launch.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics) + '{"step": 9, "lo')  # a line being written
+    (run_dir / EVENTS_FILE).write_text("".join(json.dumps(e) + "\n" for e in events))
+    (run_dir / METRICS_FILE).write_text("".join(json.dumps(m) + "\n" for m in metrics) + '{"step": 9, "lo')  # a line being written
 
 
 def test_status_table(tmp_path):
@@ -141,8 +141,8 @@ def test_status_table(tmp_path):
 @pytest.mark.slow
 def test_local_runs_through_submitits_local_executor(tmp_path):
     shards = tmp_path / "shards"
-    classes = make_shards(shards)
-    out = run(["--config", str(TINY_CONFIG), *tiny_overrides(shards, tmp_path / "runs", classes, train__max_steps=4),
+    write_demo_shards(shards)
+    out = run(["--config", str(TINY_CONFIG), *micro(shards, tmp_path / "runs", "data.num_workers=0", "train.max_steps=4"),
                f"log.name={ODD}", "--local", "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "10",
                "--dir", str(tmp_path / "sub")], tmp_path, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -20,11 +20,10 @@ import pytest
 
 from herbs.errors import LaunchError
 from herbs.launch.job import TrainingChild
-from herbs.launch.tasks import accelerate_env, merged_env, slurm_task_env
+from herbs.run import accelerate_env, merged_env, slurm_task_env
 from herbs.run import EXIT_REQUEUE
+from helpers import REPO, TINY_CONFIG
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "tiny.yaml"
 
 FOUR_NODES = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "4", "SLURM_NTASKS": "32", "SLURM_NTASKS_PER_NODE": "8",
               "SLURM_CPUS_PER_TASK": "8", "MASTER_ADDR": "gpu017"}
@@ -91,7 +90,7 @@ def run_train_sh(tmp_path: Path, args: list[str], srun_exit: int = 0) -> subproc
 def test_train_sh_runs_one_srun_task_per_gpu_and_requeues_on_75(tmp_path, srun_exit, requeued):
     out = tmp_path / "runs"
     odd = "log.name=a 'b' \"c\""
-    result = run_train_sh(tmp_path, [str(TINY), f"train.output_dir={out}", odd], srun_exit)
+    result = run_train_sh(tmp_path, [str(TINY_CONFIG), f"train.output_dir={out}", odd], srun_exit)
     log_path = out / "herbs-tiny" / "a 'b' \"c\"" / "slurm-4242.log"
     log = log_path.read_text()
     assert result.returncode == (0 if srun_exit == EXIT_REQUEUE else srun_exit), result.stderr + log
@@ -101,7 +100,7 @@ def test_train_sh_runs_one_srun_task_per_gpu_and_requeues_on_75(tmp_path, srun_e
     argv = step["argv"]
     assert argv[:6] == ["--nodes=4", "--ntasks=32", "--ntasks-per-node=8", "--cpus-per-task=8", "--kill-on-bad-exit=1", sys.executable]
     # the overrides arrive as one argument each, quotes and all
-    assert argv[6:] == ["-m", "herbs", "task", "--resume", "auto", "--config", str(TINY), f"train.output_dir={out}", odd]
+    assert argv[6:] == ["-m", "herbs", "task", "--resume", "auto", "--config", str(TINY_CONFIG), f"train.output_dir={out}", odd]
     calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
     assert ("scontrol requeue 4242" in calls) == requeued
 
@@ -117,11 +116,12 @@ def test_train_sh_stops_on_a_bad_config(tmp_path):
 
 TRAINER = """\
 import os, signal, sys, time
+
 out = sys.argv[1]
 def note(text):
     with open(out, "a") as f:
         f.write(text + "\\n")
-note("started")
+note(f"started, SIGUSR2 ignored: {signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN}")
 time.sleep(1.0)  # start-up: a signal sent now must be held, not lost (nor kill the process)
 got = []
 signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
@@ -141,7 +141,8 @@ def test_a_signal_during_start_up_reaches_the_child_once_it_listens(tmp_path):
     child.forward(signal.SIGUSR1)  # at once: the child has no handler yet
     child.forward(signal.SIGUSR1)  # asked twice, delivered once
     assert child.wait() == EXIT_REQUEUE, (tmp_path / "log").read_text()
-    assert out.read_text().splitlines() == ["started", "got USR1 1 time(s)"]
+    # SIGUSR2 (submitit's, which SLURM sends to every process of the step) must not kill it
+    assert out.read_text().splitlines() == ["started, SIGUSR2 ignored: True", "got USR1 1 time(s)"]
 
 
 def test_the_childs_exit_status_comes_back(tmp_path):

@@ -11,7 +11,7 @@ from herbs.errors import CheckpointError
 from herbs.model import HERBSModel, ensemble_scores
 from herbs.model.selector import select_tokens, select_tokens_loop
 
-from conftest import tiny_config
+from helpers.runs import tiny_config
 
 SWINS = {
     # timm name -> backbone_args shrinking depth/width while keeping each variant's shape ratios
@@ -43,10 +43,11 @@ def test_output_keys_and_shapes(backbone, img_size):
 
 
 def test_every_parameter_gets_a_gradient():
-    model = HERBSModel(tiny_config().model).train()
+    config = tiny_config().model
+    model = HERBSModel(config).train()
     with torch.no_grad():
         model.combiner.alpha.fill_(0.1)  # at its init of 0 the query/key convolutions get exactly zero gradient
-    out = model(torch.randn(2, 3, 224, 224))
+    out = model(torch.randn(2, 3, config.img_size, config.img_size))
     sum(v.float().mean() for v in out.values()).backward()
     assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()] == []
 
@@ -78,7 +79,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         for mod in m.modules():  # same randomness in both: no stochastic depth or dropout
             if isinstance(mod, torch.nn.Dropout) or type(mod).__name__ == "DropPath":
                 mod.eval()
-    x = torch.randn(2, 3, 224, 224)
+    size = tiny_config().model.img_size
+    x = torch.randn(2, 3, size, size)
     for m in (plain, ckpt):
         sum(v.mean() for v in m(x).values()).backward()
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
@@ -112,10 +114,11 @@ def test_backbone_weights_from_a_local_file(tmp_path, layout, suffix):
 
 
 def test_backbone_file_of_another_size_names_the_parameter(tmp_path):
-    other = HERBSModel(tiny_config(backbone_args=dict(embed_dim=48, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], window_size=7)).model)
+    wider = {**tiny_config().model.backbone_args, "embed_dim": 48}
+    other = HERBSModel(tiny_config(backbone_args=wider).model)
     path = tmp_path / "big.pth"
     torch.save(other.backbone.state_dict(), path)
-    with pytest.raises(CheckpointError, match=r"patch_embed\.proj\.weight.*\(48, 3, 4, 4\).*\(32, 3, 4, 4\)"):
+    with pytest.raises(CheckpointError, match=r"patch_embed\.proj\.weight.*\(48, 3, 4, 4\).*\(16, 3, 4, 4\)"):
         HERBSModel(tiny_config(pretrained_file=str(path)).model)
 
 

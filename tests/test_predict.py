@@ -20,9 +20,9 @@ from herbs.evaluate.images import ImageFiles, find_images
 from herbs.evaluate.inference import load_for_inference
 from herbs.evaluate.predict import Prediction, predict_images
 
-from data_helpers import bomb_png
+from helpers.data import bomb_png
 from test_eval_helpers import DEMO_NAMES, micro_model, one_sentence, photo_variants, run_cli
-from train_helpers import REPO
+from helpers import REPO
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import termios
 
 import pytest
 from PIL import Image
-from train_helpers import MICRO, REPO, run_dir, run_training, write_demo_shards
+from helpers import REPO
+from helpers.runs import MICRO, run_dir, run_training, write_demo_shards
 
 from herbs.cli import main
 from herbs.progress import Progress

@@ -18,10 +18,10 @@ import torch
 from herbs.config import load_config
 from herbs.errors import ConfigError, HerbsError
 from herbs.train.fit import progressing
-from herbs.run import EXIT_REQUEUE
+from herbs.run import EXIT_REQUEUE, METRICS_FILE, REQUEUE_MARKER
 
-from train_helpers import (REPO, checkpoint_weights, error_line, latest_step, metrics, micro, run_dir, run_training,
-                           start_training, wait_for, write_demo_shards)
+from helpers import REPO, wait_for
+from helpers.runs import checkpoint_weights, error_line, latest_step, metrics, micro, run_dir, run_training, start_training, write_demo_shards
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 TEN = ["train.checkpoint_every=5", "train.max_steps=10"]  # checkpoints at steps 5 and 10, then val, best, test
@@ -85,7 +85,7 @@ def test_ctrl_c_checkpoints_and_exits_75_while_a_second_process_is_refused(shard
     args = micro(shards, tmp_path, "train.epochs=50", "train.checkpoint_every=1000", "data.num_workers=1")
     proc = start_training(1, TINY, *args, log=tmp_path / "log")
     try:
-        wait_for(lambda: (run / "metrics.jsonl").is_file(), 300, "training to start", proc)
+        wait_for(lambda: (run / METRICS_FILE).is_file(), 300, "training to start", proc)
         line = error_line(run_training(1, TINY, *args, "--resume", "auto", check=False))
         assert f"in use by pid {proc.pid} on host {socket.gethostname()}" in line
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group, loader workers too
@@ -95,7 +95,7 @@ def test_ctrl_c_checkpoints_and_exits_75_while_a_second_process_is_refused(shard
             os.killpg(proc.pid, signal.SIGKILL)
     log = (tmp_path / "log").read_text()
     assert "Traceback" not in log and "KeyboardInterrupt" not in log
-    assert latest_step(run) == int((run / "requeue").read_text()) > 0
+    assert latest_step(run) == int((run / REQUEUE_MARKER).read_text()) > 0
 
 
 @pytest.mark.slow
@@ -162,13 +162,13 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_previous_one_resumed_step_
     run = run_dir(copy)
     straight = checkpoint_weights(run_dir(finished), 10)
     damage(run / "checkpoints" / "step-0000010" / name, how)
-    with (run / "metrics.jsonl").open("a") as f:
+    with (run / METRICS_FILE).open("a") as f:
         f.write('{"step": 11, "loss": 1.2')  # torn by a full disk
     result = run_training(1, TINY, *micro(shards, copy, *TEN), "--resume", "auto")
     assert f"checkpoint {run / 'checkpoints' / 'step-0000010'} is damaged: {name} does not match" in result.stderr
     assert "resuming from step-0000005, the newest intact checkpoint" in result.stderr
     assert "dropped 1 line(s) that are not complete JSON" in result.stderr
-    assert all(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+    assert all(json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines())
     resumed = checkpoint_weights(run, 10)
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
@@ -185,10 +185,10 @@ def test_an_explicitly_named_damaged_checkpoint_is_one_sentence(shards, copy):
 @pytest.mark.slow
 def test_resuming_a_finished_run_does_nothing(shards, copy):
     run = run_dir(copy)
-    before = (run / "metrics.jsonl").read_text()
+    before = (run / METRICS_FILE).read_text()
     result = run_training(1, TINY, *micro(shards, copy, *TEN), "--resume", "auto")
     assert "already finished at step 10; nothing to do" in result.stderr
-    assert (run / "metrics.jsonl").read_text() == before and len([r for r in metrics(run) if "test/samples" in r]) == 1
+    assert (run / METRICS_FILE).read_text() == before and len([r for r in metrics(run) if "test/samples" in r]) == 1
 
 
 @pytest.fixture
@@ -243,7 +243,7 @@ def test_a_full_disk_while_logging_is_one_sentence_and_leaves_no_torn_line(shard
     line = train_until_the_disk_is_full(shards, small_disk, lambda: metrics(run), "the first metrics",
                                         "train.checkpoint_every=1000", "log.every=1")
     assert f"no space left on {small_disk} while writing {run / 'metrics.jsonl'}; no checkpoint had been written yet" in line
-    assert all(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+    assert all(json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines())
 
 
 @pytest.mark.parametrize("override", ["train.checkpoint_every=0", "train.checkpoint_every=-1", "log.every=0",

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from slurm_helpers import (TINY_CONFIG, in_queue, make_shards, read_jsonl, sacct_states, slurm, submit_py,  # noqa: F401
-                           tail, tiny_overrides, wait_for, wait_job_done)
+from herbs.run import EVENTS_FILE, METRICS_FILE, log_file
+from helpers import TINY_CONFIG, wait_for
+from helpers.runs import micro, write_demo_shards
+from helpers.slurm import in_queue, read_jsonl, sacct_states, slurm, submit_py, tail, wait_job_done  # noqa: F401
 
 pytestmark = pytest.mark.slurm
 
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.slurm
 def data(tmp_path_factory, slurm):
     tmp = tmp_path_factory.mktemp("submitit")
     shards = tmp / "shards"
-    return tmp, shards, make_shards(shards)
+    return tmp, write_demo_shards(shards)
 
 
 def logs(folder: Path) -> str:
@@ -38,8 +40,8 @@ def cancel_leftovers(folder: Path) -> None:
 
 
 def test_nodes_beyond_the_partition_and_refused_requests_stop_before_submitting(data):
-    tmp, shards, classes = data
-    base = ["--config", str(TINY_CONFIG), *tiny_overrides(shards, tmp / "runs", classes), "--gpus-per-node", "0", "--time", "5"]
+    tmp, shards = data
+    base = ["--config", str(TINY_CONFIG), *micro(shards, tmp / "runs", "data.num_workers=0"), "--gpus-per-node", "0", "--time", "5"]
     out = submit_py([*base, "--nodes", "2", "--cpus-per-task", "1"], cwd=tmp)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().splitlines() == ["herbs submit: error: --nodes 2 is more than the 1 node(s) of partition 'debug'; ask for at most 1"]
@@ -56,12 +58,12 @@ def test_nodes_beyond_the_partition_and_refused_requests_stop_before_submitting(
 @pytest.fixture(scope="module")
 def sweep_submission(data):
     """The 2-point sweep, submitted without waiting, one job at a time (the other CPU is for the time-limit job)."""
-    tmp, shards, classes = data
+    tmp, shards = data
     sweep = tmp / "sweep.yaml"
     # zipped: two learning rates, each with a value that holds spaces and both quote kinds
     sweep.write_text(yaml.safe_dump({"zip": {"optim.lr": [0.01, 0.005], "log.project": ["sweep 'one'", 'sweep "two"']}}, sort_keys=False))
     folder = tmp / "sweep-submission"
-    args = ["--config", str(TINY_CONFIG), *tiny_overrides(shards, tmp / "runs", classes, train__max_steps=8),
+    args = ["--config", str(TINY_CONFIG), *micro(shards, tmp / "runs", "data.num_workers=0", "train.max_steps=8"),
             "--sweep", str(sweep), "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "10", "--array-parallelism", "1",
             "--dir", str(folder)]
     out = submit_py(args, cwd=tmp)
@@ -77,7 +79,7 @@ def test_two_point_sweep_completes_and_status_reports_both(data, sweep_submissio
     record = json.loads((folder / "sweep.json").read_text())
     ids = [j["job_id"] for j in record["jobs"]]
     assert len(ids) == 2 and ids[0].endswith("_0") and ids[1].endswith("_1") and ids[0].split("_")[0] == ids[1].split("_")[0]
-    assert f"status: python launch/submit.py status {folder}" in out.stdout
+    assert f"status: herbs status {folder}" in out.stdout
     for job in ids:
         wait_job_done(job, 300, on_timeout=lambda: logs(folder))
 
@@ -123,7 +125,7 @@ class Extender(threading.Thread):
 def measured_step_time(run_dir: Path, timeout: float = 180) -> float:
     """Seconds per training step of a 1-process run on this machine now (median of its logged steps 2+)."""
     def times():
-        values = sorted(r["step_time_s"] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("step", 0) >= 2 and "step_time_s" in r)
+        values = sorted(r["step_time_s"] for r in read_jsonl(run_dir / METRICS_FILE) if r.get("step", 0) >= 2 and "step_time_s" in r)
         return values if len(values) >= 3 else None
 
     values = wait_for(times, timeout, f"step times in {run_dir}")
@@ -139,7 +141,7 @@ def timeout_job(data, sweep_submission):
     sized from the sweep's measured step time to take 45 s, so it is still going then; it
     checkpoints and submitit requeues the job. The requeued attempt would be signalled just as
     early again, so its time limit is raised while it waits in the queue: the one thing done by hand."""
-    tmp, shards, classes = data
+    tmp, shards = data
     sweep_folder, _ = sweep_submission
     first_point = Path(json.loads((sweep_folder / "sweep.json").read_text())["jobs"][0]["run_dir"])
     # 45 s at the measured pace: past SLURM's first check (<= 30 s after the start) even if this
@@ -147,8 +149,8 @@ def timeout_job(data, sweep_submission):
     steps = min(3000, max(300, math.ceil(45 / measured_step_time(first_point))))
     folder = tmp / "timeout-submission"
     args = ["--config", str(TINY_CONFIG),
-            *tiny_overrides(shards, tmp / "runs", classes, train__max_steps=steps, train__epochs=1000, train__eval_every=1000,
-                            train__checkpoint_every=10000, log__every=20, log__name="timeout"),
+            *micro(shards, tmp / "runs", "data.num_workers=0", f"train.max_steps={steps}", "train.epochs=1000", "train.eval_every=1000",
+                  "train.checkpoint_every=10000", "log.every=20", "log.name=timeout"),
             "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "1", "--signal-delay", "30", "--dir", str(folder)]
     out = submit_py(args, cwd=tmp)
     assert out.returncode == 0, out.stderr
@@ -163,7 +165,7 @@ def timeout_job(data, sweep_submission):
 @pytest.mark.slow
 def test_submitit_job_that_hits_its_time_limit_is_requeued_and_finishes(timeout_job):
     folder, job, run_dir, tmp, steps = (timeout_job[k] for k in ("folder", "job", "run_dir", "tmp", "steps"))
-    show = lambda: logs(folder) + "\n" + tail(run_dir / f"slurm-{job}.log")  # noqa: E731
+    show = lambda: logs(folder) + "\n" + tail(log_file(run_dir, job))  # noqa: E731
     state = wait_job_done(job, 400, on_timeout=show)
     extender = timeout_job["extender"]
     extender.join(5)
@@ -172,12 +174,12 @@ def test_submitit_job_that_hits_its_time_limit_is_requeued_and_finishes(timeout_
     assert sacct_states(job) == ["REQUEUED", "COMPLETED"]
     log = logs(folder)
     assert "this job is timed-out" in log and "Requeued job" in log
-    events = read_jsonl(run_dir / "launch.jsonl")
+    events = read_jsonl(run_dir / EVENTS_FILE)
     assert [(e["event"], e.get("exit_code"), e.get("requeue")) for e in events] == [
         ("start", None, None), ("end", 75, True), ("start", None, None), ("end", 0, False)], events
     second = [e for e in events if e["event"] == "start"][1]
     assert second["command"][second["command"].index("--resume") + 1] == "auto" and second["restart"] == 1
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    metrics = read_jsonl(run_dir / METRICS_FILE)
     assert max(r["step"] for r in metrics if "step" in r) == steps and "test/ensemble_top1" in metrics[-1]
     status = json.loads(submit_py(["status", str(folder), "--json"], cwd=tmp).stdout)
     assert (status[0]["state"], status[0]["restarts"], status[0]["last_step"]) == ("COMPLETED", 1, steps)

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from slurm_helpers import (REPO, TINY_CONFIG, final_checkpoint, make_shards, model_weights, read_jsonl, sacct_states,  # noqa: F401
-                           in_queue, sbatch, slurm, tail, tiny_overrides, wait_job_done)
+from herbs.run import EVENTS_FILE, METRICS_FILE, log_file
+from helpers import REPO, TINY_CONFIG
+from helpers.runs import micro, write_demo_shards
+from helpers.slurm import final_checkpoint, in_queue, model_weights, read_jsonl, sacct_states, sbatch, slurm, tail, wait_job_done  # noqa: F401
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -24,9 +26,9 @@ ODD_NAME = """uninterrupted "run" it's"""
 CHECKPOINT_EVERY = 5
 
 
-def overrides(shards: Path, out: Path, classes: int, name: str) -> list[str]:
+def overrides(shards: Path, out: Path, name: str) -> list[str]:
     # 80 training images, batch 4 on 2 processes: 10 steps per epoch, 40 in all
-    return tiny_overrides(shards, out, classes, train__epochs=4, train__checkpoint_every=CHECKPOINT_EVERY) + [f"log.name={name}"]
+    return micro(shards, out, "data.num_workers=0", "train.epochs=4", f"train.checkpoint_every={CHECKPOINT_EVERY}", f"log.name={name}")
 
 
 def submit(tmp: Path, args: list[str]) -> str:
@@ -67,9 +69,9 @@ def jobs(tmp_path_factory, slurm):
     """Both runs at once (one CPU each, so SLURM runs them side by side): the one to interrupt and the reference."""
     tmp = tmp_path_factory.mktemp("sbatch")
     shards, out = tmp / "shards", tmp / "runs"
-    classes = make_shards(shards)
-    interrupted = submit(tmp, overrides(shards, out, classes, "interrupted"))
-    reference = submit(tmp, overrides(shards, out, classes, ODD_NAME))
+    write_demo_shards(shards)
+    interrupted = submit(tmp, overrides(shards, out, "interrupted"))
+    reference = submit(tmp, overrides(shards, out, ODD_NAME))
     interrupter = Interrupter(interrupted, run_dir_of(out, "interrupted"))
     interrupter.start()
     yield {"tmp": tmp, "out": out, "reference": reference, "interrupted": interrupted, "interrupter": interrupter}
@@ -80,7 +82,7 @@ def jobs(tmp_path_factory, slurm):
 
 
 def diagnose(tmp: Path, job: str, run_dir: Path):
-    return lambda: tail(tmp / f"sbatch-{job}.out") + "\n" + tail(run_dir / f"slurm-{job}.log")
+    return lambda: tail(tmp / f"sbatch-{job}.out") + "\n" + tail(log_file(run_dir, job))
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ def reference(jobs):
 
 def test_sbatch_train_sh_completes_with_two_cpu_processes(reference):
     job, run_dir, state = reference
-    log = run_dir / f"slurm-{job}.log"
+    log = log_file(run_dir, job)
     assert state == "COMPLETED", tail(log)
     text = log.read_text(errors="replace")
     assert "1 node(s) x 2 process(es)" in text and "2 processes x batch 4" in text
@@ -100,7 +102,7 @@ def test_sbatch_train_sh_completes_with_two_cpu_processes(reference):
     # checkpoints and metrics
     latest = final_checkpoint(run_dir)
     assert latest.name == "step-0000040" and (latest / "model.safetensors").is_file()
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    metrics = read_jsonl(run_dir / METRICS_FILE)
     assert [r["step"] for r in metrics if "loss" in r][-1] == 40
     assert any("val/ensemble_top1" in r for r in metrics) and "test/ensemble_top1" in metrics[-1]
     assert (run_dir / "best" / "model.safetensors").is_file()
@@ -108,13 +110,13 @@ def test_sbatch_train_sh_completes_with_two_cpu_processes(reference):
     import yaml
 
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["log"]["name"] == ODD_NAME
-    events = read_jsonl(run_dir / "launch.jsonl")
+    events = read_jsonl(run_dir / EVENTS_FILE)
     assert [e["event"] for e in events] == ["start", "end"] and events[-1]["exit_code"] == 0
 
 
 def test_sbatch_usr1_checkpoints_requeues_and_matches_uninterrupted_run(reference, jobs):
     job, run_dir = jobs["interrupted"], run_dir_of(jobs["out"], "interrupted")
-    log = run_dir / f"slurm-{job}.log"
+    log = log_file(run_dir, job)
     show = diagnose(jobs["tmp"], job, run_dir)
     state = wait_job_done(job, 300, on_timeout=show)
     interrupter = jobs["interrupter"]
@@ -125,7 +127,7 @@ def test_sbatch_usr1_checkpoints_requeues_and_matches_uninterrupted_run(referenc
     text = log.read_text(errors="replace")
     assert "received SIGUSR1" in text and "requeueing job" in text, diagnose()
     assert sacct_states(job) == ["REQUEUED", "COMPLETED"]
-    events = read_jsonl(run_dir / "launch.jsonl")
+    events = read_jsonl(run_dir / EVENTS_FILE)
     assert [(e["event"], e.get("restart"), e.get("exit_code")) for e in events] == [
         ("start", 0, None), ("end", None, 75), ("start", 1, None), ("end", None, 0)], events
     assert "resumed from" in text

@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from train_helpers import MICRO, REPO, env, metrics, run_dir, train_command, write_demo_shards
+from helpers import REPO
+from helpers.runs import MICRO, env, metrics, run_dir, train_command, write_demo_shards
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 

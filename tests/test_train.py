@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from herbs.model.checkpoint import load_model
-from herbs.run import EXIT_REQUEUE
+from herbs.run import EXIT_REQUEUE, METRICS_FILE, REQUEUE_MARKER
 
-from train_helpers import (REPO, checkpoint_weights, error_line, latest_step, metrics, micro, run_dir, run_training,
-                           start_training, wait_for, write_demo_shards)
+from helpers import REPO, wait_for
+from helpers.runs import checkpoint_weights, error_line, latest_step, metrics, micro, run_dir, run_training, start_training, write_demo_shards
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 
@@ -78,7 +78,7 @@ def test_sigusr1_checkpoints_and_exits_for_requeue(shards, tmp_path):
     run = run_dir(tmp_path)
     proc = start_training(2, TINY, *micro(shards, tmp_path, "train.epochs=50", "train.checkpoint_every=1000"), log=tmp_path / "log")
     try:
-        wait_for(lambda: (run / "metrics.jsonl").is_file(), 300, "training to start", proc)
+        wait_for(lambda: (run / METRICS_FILE).is_file(), 300, "training to start", proc)
         # the launcher's own children are the two ranks (their data workers are grandchildren)
         workers = [p for p in psutil.Process(proc.pid).children() if "train.py" in " ".join(p.cmdline())]
         assert len(workers) == 2
@@ -89,8 +89,8 @@ def test_sigusr1_checkpoints_and_exits_for_requeue(shards, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     for worker in workers:
         assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
-    assert (run / "requeue").is_file()
-    step = int((run / "requeue").read_text())
+    assert (run / REQUEUE_MARKER).is_file()
+    step = int((run / REQUEUE_MARKER).read_text())
     assert step > 0 and latest_step(run) == step
     log = (tmp_path / "log").read_text()
     assert f"exiting with {EXIT_REQUEUE}" in log
@@ -98,7 +98,7 @@ def test_sigusr1_checkpoints_and_exits_for_requeue(shards, tmp_path):
     # requeued as it ran: the same 2 processes (a checkpoint fits only the world size that wrote it)
     result = run_training(2, TINY, *micro(shards, tmp_path, "train.epochs=50", f"train.max_steps={step + 2}"), "--resume", "auto")
     assert "resumed from" in result.stderr and latest_step(run) == step + 2
-    assert not (run / "requeue").exists()
+    assert not (run / REQUEUE_MARKER).exists()
 
 
 @pytest.mark.multiprocess
@@ -109,7 +109,7 @@ def test_sigterm_to_the_whole_process_group_still_checkpoints(shards, tmp_path):
     args = micro(shards, tmp_path, "train.epochs=50", "train.checkpoint_every=1000", "data.num_workers=2")
     proc = start_training(2, TINY, *args, log=tmp_path / "log")
     try:
-        wait_for(lambda: (run / "metrics.jsonl").is_file(), 300, "training to start", proc)
+        wait_for(lambda: (run / METRICS_FILE).is_file(), 300, "training to start", proc)
         loader_workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "train.py" not in " ".join(p.cmdline())]
         assert loader_workers  # the group really holds processes other than the launcher and its ranks
         os.killpg(proc.pid, signal.SIGTERM)
@@ -119,7 +119,7 @@ def test_sigterm_to_the_whole_process_group_still_checkpoints(shards, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     log = (tmp_path / "log").read_text()
     assert f"exiting with {EXIT_REQUEUE}" in log and "Traceback" not in log.split("exiting with")[0], log[-3000:]
-    step = int((run / "requeue").read_text())
+    step = int((run / REQUEUE_MARKER).read_text())
     assert step > 0 and latest_step(run) == step
 
     run_training(2, TINY, *args[:-1], f"train.max_steps={step + 2}", "--resume", "auto")
@@ -137,7 +137,7 @@ def test_checkpoint_minutes_checkpoints_on_the_clock(shards, tmp_path):
 def test_single_process_exit_code_is_75(shards, tmp_path):
     run = run_dir(tmp_path)
     proc = start_training(1, TINY, *micro(shards, tmp_path, "train.epochs=50"), log=tmp_path / "log")
-    wait_for(lambda: (run / "metrics.jsonl").is_file(), 300, "training to start", proc)
+    wait_for(lambda: (run / METRICS_FILE).is_file(), 300, "training to start", proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == EXIT_REQUEUE
 

@@ -20,7 +20,8 @@ from herbs.model.checkpoint import load_model
 from herbs.train.accel import fill_deepspeed_config
 from herbs.train.optim import Schedule
 
-from train_helpers import MICRO, REPO, metrics, run_dir, run_training, write_demo_shards
+from helpers import REPO
+from helpers.runs import MICRO, metrics, run_dir, run_training, write_demo_shards
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 

@@ -14,7 +14,8 @@ import yaml
 
 from herbs.model.checkpoint import load_model
 
-from train_helpers import MICRO, REPO, checkpoint_weights, metrics, run_dir, run_training, write_demo_shards
+from helpers import REPO
+from helpers.runs import MICRO, checkpoint_weights, metrics, run_dir, run_training, write_demo_shards
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 

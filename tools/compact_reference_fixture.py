@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference_fixture import load_reference  # noqa: E402 (the tests' reader is the one definition of the format)
+from helpers.reference import load_reference  # noqa: E402 (the tests' reader is the one definition of the format)
 
 
 def _load(source: Path, name: str):

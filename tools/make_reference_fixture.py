@@ -26,7 +26,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # the fixture reader lives with the tests
 from compact_reference_fixture import compact  # noqa: E402
-from reference_fixture import DEFAULT_DIR, load_reference  # noqa: E402
+from helpers.reference import DEFAULT_DIR, load_reference  # noqa: E402
 
 
 def run_original(checkout: Path, recipe: Path, out: Path) -> None:

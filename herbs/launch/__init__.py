@@ -1,7 +1,6 @@
-"""Starting training on a cluster: `herbs submit` (submitit, sweeps), `herbs status`, and the pieces
-`slurm/train.sh` calls (`herbs run-dir`, `herbs task`).
+"""Starting training on a cluster: `herbs submit` (submitit, sweeps), `herbs status`, and `herbs run-dir`
+(slurm/train.sh's log; its srun tasks run `herbs task`, in herbs.train.commands).
 
-    tasks     one SLURM task per training process: the torchrun variables from SLURM or submitit
     job       the submitit job: `herbs train` as each task's child, requeued by `checkpoint()`
     submit    plan, check and submit jobs and job arrays
     sweep     sweep files: grid and zip of config values, named points

@@ -1,14 +1,12 @@
-"""`herbs submit`, `herbs status`, and the two commands `slurm/train.sh` runs: `herbs run-dir` and `herbs task`."""
+"""`herbs submit`, `herbs status`, and `herbs run-dir` (which `slurm/train.sh` asks for the run's log)."""
 
 from __future__ import annotations
 
 import argparse
-import os
 
 
 def register(subparsers) -> None:
     from herbs.launch import submit
-    from herbs.train.commands import add_arguments
 
     p = subparsers.add_parser("submit", help="submit training or a sweep to SLURM through submitit (same as python launch/submit.py)",
                               description=submit.DESCRIPTION)
@@ -27,14 +25,6 @@ def register(subparsers) -> None:
     p.add_argument("--log", action="store_true", help="print this attempt's log file in the run directory instead")
     p.set_defaults(func=print_run_dir)
 
-    p = subparsers.add_parser("task", help="one srun task of slurm/train.sh: train as the process SLURM says this task is",
-                              description="Run `herbs train` as one process of a run started by `srun` with one task per "
-                                          "process: rank, world size and threads come from SLURM's task variables.")
-    add_arguments(p)
-    p.add_argument("--accelerate-config", default=os.environ.get("HERBS_ACCELERATE_CONFIG") or None,
-                   help="accelerate config file, e.g. configs/accelerate/zero2.yaml (default: $HERBS_ACCELERATE_CONFIG)")
-    p.set_defaults(func=run_task)
-
 
 def show_status(args: argparse.Namespace) -> int:
     from herbs.launch.status import run
@@ -49,11 +39,3 @@ def print_run_dir(args: argparse.Namespace) -> int:
     directory = run_dir(load_config(args.config, args.overrides))
     print(log_file(directory, job_label()) if args.log else directory)
     return 0
-
-
-def run_task(args: argparse.Namespace) -> int:
-    from herbs.launch.tasks import merged_env, slurm_task_env
-    from herbs.train.commands import run
-
-    os.environ.update(merged_env(slurm_task_env(accelerate_config=args.accelerate_config)))
-    return run(args)

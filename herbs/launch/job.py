@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from herbs.launch.tasks import merged_env, process_env
-from herbs.run import EXIT_REQUEUE, job_label, log_file, rendezvous_port
+from herbs.run import EXIT_REQUEUE, job_label, log_file, merged_env, process_env, rendezvous_port
 
 if TYPE_CHECKING:
     import submitit
@@ -46,6 +45,12 @@ def catches(pid: int, signum: int) -> bool:
     return False
 
 
+def _ignore_submitit_signal() -> None:  # in the child between fork and exec; an ignored signal stays ignored
+    # SLURM sends submitit's SIGUSR2 to every process of the job step, the training child included,
+    # whose default action for it is to die; the child hears SIGUSR1 from its task instead.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
 class TrainingChild:
     """`herbs train` as a child; a signal is delivered once the child handles it, so one sent during
     its start-up is held rather than killing it."""
@@ -58,7 +63,8 @@ class TrainingChild:
 
     def start(self) -> "TrainingChild":
         with open(self.log, "ab", buffering=0) as out:
-            self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         preexec_fn=_ignore_submitit_signal)
         return self
 
     def forward(self, signum: int) -> None:

@@ -209,7 +209,7 @@ def slurm_parameters(args: argparse.Namespace, name: str, res: dict, n_jobs: int
         "job_name": name,
         "time": args.time,
         "nodes": args.nodes,
-        "ntasks_per_node": res["procs"],  # one task per training process (herbs/launch/tasks.py says why)
+        "ntasks_per_node": res["procs"],  # one task per training process (herbs/run.py says why)
         "cpus_per_task": res["cpus"],
         "signal_delay_s": args.signal_delay,
         "stderr_to_stdout": True,

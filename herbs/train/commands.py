@@ -1,8 +1,9 @@
-"""`python train.py` / `accelerate launch train.py` / `herbs train`: one argument parser, one code path."""
+"""`python train.py` / `accelerate launch train.py` / `herbs train` / `herbs task`: one argument parser, one code path."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from herbs.errors import exit_code
 from herbs.train.preemption import PreemptionWatch
@@ -23,6 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train HERBS (same as python train.py)", description=DESCRIPTION)
     add_arguments(parser)
+    task = subparsers.add_parser("task", help="one srun task of slurm/train.sh: train as the process SLURM says this task is",
+                                 description="Run `herbs train` as one process of a run started by `srun` with one task per "
+                                             "process: rank, world size and threads come from SLURM's task variables.")
+    add_arguments(task)
+    task.add_argument("--accelerate-config", default=os.environ.get("HERBS_ACCELERATE_CONFIG") or None,
+                      help="accelerate config file, e.g. configs/accelerate/zero2.yaml (default: $HERBS_ACCELERATE_CONFIG)")
+    task.set_defaults(func=run_task)
 
 
 DESCRIPTION = (
@@ -44,6 +52,13 @@ def run(args: argparse.Namespace) -> int:
 
             torch.set_num_threads(config.train.threads)
         return train(config, resume=args.resume, overwrite=args.overwrite, watch=watch)
+
+
+def run_task(args: argparse.Namespace) -> int:
+    from herbs.run import merged_env, slurm_task_env
+
+    os.environ.update(merged_env(slurm_task_env(accelerate_config=args.accelerate_config)))  # before torch loads
+    return run(args)
 
 
 def main(argv: list[str] | None = None) -> int:

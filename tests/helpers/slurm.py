@@ -8,19 +8,16 @@ for a guessed time.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from herbs.run import read_jsonl  # noqa: F401 (the tests import it from here)
-
-REPO = Path(__file__).resolve().parents[1]
+from herbs.run import METRICS_FILE, read_jsonl
+from helpers import REPO, wait_for
 REQUIRE_ENV = "HERBS_REQUIRE_SLURM"
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 
@@ -42,57 +39,6 @@ def require_slurm() -> None:
 @pytest.fixture(scope="session")
 def slurm() -> None:
     require_slurm()
-
-
-# ---------------------------------------------------------------------------- tiny runs
-
-
-def make_shards(out: Path) -> int:
-    """The demo dataset, small (4 train / 1 val / 1 test image per class, 64 px); returns the class count."""
-    from herbs.data.demo import make_demo
-    from herbs.data.writer import parse_shard_size, write_shards
-
-    if not (out / "manifest.json").is_file():
-        write_shards(make_demo(0, train=4, val=1, test=1, size=64), out, shard_size=parse_shard_size("100MB"), seed=0, val_fraction=0.0)
-    return len(json.loads((out / "manifest.json").read_text())["classes"])
-
-
-def tiny_overrides(shards: Path, output_dir: Path, num_classes: int, **extra) -> list[str]:
-    """configs/tiny.yaml shrunk further (64 px, one block per stage): a step takes well under a second on a CPU."""
-    values = {
-        "data.shards": str(shards),
-        "model.num_classes": num_classes,
-        "model.img_size": 64,
-        "data.resize": 64,
-        "model.backbone_args": "{embed_dim: 16, depths: [1, 1, 1, 1], num_heads: [1, 1, 2, 2], window_size: 4}",
-        "model.num_selects": "[48, 12, 2, 2]",
-        "model.fpn_size": 32,
-        "data.num_workers": 0,
-        "log.wandb": "false",
-        "log.every": 1,
-        "train.output_dir": str(output_dir),
-    }
-    values.update({k.replace("__", "."): v for k, v in extra.items()})
-    return [f"{k}={v}" for k, v in values.items()]
-
-
-TINY_CONFIG = REPO / "configs" / "tiny.yaml"
-
-
-# ---------------------------------------------------------------------------- waiting
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5, on_timeout=None):
-    """Poll until `predicate()` is truthy and return its value; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            detail = on_timeout() if on_timeout else ""
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{detail}")
-        time.sleep(interval)
 
 
 def sacct_states(job_id: str) -> list[str]:
@@ -133,7 +79,7 @@ def sbatch(args: list[str], cwd: Path, env: dict | None = None) -> str:
 
 
 def last_step(run_dir: Path) -> int:
-    steps = [r["step"] for r in read_jsonl(run_dir / "metrics.jsonl") if isinstance(r.get("step"), int)]
+    steps = [r["step"] for r in read_jsonl(run_dir / METRICS_FILE) if isinstance(r.get("step"), int)]
     return max(steps, default=0)
 
 

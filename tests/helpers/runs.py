@@ -9,18 +9,17 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from safetensors.torch import load_file
 
+from herbs.config import from_dict, parse_override
 from herbs.data.demo import make_demo
 from herbs.data.writer import write_shards
-from herbs.run import read_jsonl
+from herbs.run import METRICS_FILE, read_jsonl
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-
-# A micro Swin HERBS (64 px, 16 tokens a side): a training step takes milliseconds.
+# The micro Swin HERBS every test uses (64 px, 16 tokens a side): a training step takes milliseconds.
 MICRO = [
     "model.backbone=swin_tiny_patch4_window7_224",
     "model.backbone_args={embed_dim: 16, depths: [1, 1, 1, 1], num_heads: [1, 1, 2, 2], window_size: 4}",
@@ -29,6 +28,16 @@ MICRO = [
     "optim.lr=0.01", "optim.warmup_steps=2", "train.mixed_precision=no", "train.epochs=2",
     "log.wandb=false", "log.every=2",
 ]
+
+
+def tiny_config(**model_overrides):
+    """The micro model as a config, for tests that build it in their own process."""
+    model = {}
+    for item in MICRO:
+        section, key, value = parse_override(item)
+        if section == "model":
+            model[key] = value
+    return from_dict({"model": {**model, "pretrained": False, **model_overrides}})
 
 
 def micro(shards, out, *extra) -> list[str]:
@@ -94,17 +103,6 @@ def start_training(processes: int, config: str, *overrides: str, log: Path | Non
                             env=env(launch_config is not None), cwd=REPO, start_new_session=True)
 
 
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, poll: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the run exited ({proc.returncode}) before {what}")
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def run_dir(output_dir: Path, project: str = "herbs-tiny", name: str = "tiny") -> Path:
     return output_dir / project / name
 
@@ -117,7 +115,7 @@ def checkpoint_weights(run: Path, step: int | None = None) -> dict:
 
 
 def metrics(run: Path) -> list[dict]:
-    return read_jsonl(run / "metrics.jsonl")
+    return read_jsonl(run / METRICS_FILE)
 
 
 def latest_step(run: Path) -> int:

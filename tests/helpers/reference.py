@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-DEFAULT_DIR = Path(__file__).resolve().parent / "fixtures" / "herbs_reference"
+DEFAULT_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "herbs_reference"
 FILES = ("config.yaml", "weights.safetensors", "input.safetensors", "outputs_eval.safetensors", "expected.json",
          "eval_metrics.json")
 
