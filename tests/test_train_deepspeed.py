@@ -14,10 +14,10 @@ import sys
 import pytest
 import torch
 
+from herbs.accel import fill_deepspeed_config
 from herbs.config import load_config
 from herbs.errors import ConfigError
 from herbs.model.checkpoint import load_model
-from herbs.train.accel import fill_deepspeed_config
 from herbs.train.optim import Schedule
 
 from train_helpers import MICRO, REPO, metrics, run_dir, run_training, write_demo_shards
