@@ -18,11 +18,11 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from herbs.data.workers import START_METHODS
 from herbs.errors import ConfigError
 
 TAPS = ("layer1", "layer2", "layer3", "layer4")
 LR_SCALING = ("none", "linear", "sqrt")
+WORKER_START_METHODS = ("forkserver", "spawn", "fork")  # multiprocessing start methods for loader workers (data.worker_start)
 # A section that a run writes into its config.yaml (what it derived: global batch, accumulation, peak LR,
 # warmup steps) and that reading the file back ignores: it is recomputed for the processes at hand.
 DERIVED = "derived"
@@ -343,8 +343,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.max_image_pixels must be at least 1, got {d.max_image_pixels}")
     if d.num_workers < 0:
         raise ConfigError(f"data.num_workers must be 0 or more, got {d.num_workers}")
-    if d.worker_start not in START_METHODS:
-        raise ConfigError(f"data.worker_start must be one of {', '.join(START_METHODS)}, got '{d.worker_start}'")
+    if d.worker_start not in WORKER_START_METHODS:
+        raise ConfigError(f"data.worker_start must be one of {', '.join(WORKER_START_METHODS)}, got '{d.worker_start}'")
     if len(d.mean) != 3 or len(d.std) != 3:
         raise ConfigError("data.mean and data.std must have 3 values (R, G, B)")
     if not any((config.loss.lambda_b0, config.loss.lambda_b, config.loss.lambda_s, config.loss.lambda_n, config.loss.lambda_c)):

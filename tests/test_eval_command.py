@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from herbs.data.stream import eval_stream
-from herbs.evaluate.metrics import topk_accuracy
-from herbs.evaluate.predictions import predict_batches
+from herbs.metrics import topk_accuracy
 from herbs.model.checkpoint import load_model
+from herbs.predictions import predict_batches
 
 from helpers.data import bomb_png, rewrite_shard
 from test_eval_helpers import DEMO_NAMES, bird, micro_model, one_sentence, run_cli

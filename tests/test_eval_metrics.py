@@ -13,9 +13,9 @@ from PIL import Image
 from herbs.data.manifest import Manifest
 from herbs.data.source import ClassGroup
 from herbs.errors import HerbsError
-from herbs.evaluate.metrics import confusion_matrix, group_metrics, per_class, topk_accuracy
-from herbs.evaluate.predictions import Predictions
 from herbs.evaluate.report import hierarchy_groups, write_report
+from herbs.metrics import confusion_matrix, group_metrics, per_class, topk_accuracy
+from herbs.predictions import Predictions
 
 NAMES = ["a_X", "b_X", "c_X", "d_Y", "e_Y", "f"]
 GROUPS = [ClassGroup("X", (0, 1, 2)), ClassGroup("Y", (3, 4))]  # class 5 is in no group: a group of its own

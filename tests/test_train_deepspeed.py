@@ -14,10 +14,10 @@ import sys
 import pytest
 import torch
 
+from herbs.accel import fill_deepspeed_config
 from herbs.config import load_config
 from herbs.errors import ConfigError
 from herbs.model.checkpoint import load_model
-from herbs.train.accel import fill_deepspeed_config
 from herbs.train.optim import Schedule
 
 from helpers import REPO

@@ -197,7 +197,7 @@ class _Stream:
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
             generator=torch.Generator().manual_seed(0),
-            multiprocessing_context=worker_context(self.num_workers, self.worker_start),
+            multiprocessing_context=worker_context(self.num_workers, self.worker_start, preload=(__name__,)),
             worker_init_fn=ignore_signals,
         )
 
@@ -239,7 +239,7 @@ class TrainStream(_Stream):
         if not 0 <= start_batch <= len(self):
             raise ValueError(f"start_batch {start_batch} is not in 0..{len(self)}")
         if self._passes is None:
-            self._passes = _TrainEpoch(self.plan(), worker_context(self.num_workers, self.worker_start))
+            self._passes = _TrainEpoch(self.plan(), worker_context(self.num_workers, self.worker_start, preload=(__name__,)))
             self._loader = self.loader(self._passes)
             _OPEN.add(self)
         self._passes.position[:] = [epoch, start_batch]

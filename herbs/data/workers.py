@@ -4,8 +4,9 @@ A training process runs threads of its own by the time it builds a loader (the p
 communication threads, tqdm's monitor, the previous loader's queue feeders). `fork` copies
 whatever locks those threads hold into the child, which then waits on them forever: a rare hang
 that stops every rank of a job. `forkserver` forks workers from a small single-threaded server
-process instead, started once per training process; preloading the data modules there makes
-each later worker start as fast as a plain fork.
+process instead, started once per training process; preloading there the module a loader's
+dataset is unpickled from (the caller names it: this module knows no loaders) makes each later
+worker start as fast as a plain fork.
 
 Like `spawn`, it needs the usual `if __name__ == "__main__":` guard in a script that builds loaders.
 
@@ -22,20 +23,23 @@ import multiprocessing.forkserver
 import signal
 import threading
 
-START_METHODS = ("forkserver", "spawn", "fork")
+from herbs.config import WORKER_START_METHODS
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # the training process's to handle, not its workers'
-PRELOAD = ["herbs.data.stream", "herbs.evaluate.images"]  # the modules every worker unpickles its dataset from
 
 
-def worker_context(num_workers: int, method: str = "forkserver"):
-    """The multiprocessing context for a loader's `num_workers` workers (None: loading in this process)."""
-    if method not in START_METHODS:
-        raise ValueError(f"worker start method '{method}' is not one of {', '.join(START_METHODS)}")
+def worker_context(num_workers: int, method: str = "forkserver", preload: tuple[str, ...] = ()):
+    """The multiprocessing context for a loader's `num_workers` workers (None: loading in this process).
+    `preload`: the modules its workers unpickle the dataset from. The forkserver is started once per
+    process, so the first loader's preload is the one it keeps; a later loader's modules not in it are
+    imported by each of its workers instead (slower to start, same result)."""
+    if method not in WORKER_START_METHODS:
+        raise ValueError(f"worker start method '{method}' is not one of {', '.join(WORKER_START_METHODS)}")
     if num_workers == 0:
         return None
     context = multiprocessing.get_context(method)
     if method == "forkserver":
-        context.set_forkserver_preload(PRELOAD)
+        context.set_forkserver_preload(list(preload))
         if threading.current_thread() is threading.main_thread():
             _start_forkserver_deaf()
     return context

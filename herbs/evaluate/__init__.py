@@ -1,1 +1,1 @@
-"""Evaluation: predictions of every head, gathered exactly across ranks, and their metrics."""
+"""Evaluation: `herbs eval` reports, `herbs predict` and `herbs heatmap` on a saved model."""

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator, Optional
 
 import torch
 
+from herbs.accel import build_accelerator, wants_cpu
 from herbs.data.folder import class_dirs, images_in
 from herbs.data.manifest import Manifest, load_manifest
 from herbs.data.stream import eval_stream
@@ -22,10 +23,9 @@ from herbs.errors import HerbsError
 from herbs.evaluate.images import ImageFiles, image_batches
 from herbs.evaluate.inference import InferenceModel, autocast, check_precision, describe_names, load_for_inference, writable_dir
 from herbs.evaluate.predict import eval_transform
-from herbs.evaluate.predictions import gather, predict_batches
 from herbs.evaluate.report import choose_groups, write_report
+from herbs.predictions import gather, predict_batches
 from herbs.progress import Progress
-from herbs.train.accel import build_accelerator, wants_cpu
 
 
 def check_classes(inference: InferenceModel, manifest: Manifest) -> str:

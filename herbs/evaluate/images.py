@@ -104,5 +104,5 @@ def collate(items: list[dict], crop: int) -> dict:
 def image_batches(dataset: ImageFiles, *, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
     """Batches in file order; decoding in `workers` processes (0: in this one)."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory,
-                      multiprocessing_context=worker_context(workers), worker_init_fn=ignore_signals,
+                      multiprocessing_context=worker_context(workers, preload=(__name__,)), worker_init_fn=ignore_signals,
                       collate_fn=functools.partial(collate, crop=dataset.transform.crop))

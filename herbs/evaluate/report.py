@@ -18,9 +18,9 @@ from herbs.data.manifest import Manifest
 from herbs.data.source import ClassGroup, suffix_groups
 from herbs.errors import HerbsError
 from herbs.evaluate.inference import ENSEMBLE_HEADS
-from herbs.evaluate.metrics import complete_groups, confusion_matrix, group_metrics, headline, per_class, topk_accuracy
 from herbs.evaluate.plots import plot_confusion
-from herbs.evaluate.predictions import ENSEMBLE, Predictions
+from herbs.metrics import complete_groups, confusion_matrix, group_metrics, headline, per_class, topk_accuracy
+from herbs.predictions import ENSEMBLE, Predictions
 
 GROUPINGS = ("auto", "manifest", "suffix", "none")
 

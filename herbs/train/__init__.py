@@ -1,1 +1,1 @@
-"""The training engine: Accelerate setup, the loop, checkpoints, preemption and tracking."""
+"""The training engine: the loop, checkpoints, preemption and tracking."""

@@ -19,25 +19,25 @@ import torch
 from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file
 
+from herbs.accel import build_accelerator, launched_processes
 from herbs.config import Config, LossConfig
 from herbs.data.manifest import load_manifest
 from herbs.data.stream import eval_stream, train_stream
 from herbs.data.transforms import normalize
 from herbs.errors import EXIT_USAGE, HerbsError
-from herbs.evaluate.metrics import topk_accuracy
-from herbs.evaluate.predictions import gather, predict_batches
 from herbs.loss import HERBSLoss, temperature_at
+from herbs.metrics import topk_accuracy
 from herbs.model import HERBSModel
 from herbs.model.checkpoint import WEIGHTS, save_model
+from herbs.predictions import gather, predict_batches
 from herbs.progress import Progress
-from herbs.train.accel import build_accelerator, launched_processes
+from herbs.run import EXIT_REQUEUE, METRICS_FILE, REQUEUE_MARKER, append_event, job_label, run_dir as run_dir_of, start_event
 from herbs.train.batch import plan_batch, warmup_steps
 from herbs.train.checkpoints import CheckpointDir
 from herbs.train.faults import Faults
 from herbs.train.fit import progressing, requirements
 from herbs.train.norm_stats import NormStatistics
 from herbs.train.optim import Schedule, build_optimizer, set_lr
-from herbs.run import EXIT_REQUEUE, METRICS_FILE, REQUEUE_MARKER, append_event, job_label, run_dir as run_dir_of, start_event
 from herbs.train.preemption import PreemptionWatch
 from herbs.train.rundir import claim_run_directory
 from herbs.train.throughput import peak_flops, train_flops_per_image

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from herbs.data.source import ClassGroup
-from herbs.evaluate.predictions import ENSEMBLE, Predictions
+from herbs.predictions import ENSEMBLE, Predictions
 
 
 def topk_accuracy(preds: Predictions, ks: tuple[int, ...] = (1, 3, 5)) -> dict[str, float]:

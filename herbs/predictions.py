@@ -1,5 +1,6 @@
 """Run a model over evaluation batches and keep, per sample, the top-k classes of every head.
 
+Training's validation and `herbs eval` both predict with it, so the two report the same numbers.
 Each rank collects its own samples; `gather` merges all ranks' records once at the end and
 de-duplicates them by key, so the result is exactly what one process would have computed.
 """

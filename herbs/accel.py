@@ -1,4 +1,5 @@
 """Building the `Accelerator` from the herbs config, for one CPU process up to DeepSpeed on many nodes.
+Training and evaluation both start their processes with it.
 
 The herbs config is the single source of batch size, accumulation and precision: a DeepSpeed
 JSON says "auto" for them and gets them from here; an explicit DeepSpeed value that disagrees
