@@ -304,3 +304,19 @@ def test_two_process_training_from_a_url_equals_the_run_from_the_directory(demo,
     assert losses(local) == losses(remote) and len(losses(local)) == 6
     tests = lambda run: [(r["test/samples"], r["test/ensemble_top1"]) for r in metrics(run) if "test/samples" in r]  # noqa: E731
     assert tests(local) == tests(remote) and tests(local)[0][0] == 20  # every test sample once across the 2 ranks
+
+
+def test_shards_written_through_a_pipe_command_arrive_whole_with_the_manifest_last(shards, tmp_path):
+    out, log = tmp_path / "out", tmp_path / "names"
+    out.mkdir()
+    write_tiny_shards(f"pipe:echo {{name}} >> {log} && cat > {out}/{{name}}", shard_samples=12)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in shards.iterdir())
+    assert all((out / p.name).read_bytes() == p.read_bytes() for p in shards.iterdir())  # the same bytes as a local write
+    assert log.read_text().split()[-1] == "manifest.json"
+
+
+def test_a_failing_write_command_is_one_sentence(tmp_path):
+    with pytest.raises(DataError) as err:
+        write_tiny_shards("pipe:cat > /nonexistent-dir/{name}")
+    message = str(err.value)
+    assert "writing train-000000.tar through 'pipe:cat > /nonexistent-dir/train-000000.tar' failed" in message and "\n" not in message

@@ -95,11 +95,11 @@ def register(subparsers) -> None:
     for name, (_, help_text) in READERS.items():
         parser = sources.add_parser(name, help=help_text)
         parser.add_argument("src", metavar="SRC", help="the dataset's folder (read only)")
-        parser.add_argument("out", metavar="OUT", help="the shards directory to write")
+        parser.add_argument("out", metavar="OUT", help="the shards directory to write, or a location such as 'pipe:aws s3 cp - s3://b/shards/{name}'")
         add_write_options(parser)
         parser.set_defaults(func=run_reader)
     demo = sources.add_parser("demo", help="generate the synthetic 20-class demo dataset (train/val/test) as shards")
-    demo.add_argument("out", metavar="OUT", help="the shards directory to write")
+    demo.add_argument("out", metavar="OUT", help="the shards directory to write, or a location such as 'pipe:aws s3 cp - s3://b/shards/{name}'")
     add_write_options(demo, val_fraction=False)
     demo.set_defaults(func=run_demo, val_fraction=0.0)
     verify = sources.add_parser("verify", help="check a shards directory's sizes, sample counts and sha256 against its manifest")
