@@ -58,7 +58,9 @@ class ModelConfig:
 class DataConfig:
     """Where the shards are and how images become batches."""
 
-    shards: str = "shards/cub200"  # directory holding manifest.json and the tar shards
+    # Where manifest.json and the tar shards are: a directory, https://host/dir, pipe:<command with {name}>,
+    # s3://bucket/dir, gs://bucket/dir (herbs/data/location.py)
+    shards: str = "shards/cub200"
     train_split: str = "train"
     val_split: str = "val"  # model selection; never the test split
     test_split: str = "test"  # evaluated once, at the end of training
@@ -67,7 +69,11 @@ class DataConfig:
     num_workers: int = 4  # decoding/augmentation worker processes per training process
     worker_start: str = "forkserver"  # how workers start: forkserver (safe beside the process group's threads), spawn or fork
     shuffle_buffer: int = 1000  # samples held for shuffling inside each worker
-    verify_checksums: bool = True  # check every shard's sha256 before training (one read of the shards)
+    # Check every shard's sha256: local shards once before training; remote ones as they are fetched (whole)
+    verify_checksums: bool = True
+    timeout: float = 60.0  # remote shards: seconds a read may wait for data before the attempt fails
+    retries: int = 3  # remote shards: attempts after a transient failure (1, 2, 4 s apart) before its samples are skipped
+    cache_dir: Optional[str] = None  # keep fetched remote shards here, verified, and read them from here in later epochs
     resize: int = 510  # images are resized to resize x resize before cropping to model.img_size
     # Images of more pixels are skipped and named, never decoded (decompression bombs): in training, eval,
     # predict and heatmap. Default: PIL's own refusal threshold, about 13,400 x 13,400.
@@ -345,6 +351,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.num_workers must be 0 or more, got {d.num_workers}")
     if d.worker_start not in WORKER_START_METHODS:
         raise ConfigError(f"data.worker_start must be one of {', '.join(WORKER_START_METHODS)}, got '{d.worker_start}'")
+    if d.timeout <= 0:
+        raise ConfigError(f"data.timeout must be above 0 seconds, got {d.timeout}")
+    if d.retries < 0:
+        raise ConfigError(f"data.retries must be 0 or more, got {d.retries}")
     if len(d.mean) != 3 or len(d.std) != 3:
         raise ConfigError("data.mean and data.std must have 3 values (R, G, B)")
     if not any((config.loss.lambda_b0, config.loss.lambda_b, config.loss.lambda_s, config.loss.lambda_n, config.loss.lambda_c)):

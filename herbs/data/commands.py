@@ -1,4 +1,4 @@
-"""`herbs shard {cub,nabirds,folder} SRC OUT`, `herbs shard demo OUT`, `herbs shard verify OUT`."""
+"""`herbs shard {cub,nabirds,cars,aircraft,dogs,inat,folder} SRC OUT`, `herbs shard demo OUT`, `herbs shard verify OUT`."""
 
 from __future__ import annotations
 
@@ -7,10 +7,14 @@ from pathlib import Path
 from typing import Optional
 
 from herbs.errors import DataError
+from herbs.data.aircraft import read_aircraft
+from herbs.data.cars import read_cars
 from herbs.data.cub import read_cub
 from herbs.data.decode import DEFAULT_MAX_PIXELS
 from herbs.data.demo import make_demo
+from herbs.data.dogs import read_dogs
 from herbs.data.folder import read_folder
+from herbs.data.inat import read_inat
 from herbs.data.manifest import Manifest, verify_shards
 from herbs.data.nabirds import read_nabirds
 from herbs.data.writer import parse_shard_size, write_shards
@@ -18,6 +22,10 @@ from herbs.data.writer import parse_shard_size, write_shards
 READERS = {
     "cub": (read_cub, "CUB-200-2011 (images.txt, image_class_labels.txt, classes.txt, train_test_split.txt)"),
     "nabirds": (read_nabirds, "NABirds (the CUB files plus hierarchy.txt; class ids remapped to 0..N-1)"),
+    "cars": (read_cars, "Stanford Cars (cars_train/, cars_test/, devkit/*.mat, cars_test_annos_withlabels.mat)"),
+    "aircraft": (read_aircraft, "FGVC-Aircraft (data/images/, data/variants.txt, data/images_{variant,family,manufacturer}_*.txt)"),
+    "dogs": (read_dogs, "Stanford Dogs (Images/, train_list.mat, test_list.mat)"),
+    "inat": (read_inat, "iNaturalist 2017/2018/2021 (train*.json, val*.json, images as the files name them)"),
     "folder": (read_folder, "an image folder: SRC/<class>/<image>, or SRC/train/<class>/<image> plus SRC/val, SRC/test"),
 }
 
@@ -87,11 +95,11 @@ def register(subparsers) -> None:
     for name, (_, help_text) in READERS.items():
         parser = sources.add_parser(name, help=help_text)
         parser.add_argument("src", metavar="SRC", help="the dataset's folder (read only)")
-        parser.add_argument("out", metavar="OUT", help="the shards directory to write")
+        parser.add_argument("out", metavar="OUT", help="the shards directory to write, or a location such as 'pipe:aws s3 cp - s3://b/shards/{name}'")
         add_write_options(parser)
         parser.set_defaults(func=run_reader)
     demo = sources.add_parser("demo", help="generate the synthetic 20-class demo dataset (train/val/test) as shards")
-    demo.add_argument("out", metavar="OUT", help="the shards directory to write")
+    demo.add_argument("out", metavar="OUT", help="the shards directory to write, or a location such as 'pipe:aws s3 cp - s3://b/shards/{name}'")
     add_write_options(demo, val_fraction=False)
     demo.set_defaults(func=run_demo, val_fraction=0.0)
     verify = sources.add_parser("verify", help="check a shards directory's sizes, sample counts and sha256 against its manifest")

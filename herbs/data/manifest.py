@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Optional
 
 from herbs.errors import DataError
+from herbs.data.fetch import FetchPolicy, fetched, read_url
+from herbs.data.location import Location, locate
 from herbs.data.source import ClassGroup
 from herbs.data.tario import DamagedShard, ShardInfo, count_samples, sha256_file
 
@@ -38,7 +40,7 @@ class SplitInfo:
 
 @dataclass
 class Manifest:
-    root: Path  # the shards directory
+    root: Location  # where the shards are (a Path or str given here is parsed as `data.shards` is)
     dataset: str  # cub | nabirds | folder | demo
     class_names: list[str]
     original_ids: list[str]  # the dataset's own id of each class index
@@ -46,6 +48,9 @@ class Manifest:
     splits: dict[str, SplitInfo]
     tree: dict[str, tuple[str, Optional[str]]] = field(default_factory=dict)  # id -> (name, parent id)
     notes: dict = field(default_factory=dict)  # how the shards were written
+
+    def __post_init__(self):
+        self.root = locate(self.root)
 
     @property
     def num_classes(self) -> int:
@@ -59,7 +64,8 @@ class Manifest:
             )
         return self.splits[name]
 
-    def path(self, shard: ShardInfo) -> Path:
+    def path(self, shard: ShardInfo) -> "Path | str":
+        """The shard's local path, or its URL (command) for a remote location."""
         return self.root / shard.name
 
     def to_json(self) -> str:
@@ -78,7 +84,15 @@ class Manifest:
         return json.dumps(data, indent=1) + "\n"
 
     @classmethod
-    def from_json(cls, root: Path, text: str) -> "Manifest":
+    def parsed(cls, root: Location, text: str) -> "Manifest":
+        """`from_json`, with anything unreadable said as one sentence."""
+        try:
+            return cls.from_json(root, text)
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise DataError(f"{root / MANIFEST} is not a readable herbs manifest ({err.__class__.__name__}: {err}); {RESHARD}") from None
+
+    @classmethod
+    def from_json(cls, root: Location, text: str) -> "Manifest":
         data = json.loads(text)
         if not isinstance(data, dict):
             kind = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(data), "null")
@@ -100,25 +114,45 @@ class Manifest:
         )
 
 
-def read_manifest(shards_dir: str | Path) -> Manifest:
-    """The manifest of `shards_dir` as written, or one sentence on why there is none to read."""
-    root = Path(shards_dir)
-    path = root / MANIFEST
-    if root.is_file():
+def read_manifest(shards: "str | Path | Location", fetch: FetchPolicy = FetchPolicy()) -> Manifest:
+    """The manifest at `shards` as written, or one sentence on why there is none to read."""
+    root = locate(shards)
+    if not root.local:
+        return Manifest.parsed(root, fetch_manifest(root, fetch))
+    directory, path = root.path, root / MANIFEST
+    if directory.is_file():
         raise DataError(f"'{root}' is a file; pass the shards directory that holds {MANIFEST}")
     if not path.is_file():
-        reason = "does not exist" if not root.is_dir() else f"has no {MANIFEST} (never written, or the writing was interrupted)"
+        reason = "does not exist" if not directory.is_dir() else f"has no {MANIFEST} (never written, or the writing was interrupted)"
         raise DataError(f"shards directory '{root}' {reason}; {RESHARD} (e.g. `herbs shard demo {root}`)")
+    return Manifest.parsed(root, path.read_text())
+
+
+def fetch_manifest(root: Location, fetch: FetchPolicy) -> str:
+    url = root / MANIFEST
+    fix = "point data.shards at the location that holds the shards and their manifest.json"
     try:
-        return Manifest.from_json(root, path.read_text())
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise DataError(f"{path} is not a readable herbs manifest ({err.__class__.__name__}: {err}); {RESHARD}") from None
+        data = read_url(root, MANIFEST, fetch)
+    except FileNotFoundError as err:
+        raise DataError(f"manifest {url} does not exist ({err}); {fix}") from None
+    except OSError as err:
+        raise DataError(f"manifest {url} could not be read in {fetch.retries + 1} attempts ({err}); check that the server "
+                        f"or command works and the location is right, or raise data.timeout ({fetch.timeout:g} s) or data.retries") from None
+    text = data.decode("utf-8", "replace")
+    if text.lstrip()[:1] == "<":
+        raise DataError(f"manifest {url} is an HTML page, not the JSON herbs writes; {fix}")
+    if not text.strip():
+        raise DataError(f"manifest {url} is empty; {fix}")
+    return text
 
 
-def load_manifest(shards_dir: str | Path, *, verify: bool = False) -> Manifest:
-    """The manifest of `shards_dir`, with every listed shard checked to exist (and, with
-    `verify`, checked against its sample count and sha256: a full read of the shards)."""
-    manifest = read_manifest(shards_dir)
+def load_manifest(shards: "str | Path | Location", *, verify: bool = False, fetch: FetchPolicy = FetchPolicy()) -> Manifest:
+    """The manifest at `shards`. For a local directory every listed shard is checked to exist (and,
+    with `verify`, checked against its sample count and sha256: a full read of the shards); remote
+    shards are checked as they are fetched (`FetchPolicy.verify`), never read twice."""
+    manifest = read_manifest(shards, fetch)
+    if not manifest.root.local:
+        return manifest
     path = manifest.root / MANIFEST
     missing = [shard.name for s in manifest.splits.values() for shard in s.shards if not manifest.path(shard).is_file()]
     if missing:
@@ -153,6 +187,27 @@ def check_shards(manifest: Manifest) -> None:
         raise DataError(f"{problems[0]}{more}; the shards were damaged or changed after writing: {RESHARD}")
 
 
-def verify_shards(shards_dir: str | Path) -> Manifest:
-    """Check every shard's size, sha256 and sample count against the manifest; one sentence if any fails."""
-    return load_manifest(shards_dir, verify=True)
+def verify_shards(shards: "str | Path | Location", fetch: FetchPolicy = FetchPolicy()) -> Manifest:
+    """Check every shard's size, sha256 and sample count against the manifest; one sentence if any fails.
+    Remote shards are fetched whole, each once."""
+    manifest = load_manifest(shards, verify=True, fetch=fetch)
+    if not manifest.root.local:
+        problems = [shard.name for s in manifest.splits.values() for shard in s.shards if not fetched_ok(manifest, shard, fetch)]
+        if problems:
+            more = f" (and {len(problems) - 1} more shards)" if len(problems) > 1 else ""
+            raise DataError(f"shard {manifest.root / problems[0]}{more} could not be read whole or does not match {manifest.root / MANIFEST} "
+                            f"(the warnings above say why); {RESHARD}")
+    return manifest
+
+
+def fetched_ok(manifest: Manifest, shard: ShardInfo, fetch: FetchPolicy) -> bool:
+    path, keep = fetched(manifest.root, shard, fetch)
+    if path is None:
+        return False
+    try:
+        return count_samples(path) == shard.num_samples
+    except DamagedShard:
+        return False
+    finally:
+        if not keep:
+            path.unlink(missing_ok=True)

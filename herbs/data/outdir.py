@@ -60,6 +60,14 @@ class OutputDir:
         self.record(name)
         return self.path / name
 
+    def finished(self, name: str) -> None:
+        """A file from `new` is complete (ShardWriter renamed it into place): nothing left to do here."""
+
+    def write_manifest(self, name: str, text: str) -> None:
+        tmp = self.new(name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.path / name)
+
     def record(self, *lines: str) -> None:
         os.write(self.fd, "".join(line + "\n" for line in lines).encode())
         self.recorded = True

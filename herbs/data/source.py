@@ -31,7 +31,7 @@ class Sample:
 
 @dataclass
 class SourceDataset:
-    kind: str  # cub | nabirds | folder | demo
+    kind: str  # cub | nabirds | cars | aircraft | dogs | inat | folder | demo
     class_names: list[str]
     original_ids: list[str]  # the dataset's own id of each class index
     splits: dict[str, list[Sample]]

@@ -1,4 +1,4 @@
-"""Training and evaluation loaders over a shards directory, for one rank of `world_size`.
+"""Training and evaluation loaders over a shards location (`location.py`), for one rank of `world_size`.
 
 Every batch is built inside a loader worker and is a dict:
 
@@ -53,9 +53,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from herbs.config import DataConfig
 from herbs.errors import DataError
 from herbs.data.decode import DEFAULT_MAX_PIXELS
+from herbs.data.fetch import FetchPolicy, read_piece
 from herbs.data.manifest import Manifest, load_manifest
 from herbs.data.plan import Piece, eval_pieces, train_pieces, train_samples_per_slot
-from herbs.data.tario import Fields, read_samples
+from herbs.data.tario import Fields
 from herbs.data.transforms import DecodeError, EvalTransform, TrainTransform, decode_image
 from herbs.data.workers import ignore_signals, worker_context
 
@@ -93,9 +94,9 @@ def decode_sample(key: str, fields: Optional[Fields], num_classes: int, size_hin
         raise Unusable(f"has an undecodable image: {err}") from None
 
 
-def read_pieces(manifest: Manifest, pieces: Iterable[Piece]) -> Iterator[tuple[str, Optional[Fields]]]:
+def read_pieces(manifest: Manifest, pieces: Iterable[Piece], fetch: FetchPolicy) -> Iterator[tuple[str, Optional[Fields]]]:
     for piece in pieces:
-        yield from read_samples(manifest.path(piece.shard), piece.start, piece.stop)
+        yield from read_piece(manifest.root, piece.shard, piece.start, piece.stop, fetch)
 
 
 def shuffle_buffer(items: Iterable, size: int, rng: random.Random) -> Iterator:
@@ -153,10 +154,11 @@ class _Stream:
     _passes: Optional["_TrainEpoch"] = None
 
     def __init__(self, shards: str | Path | Manifest, split: str, *, rank: int, world_size: int, batch_size: int, num_workers: int,
-                 pin_memory: bool, worker_start: str, max_pixels: int):
+                 pin_memory: bool, worker_start: str, max_pixels: int, fetch: FetchPolicy):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
-        self.manifest = shards if isinstance(shards, Manifest) else load_manifest(shards)
+        self.fetch = fetch  # how remote shards are read: timeout, retries, checksums, cache
+        self.manifest = shards if isinstance(shards, Manifest) else load_manifest(shards, fetch=fetch)
         self.split = self.manifest.split(split)
         self.rank, self.world_size = rank, world_size
         self.batch_size, self.num_workers, self.pin_memory, self.worker_start = batch_size, num_workers, pin_memory, worker_start
@@ -219,11 +221,12 @@ class TrainStream(_Stream):
         worker_start: str = "forkserver",
         round_to: int = 1,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        fetch: FetchPolicy = FetchPolicy(),
     ):
         """`round_to`: make `len(self)` a multiple of it (the trainer's gradient accumulation steps,
         so that an epoch ends on an optimizer step); extra batches repeat samples like short slots do."""
         super().__init__(shards, split, rank=rank, world_size=world_size, batch_size=batch_size, num_workers=num_workers,
-                         pin_memory=pin_memory, worker_start=worker_start, max_pixels=max_pixels)
+                         pin_memory=pin_memory, worker_start=worker_start, max_pixels=max_pixels, fetch=fetch)
         self.transform, self.seed, self.shuffle_buffer = transform, seed, shuffle_buffer
         self.samples_per_slot = train_samples_per_slot(self.split.num_samples, self.slots)
         multiple = round_to // math.gcd(round_to, self.workers)
@@ -255,10 +258,10 @@ class TrainStream(_Stream):
             rng = random.Random(f"shuffle/{self.seed}/{epoch}/{slot}")
             order = list(own)
             rng.shuffle(order)
-            yield from shuffle_buffer(read_pieces(self.manifest, order), self.shuffle_buffer, rng)
+            yield from shuffle_buffer(read_pieces(self.manifest, order, self.fetch), self.shuffle_buffer, rng)
             # Only a few of these are used, usually: a batch-sized buffer reads little more than those.
             while True:
-                yield from shuffle_buffer(read_pieces(self.manifest, rest), self.batch_size, rng)
+                yield from shuffle_buffer(read_pieces(self.manifest, rest, self.fetch), self.batch_size, rng)
 
         return Lookahead(passes())
 
@@ -337,9 +340,10 @@ class EvalStream(_Stream):
         pin_memory: bool = False,
         worker_start: str = "forkserver",
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        fetch: FetchPolicy = FetchPolicy(),
     ):
         super().__init__(shards, split, rank=rank, world_size=world_size, batch_size=batch_size, num_workers=num_workers,
-                         pin_memory=pin_memory, worker_start=worker_start, max_pixels=max_pixels)
+                         pin_memory=pin_memory, worker_start=worker_start, max_pixels=max_pixels, fetch=fetch)
         self.transform = transform
         self.pieces = [eval_pieces(self.split, self.slot(w), self.slots) for w in range(self.workers)]
 
@@ -354,7 +358,7 @@ class EvalStream(_Stream):
         return iter(self._loader)
 
     def batches(self, worker: int) -> Iterator[dict]:
-        samples = read_pieces(self.manifest, self.pieces[worker])
+        samples = read_pieces(self.manifest, self.pieces[worker], self.fetch)
         while chunk := list(itertools.islice(samples, self.batch_size)):
             images, labels, keys, skipped_keys = [], [], [], []
             for key, fields in chunk:
@@ -388,7 +392,7 @@ def train_stream(data: DataConfig, *, crop: int, rank: int, world_size: int, see
         data.shards, data.train_split, transform,
         rank=rank, world_size=world_size, batch_size=data.batch_size, num_workers=data.num_workers,
         seed=seed, shuffle_buffer=data.shuffle_buffer, pin_memory=pin_memory, round_to=round_to, worker_start=data.worker_start,
-        max_pixels=data.max_image_pixels,
+        max_pixels=data.max_image_pixels, fetch=FetchPolicy.from_config(data),
     )
 
 
@@ -397,5 +401,5 @@ def eval_stream(data: DataConfig, split: str, *, crop: int, rank: int, world_siz
     return EvalStream(
         data.shards, split, EvalTransform(data.resize, crop),
         rank=rank, world_size=world_size, batch_size=data.eval_batch_size, num_workers=data.num_workers, pin_memory=pin_memory,
-        worker_start=data.worker_start, max_pixels=data.max_image_pixels,
+        worker_start=data.worker_start, max_pixels=data.max_image_pixels, fetch=FetchPolicy.from_config(data),
     )

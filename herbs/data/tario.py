@@ -81,38 +81,95 @@ class DamagedShard(Exception):
 Member = tuple[str, int, int]  # extension, data offset, data size
 
 
+def parse_header(header: bytes, offset: int) -> Optional[tuple[Optional[tuple[str, str]], int]]:
+    """((key, extension) of a file member or None for any other member, data size) of the header
+    block at byte `offset`; None for the end-of-archive marker. Only the plain USTAR members
+    ShardWriter writes are understood; each header's checksum is checked."""
+    if len(header) < BLOCK:
+        raise DamagedShard(f"it ends at byte {offset + len(header)}, inside or before a member header")
+    if header.count(0) == BLOCK:  # the end-of-archive marker
+        return None
+    try:
+        stored, size = int(header[148:156].strip(b"\0 "), 8), int(header[124:136].strip(b"\0 ") or b"0", 8)
+    except ValueError:
+        raise DamagedShard(f"the member header at byte {offset} is not a tar header") from None
+    if stored != 256 + sum(header[:148]) + sum(header[156:]):  # the checksum field counts as 8 spaces
+        raise DamagedShard(f"the member header at byte {offset} fails its checksum")
+    match = KEY_AND_EXTENSION.match(header[:100].split(b"\0", 1)[0].decode("utf-8", "replace"))
+    name = match.groups() if header[156:157] in (b"0", b"\0") and match else None
+    return name, size
+
+
+def padded(size: int) -> int:
+    return -(-size // BLOCK) * BLOCK
+
+
 def sample_members(f: BinaryIO) -> Iterator[tuple[str, list[Member]]]:
     """(key, members) of each sample of a shard written by ShardWriter, from the headers alone.
 
     A seek and one 512-byte read per member instead of `tarfile`'s parsing, which cost more
-    than decoding the image when walking past samples. Only the plain USTAR members
-    ShardWriter writes are understood; each header's checksum is checked.
+    than decoding the image when walking past samples.
     """
     offset, key, members = 0, None, []
     while True:
         f.seek(offset)
-        header = f.read(BLOCK)
-        if len(header) < BLOCK:
-            raise DamagedShard(f"it ends at byte {offset + len(header)}, inside or before a member header")
-        if header.count(0) == BLOCK:  # the end-of-archive marker
+        parsed = parse_header(f.read(BLOCK), offset)
+        if parsed is None:
             break
-        try:
-            stored, size = int(header[148:156].strip(b"\0 "), 8), int(header[124:136].strip(b"\0 ") or b"0", 8)
-        except ValueError:
-            raise DamagedShard(f"the member header at byte {offset} is not a tar header") from None
-        if stored != 256 + sum(header[:148]) + sum(header[156:]):  # the checksum field counts as 8 spaces
-            raise DamagedShard(f"the member header at byte {offset} fails its checksum")
-        match = KEY_AND_EXTENSION.match(header[:100].split(b"\0", 1)[0].decode("utf-8", "replace"))
-        if header[156:157] in (b"0", b"\0") and match:
-            name_key, ext = match.groups()
-            if name_key != key and members:
+        name, size = parsed
+        if name:
+            if name[0] != key and members:
                 yield key, members
                 members = []
-            key = name_key
-            members.append((ext.lower(), offset + BLOCK, size))
-        offset += BLOCK + -(-size // BLOCK) * BLOCK
+            key = name[0]
+            members.append((name[1].lower(), offset + BLOCK, size))
+        offset += BLOCK + padded(size)
     if members:
         yield key, members
+
+
+def read_exactly(f: BinaryIO, size: int) -> bytes:
+    parts, left = [], size
+    while left:
+        part = f.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def stream_samples(f: BinaryIO) -> Iterator[tuple[str, Fields]]:
+    """(key, fields) of each sample of a shard read front to back, for sources that cannot seek
+    (a pipe, an HTTP body): samples are read whole, whether or not the caller wants them.
+
+    Not webdataset's `tar_file_iterator`: it parses through `tarfile` and does not say at which
+    sample a damaged shard stopped, which the callers' skipped-sample accounting needs; this
+    applies the same header rules as `sample_members`.
+    """
+    offset, key, fields = 0, None, {}
+    while True:
+        parsed = parse_header(read_exactly(f, BLOCK), offset)
+        if parsed is None:
+            break
+        name, size = parsed
+        data = read_exactly(f, padded(size))
+        if len(data) < size:
+            raise DamagedShard(f"it ends inside the data of the member at byte {offset}")
+        if name:
+            if name[0] != key and fields:
+                yield key, fields
+                fields = {}
+            key = name[0]
+            fields[name[1].lower()] = data[:size]
+        offset += BLOCK + padded(size)
+    if fields:
+        yield key, fields
+
+
+def missing_key(shard_name: str, index: int) -> str:
+    """The key a sample that could not be read is reported under."""
+    return f"{shard_name}#{index}"
 
 
 def read_samples(path: Path, start: int, stop: int) -> Iterator[tuple[str, Optional[Fields]]]:
@@ -140,10 +197,14 @@ def read_samples(path: Path, start: int, stop: int) -> Iterator[tuple[str, Optio
                 delivered += 1
     except (DamagedShard, OSError) as err:
         log.warning("shard %s is damaged after sample %d: %s", path, delivered, err)
+    yield from report_missing(str(path), path.name, delivered, stop)
+
+
+def report_missing(where: str, shard_name: str, delivered: int, stop: int) -> Iterator[tuple[str, None]]:
     if delivered < stop:
-        log.warning("shard %s ends after %d samples; %d expected samples are missing", path, delivered, stop - delivered)
+        log.warning("shard %s ends after %d samples; %d expected samples are missing", where, delivered, stop - delivered)
     for missing in range(delivered, stop):
-        yield f"{path.name}#{missing}", None
+        yield missing_key(shard_name, missing), None
 
 
 def count_samples(path: Path) -> int:

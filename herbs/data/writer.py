@@ -5,7 +5,8 @@ JPEG and PNG bytes go into the shards untouched; any other format is re-encoded 
 before they are packed, so that any run of samples in a shard is a random draw of classes
 (the datasets list their images class by class). The manifest is deleted first and written
 last, so a directory with a manifest always holds complete shards; which files of the output
-directory may be replaced, and the lock against a second writer, are `outdir.py`'s.
+directory may be replaced, and the lock against a second writer, are `outdir.py`'s; writing
+through a `pipe:` command or URL is `upload.py`'s.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import random
 import re
 from dataclasses import dataclass
@@ -22,10 +22,12 @@ from typing import Optional
 
 from herbs.errors import DataError
 from herbs.data.decode import DEFAULT_MAX_PIXELS, DecodeError, opened
+from herbs.data.location import locate
 from herbs.data.manifest import MANIFEST, Manifest, SplitInfo
 from herbs.data.outdir import OutputDir
 from herbs.data.source import Sample, SourceDataset
 from herbs.data.tario import Fields, ShardInfo, ShardWriter, member_bytes
+from herbs.data.upload import UploadOutput
 from herbs.data.val_split import hold_out_val
 from herbs.progress import Progress
 
@@ -113,6 +115,7 @@ def write_split(name: str, samples: list[Sample], dataset: SourceDataset, out: O
         fields = sample_fields(sample, dataset, image)
         if writer is not None and size.full(writer, fields):
             shards.append(writer.close())
+            out.finished(writer.path.name)
             writer = None
         if writer is None:
             writer = ShardWriter(out.new(f"{name}-{len(shards):06d}.tar"))
@@ -120,6 +123,7 @@ def write_split(name: str, samples: list[Sample], dataset: SourceDataset, out: O
         written += 1
     if writer is not None:
         shards.append(writer.close())
+        out.finished(writer.path.name)
     return SplitInfo(name, tuple(shards))
 
 
@@ -135,12 +139,14 @@ def write_shards(
 ) -> Manifest:
     """Write `dataset` into `out`: a new or empty directory, an interrupted write, or (with
     `overwrite`) an earlier herbs output, whose files alone are replaced (`outdir.py`)."""
-    out = Path(out)
-    check_output(out, dataset)
+    location = locate(out)
+    if location.local:
+        out = location.path
+        check_output(out, dataset)
     if val_fraction:
         dataset = hold_out_val(dataset, val_fraction, seed)
     notes = {"seed": seed, "val_fraction": val_fraction, "reencoded_as_png": 0, "unreadable": []}
-    with OutputDir(out, overwrite) as output:
+    with (OutputDir(out, overwrite) if location.local else UploadOutput(location)) as output:
         splits = {}
         for name, samples in dataset.splits.items():
             split = write_split(name, samples, dataset, output, shard_size, seed, notes, max_pixels)
@@ -148,8 +154,6 @@ def write_shards(
                 splits[name] = split
             else:
                 log.warning("split '%s' has no images and is left out", name)
-        manifest = Manifest(out, dataset.kind, dataset.class_names, dataset.original_ids, dataset.groups, splits, dataset.tree, notes)
-        tmp = output.new(MANIFEST + ".tmp")
-        tmp.write_text(manifest.to_json())
-        os.replace(tmp, out / MANIFEST)
+        manifest = Manifest(location, dataset.kind, dataset.class_names, dataset.original_ids, dataset.groups, splits, dataset.tree, notes)
+        output.write_manifest(MANIFEST, manifest.to_json())
     return manifest

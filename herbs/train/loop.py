@@ -20,7 +20,8 @@ from accelerate.utils import broadcast_object_list, set_seed
 from safetensors.torch import load_file
 
 from herbs.accel import build_accelerator, launched_processes
-from herbs.config import Config, LossConfig
+from herbs.config import Config, DataConfig, LossConfig
+from herbs.data.fetch import FetchPolicy
 from herbs.data.manifest import load_manifest
 from herbs.data.stream import eval_stream, train_stream
 from herbs.data.transforms import normalize
@@ -114,7 +115,7 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
     is_main = accelerator.is_main_process
 
     # Data: each rank streams its own part; the loaders are NOT passed to accelerator.prepare.
-    manifest = checked_manifest(d.shards, d.verify_checksums, accelerator)
+    manifest = checked_manifest(d, accelerator)
     if manifest.num_classes != config.model.num_classes:
         raise HerbsError(
             f"the shards in {d.shards} have {manifest.num_classes} classes but model.num_classes is "
@@ -315,20 +316,20 @@ def use_best_weights(accelerator, model, best_dir: Path) -> str:
     return "best"
 
 
-def checked_manifest(shards: str, verify: bool, accelerator):
-    """The manifest, with the shards' checksums verified once (by the main process) and any problem
-    raised on every rank, so that no rank waits for one that stopped."""
-    problem = None
-    if verify and accelerator.is_main_process:
+def checked_manifest(data: DataConfig, accelerator):
+    """The manifest, with local shards' checksums verified once (by the main process; remote shards are
+    verified as they are fetched) and any problem raised on every rank, so that no rank waits for one that stopped."""
+    problem, fetch = None, FetchPolicy.from_config(data)
+    if data.verify_checksums and accelerator.is_main_process:
         try:
-            load_manifest(shards, verify=True)
+            load_manifest(data.shards, verify=True, fetch=fetch)
         except HerbsError as err:
             problem = str(err)
     if accelerator.num_processes > 1:
         problem = broadcast_object_list([problem])[0]
     if problem:
         raise HerbsError(problem)
-    return load_manifest(shards)
+    return load_manifest(data.shards, fetch=fetch)
 
 
 def leaves_parameters_unused(loss: LossConfig) -> bool:

@@ -1,0 +1,112 @@
+"""Throughput of the training input pipeline by shard location, and the cost of planning an epoch.
+
+Prints one JSON line:
+  <source>_img_per_s_per_core  TrainStream (no workers, one thread, batch 16: read, shuffle, decode,
+                               resize 510, crop 384, augment) over the same --images generated 500x375
+                               JPEGs in shards of 20, from: a local directory (seeks), a local HTTP
+                               server (`python -m http.server` on 127.0.0.1, streamed, and verified:
+                               fetched whole and sha256-checked), and `pipe:cat` (streamed)
+  plan_*                       one rank's plan (8 workers of 256 ranks x 8: train and eval pieces)
+                               for a made-up manifest of 1 and 10 million samples in 1000-sample
+                               shards: seconds and peak memory (tracemalloc) per rank
+Run: python benchmarks/data_sources.py [--images 200] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import torch
+
+from data_pipeline import photo_jpeg  # the same photo-like JPEGs as the pipeline benchmark
+from herbs.data.fetch import FetchPolicy
+from herbs.data.manifest import SplitInfo
+from herbs.data.plan import eval_pieces, train_pieces
+from herbs.data.source import Sample, SourceDataset
+from herbs.data.stream import TrainStream
+from herbs.data.tario import ShardInfo
+from herbs.data.transforms import TrainTransform
+from herbs.data.writer import ShardSize, write_shards
+
+
+def throughput(location: str, fetch: FetchPolicy, images: int, rounds: int) -> float:
+    stream = TrainStream(location, "train", TrainTransform(510, 384), rank=0, world_size=1, batch_size=16, num_workers=0, seed=0, fetch=fetch)
+    batches = (batch for epoch in itertools.count() for batch in stream.epoch(epoch))
+    next(batches)  # warm up: lazy imports, the first connection
+    count = max(1, rounds * images // 16)
+    start = time.perf_counter()
+    for _ in range(count):
+        next(batches)
+    return count * 16 / (time.perf_counter() - start)
+
+
+def plan_cost(samples: int, ranks: int = 256, workers: int = 8) -> tuple[float, float]:
+    split = SplitInfo("train", tuple(ShardInfo(f"train-{i:06d}.tar", 1000, 10**8, "0" * 64) for i in range(samples // 1000)))
+    tracemalloc.start()
+    start = time.perf_counter()
+    slots = ranks * workers
+    for worker in range(workers):  # rank 0's slots; every rank plans only its own
+        train_pieces(split, 0, 0, worker, slots)
+        eval_pieces(split, worker, slots)
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return seconds, peak / 2**20
+
+
+def serve(directory: Path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(directory)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server, url
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("the HTTP server did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    logging.disable(logging.WARNING)
+    result = {"images": args.images, "image_size": [500, 375]}
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = Path(tmp) / "shards"
+        samples = [Sample(f"{i}.jpg", i % 2, data=photo_jpeg(i)) for i in range(args.images)]
+        write_shards(SourceDataset("folder", ["a", "b"], ["a", "b"], {"train": samples}), shards, shard_size=ShardSize(samples=20))
+        server, url = serve(shards)
+        try:
+            for name, location, fetch in (("local", str(shards), FetchPolicy()), ("http", url, FetchPolicy()),
+                                          ("http_verified", url, FetchPolicy(verify=True)), ("pipe_cat", f"pipe:cat {shards}/{{name}}", FetchPolicy())):
+                result[f"{name}_img_per_s_per_core"] = round(throughput(location, fetch, args.images, args.rounds), 1)
+        finally:
+            server.terminate()
+            server.wait()
+    for samples in (1_000_000, 10_000_000):
+        seconds, mib = plan_cost(samples)
+        result[f"plan_{samples // 1_000_000}M_s_per_rank"] = round(seconds, 4)
+        result[f"plan_{samples // 1_000_000}M_peak_mib_per_rank"] = round(mib, 2)
+    result["rounds"] = args.rounds
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Reading shards from a remote location: webdataset's gopen for the opening, herbs' rules for the
+rest (a deadline on every read, bounded retries with backoff, checksums while streaming, a cache).
+
+A piece (samples `start` .. `stop - 1` of a shard) is read in one of two ways:
+
+  - streamed: the shard is read front to back up to `stop`; the samples before `start` are read
+    and dropped (a pipe or an HTTP body cannot seek). A transient failure (connection reset, HTTP
+    5xx, a command exiting non-zero, no byte within `timeout`) re-opens the shard and reads on
+    from the first sample not yet delivered, up to `retries` times with growing pauses.
+  - fetched whole (with `verify` or a `cache_dir`): the shard is copied to a local file while
+    its sha256 and size are computed, checked against the manifest, and then read from that file.
+    A shard that does not match gives no samples. With `cache_dir` the file is kept (under a
+    directory named by the location) and later epochs read it without the network.
+
+Either way a piece gives exactly `stop - start` items, and samples that could not be had come
+back as ("<shard>#<index>", None), to be counted and named as skipped like a damaged local shard's.
+
+Byte-range requests (HTTP `Range`) are not used: skipping by reading through a shard costs
+bandwidth only for pieces that start inside a shard, which with as many shards as loader slots
+is the rare case; `benchmarks/data_sources.py` measures streaming against local reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import select
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+from herbs.data.location import STORES, Location
+from herbs.data.tario import DamagedShard, Fields, ShardInfo, read_samples, report_missing, stream_samples
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    timeout: float = 60.0  # seconds a read may wait for a byte before the attempt fails
+    retries: int = 3  # further attempts after a transient failure
+    verify: bool = False  # remote shards: fetch whole, check size and sha256 against the manifest before use
+    cache_dir: Optional[str] = None  # keep fetched remote shards here, verified, for later epochs
+
+    @classmethod
+    def from_config(cls, data) -> "FetchPolicy":
+        return cls(data.timeout, data.retries, data.verify_checksums, data.cache_dir)
+
+
+def pause(attempt: int) -> float:
+    """Seconds to wait before retry `attempt` (0, 1, ...): 1, 2, 4, ... capped at 30."""
+    return min(30.0, 2.0 ** attempt)
+
+
+class Source:
+    """A remote file's bytes, front to back. Every read waits at most `timeout` for data: what
+    webdataset's Pipe does not bound (a server that accepts and never answers would hang it)."""
+
+    def __init__(self, url: str, scheme: str, timeout: float):
+        self.url, self.timeout = url, timeout
+        self.handle = gopen_handle(url, scheme, timeout)
+        self.proc: Optional[subprocess.Popen] = getattr(self.handle, "proc", None)
+        self.ignore = getattr(self.handle, "ignore_status", [0])
+
+    def read(self, size: int = CHUNK) -> bytes:
+        if self.proc is None:
+            return self.handle.read(size)
+        fd = self.proc.stdout.fileno()
+        if not select.select([fd], [], [], self.timeout)[0]:
+            self.stop()
+            raise TimeoutError(f"{self.url} sent nothing for {self.timeout:g} s")
+        data = os.read(fd, size)  # the raw pipe: a buffered read could wait for more than select saw
+        if not data:
+            self.check_exit()
+        return data
+
+    def check_exit(self) -> None:
+        try:
+            status = self.proc.wait(self.timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise TimeoutError(f"{self.url}: the command closed its output but did not exit within {self.timeout:g} s") from None
+        if status in self.ignore:
+            return
+        said = self.proc.stderr.read().decode("utf-8", "replace").strip() if self.proc.stderr else ""
+        message = f"{self.url}: exit status {status}" + (f" ({said.splitlines()[-1]})" if said else "")
+        if said and " returned error: 4" in said:  # curl --fail on HTTP 4xx: no retry will change it
+            raise FileNotFoundError(message)
+        raise OSError(message)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop()  # before webdataset's Pipe.close, which would wait for an unfinished command
+        try:
+            self.handle.close()
+        except OSError:
+            pass  # the exit status was checked at the end of the data, or the read was given up
+
+
+def gopen_handle(url: str, scheme: str, timeout: float):
+    """The stream webdataset's gopen opens for `url`, except where its handler cannot honour herbs'
+    retries and timeout: http(s) (its curl retries 30 times inside curl, and has no deadline) and
+    object stores without a gopen handler (s3) or without their CLI (fsspec then)."""
+    from webdataset.gopen import Pipe, gopen  # webdataset imports torch: only remote locations pay for it
+
+    if scheme in ("http", "https"):
+        command = ["curl", "--fail", "--silent", "--show-error", "--location", "--connect-timeout", f"{timeout:g}", url]
+        return Pipe(command, mode="rb", stderr=subprocess.PIPE, ignore_status=[141, 23])
+    if scheme in STORES and shutil.which(STORES[scheme][0]) is None:
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    if scheme == "s3":
+        return Pipe(["aws", "s3", "cp", "--only-show-errors", url, "-"], mode="rb", stderr=subprocess.PIPE, ignore_status=[141])
+    try:
+        return gopen(url, "rb")
+    except ValueError:  # no gopen handler for the scheme: one fsspec knows (location.locate checked)
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+
+
+def read_url(location: Location, name: str, policy: FetchPolicy) -> bytes:
+    """The whole file `name` of `location`, retried like a shard; FileNotFoundError when the server
+    says it does not exist, OSError (TimeoutError) when the last attempt failed."""
+    url = location / name
+    for attempt in range(policy.retries + 1):
+        try:
+            with Source(url, location.scheme, policy.timeout) as source:
+                return b"".join(iter(source.read, b""))
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            if attempt == policy.retries:
+                raise
+            log.warning("reading %s failed (%s); retrying in %g s", url, err, pause(attempt))
+            time.sleep(pause(attempt))
+    raise AssertionError("unreachable")
+
+
+def read_piece(location: Location, shard: ShardInfo, start: int, stop: int, policy: FetchPolicy) -> Iterator[tuple[str, Optional[Fields]]]:
+    """Samples `start` .. `stop - 1` of `shard`, exactly `stop - start` items (see the module's doc)."""
+    if location.local:
+        yield from read_samples(location / shard.name, start, stop)
+    elif policy.verify or policy.cache_dir:
+        path, keep = fetched(location, shard, policy)
+        if path is None:
+            yield from report_missing(location / shard.name, shard.name, start, stop)
+            return
+        try:
+            yield from read_samples(path, start, stop)
+        finally:
+            if not keep:
+                path.unlink(missing_ok=True)
+    else:
+        yield from streamed(location, shard, start, stop, policy)
+
+
+def streamed(location: Location, shard: ShardInfo, start: int, stop: int, policy: FetchPolicy) -> Iterator[tuple[str, Optional[Fields]]]:
+    url = location / shard.name
+    delivered = start
+    for attempt in range(policy.retries + 1):
+        try:
+            with Source(url, location.scheme, policy.timeout) as source:
+                for index, (key, fields) in enumerate(stream_samples(source)):
+                    if index >= delivered:
+                        yield key, fields
+                        delivered += 1
+                    if delivered >= stop:
+                        return
+            break  # the shard ended early: damaged, not a failure to retry
+        except DamagedShard as err:
+            log.warning("shard %s is damaged after sample %d: %s", url, delivered, err)
+            break
+        except FileNotFoundError as err:
+            log.warning("shard %s cannot be read: %s", url, err)
+            break
+        except OSError as err:
+            if attempt == policy.retries:
+                log.warning("shard %s failed after sample %d, %d attempts: %s", url, delivered, attempt + 1, err)
+                break
+            log.warning("shard %s failed after sample %d (%s); retrying in %g s", url, delivered, err, pause(attempt))
+            time.sleep(pause(attempt))
+    yield from report_missing(url, shard.name, delivered, stop)
+
+
+def cache_path(location: Location, shard: ShardInfo, cache_dir: str) -> Path:
+    # One directory per location: two datasets whose shards share names never share cache files.
+    return Path(cache_dir) / hashlib.sha256(location.text.encode()).hexdigest()[:16] / shard.name
+
+
+def fetched(location: Location, shard: ShardInfo, policy: FetchPolicy) -> tuple[Optional[Path], bool]:
+    """(a local copy of `shard` whose size and sha256 match the manifest, whether it is to be kept),
+    or (None, False) when it could not be had. A cached copy was checked when it was written."""
+    if policy.cache_dir:
+        target = cache_path(location, shard, policy.cache_dir)
+        if target.is_file() and target.stat().st_size == shard.bytes:
+            return target, True
+        target.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        target = Path(tempfile.gettempdir()) / f"herbs-{uuid.uuid4().hex}-{shard.name}"
+    url = location / shard.name
+    for attempt in range(policy.retries + 1):
+        part = target.with_name(f"{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")  # concurrent fetchers
+        try:
+            digest, size = hashlib.sha256(), 0
+            with Source(url, location.scheme, policy.timeout) as source, open(part, "wb") as out:
+                while chunk := source.read(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+            if (size, digest.hexdigest()) != (shard.bytes, shard.sha256):
+                log.warning("shard %s has %d bytes and sha256 %s... but the manifest lists %d and %s...; its samples are skipped",
+                            url, size, digest.hexdigest()[:12], shard.bytes, shard.sha256[:12])
+                return None, False
+            os.replace(part, target)
+            return target, policy.cache_dir is not None
+        except FileNotFoundError as err:
+            log.warning("shard %s cannot be read: %s", url, err)
+            return None, False
+        except OSError as err:
+            if attempt == policy.retries:
+                log.warning("shard %s failed, %d attempts: %s", url, attempt + 1, err)
+                return None, False
+            log.warning("shard %s failed (%s); retrying in %g s", url, err, pause(attempt))
+            time.sleep(pause(attempt))
+        finally:
+            part.unlink(missing_ok=True)
+    return None, False
