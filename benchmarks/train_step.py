@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 from torch import nn
@@ -21,6 +19,7 @@ from herbs.loss import HERBSLoss
 from herbs.model import HERBSModel
 from herbs.model.backbone import SwinTaps
 from herbs.model.selector import select_tokens, select_tokens_loop
+from timing import median_times, step_fn
 
 FIXTURE_MODEL = dict(
     backbone="swin_large_patch4_window12_384", pretrained=False, img_size=224, num_classes=10, fpn_size=64,
@@ -38,36 +37,6 @@ class PlainClassifier(nn.Module):
 
     def forward(self, images):
         return self.head(self.backbone(images)[-1].mean(1))
-
-
-def median_times(fns, steps: int, warmup: int = 2) -> list[float]:
-    """Median seconds of each function, interleaved so that load from other processes hits all alike.
-    Each round starts with the next function: the first after a round's last one runs with colder
-    caches (measured: +25 % for the selector), and that must not always be the same one."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    for round_ in range(steps):
-        for i in range(len(fns)):
-            which = (round_ + i) % len(fns)
-            start = time.perf_counter()
-            fns[which]()
-            times[which].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
-
-
-def step_fn(model, loss_fn, images, labels):
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=3e-4)
-    model.train()
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(images), labels)
-        loss.backward()
-        optimizer.step()
-
-    return step
 
 
 def main() -> None:

@@ -18,76 +18,20 @@ from argparse import Namespace
 from pathlib import Path
 
 CHECKOUT, RECIPE, OUT = (Path(a).resolve() for a in sys.argv[1:4])
-sys.path.insert(0, str(CHECKOUT))
+import original_code  # noqa: E402  (this script's folder is first on sys.path; it imports nothing of herbs)
+
+original_code.use_checkout(CHECKOUT)
 
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
-
-import timm  # noqa: E402
 from timm.models.layers import DropPath  # noqa: E402
-from timm.models.swin_transformer import _create_swin_transformer  # noqa: E402
 
-from eval import evaluate, suppression  # noqa: E402  (the original's eval.py)
-from models import builder  # noqa: E402
-
-assert Path(timm.__file__).resolve().is_relative_to(CHECKOUT), f"timm comes from {timm.__file__}, not the checkout"
+from eval import evaluate  # noqa: E402  (the original's eval.py)
 
 # One thread: at 2 threads the same run gave a different checkpoint after the pre-steps.
 torch.set_num_threads(1)
 cfg = yaml.safe_load(RECIPE.read_text())
-recipe, plugin = cfg["fixture"], cfg["plugin"]
-swin_args = {k: v for k, v in cfg["backbone"].items() if k not in ("variant_name_requested_by_builder", "note")}
-TAPS = ("layer1", "layer2", "layer3", "layer4")
-
-
-def build():
-    """The unmodified builder, except that the Swin-L it hard-codes becomes the recipe's tiny Swin."""
-    variant = cfg["backbone"]["variant_name_requested_by_builder"]
-    create = timm.create_model
-    timm.create_model = lambda name, pretrained=False, **kw: _create_swin_transformer(variant, pretrained=False, **swin_args)
-    try:
-        return builder.build_swintransformer(
-            pretrained=False, num_selects=cfg["num_selects"], img_size=cfg["data_size"], use_fpn=plugin["use_fpn"],
-            fpn_size=cfg["fpn_size"], proj_type=plugin["proj_type"], upsample_type=plugin["upsample_type"],
-            use_selection=plugin["use_selection"], num_classes=cfg["num_classes"], use_combiner=plugin["use_combiner"],
-            comb_proj_size=plugin["comb_proj_size"])
-    finally:
-        timm.create_model = create
-
-
-def loss_terms(model, outs: dict, labels: torch.Tensor, epoch: int) -> dict:
-    """main.py's train() loss for one batch, each weighted term kept by name (main.py only sums them)."""
-    temperature = 0.5 ** (epoch // 10) * cfg["temperature"]
-    terms, total = {}, 0.0
-    for name, out in outs.items():
-        if name.startswith("FPN1_"):
-            tap = name.removeprefix("FPN1_")
-            target = suppression(outs[tap].detach(), torch.Tensor(model.selector.thresholds[tap]), temperature)
-            term, weight, key = nn.KLDivLoss()(F.log_softmax(out / temperature, dim=-1), target), cfg["lambda_b0"], f"loss_b0/{tap}"
-        elif name.startswith("select_"):
-            key, weight = f"loss_s/{name.removeprefix('select_')}", cfg["lambda_s"]
-            flat = out.reshape(-1, cfg["num_classes"])
-            term = (nn.CrossEntropyLoss()(flat, labels.unsqueeze(1).repeat(1, out.size(1)).flatten(0))
-                    if weight != 0 else torch.tensor(0.0))
-        elif name.startswith("drop_"):
-            key, weight = f"loss_n/{name.removeprefix('drop_')}", cfg["lambda_n"]
-            flat = out.reshape(-1, cfg["num_classes"])
-            term = nn.MSELoss()(torch.tanh(flat), torch.zeros_like(flat) - 1)
-        elif name in TAPS:
-            key, weight, term = f"loss_b/{name}", cfg["lambda_b"], nn.CrossEntropyLoss()(out.mean(1), labels)
-        elif name == "comb_outs":
-            key, weight, term = "loss_c", cfg["lambda_c"], nn.CrossEntropyLoss()(out, labels)
-        else:
-            raise SystemExit(f"the original model returned an output this recipe does not know: {name}")
-        terms[key] = term.detach().float()
-        if weight != 0:
-            total = total + weight * term
-    terms["temperature"] = torch.tensor(float(temperature))
-    terms["total_before_update_freq_division"] = total.detach()
-    terms["total_after_update_freq_division"] = (total / cfg["update_freq"]).detach()
-    return terms, total / cfg["update_freq"]
+recipe = cfg["fixture"]
 
 
 def pre_train(model) -> list[float]:
@@ -100,7 +44,7 @@ def pre_train(model) -> list[float]:
     for _ in range(recipe["pre_steps"]):
         images = torch.randn(batch, 3, size, size)
         labels = torch.randint(0, cfg["num_classes"], (batch,))
-        _, loss = loss_terms(model, model(images), labels, epoch=0)
+        _, loss = original_code.loss_terms(model, cfg, model(images), labels, epoch=0)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -114,7 +58,7 @@ def pre_train(model) -> list[float]:
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe["model_seed"])
-    model = build()
+    model = original_code.build(cfg)
     losses, optimizer = pre_train(model)
     # Copies: the train-mode forwards below update BatchNorm buffers in place.
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -144,7 +88,7 @@ def main() -> None:
         disabled = [n for n, m in model.named_modules() if isinstance(m, DropPath) or n == "combiner.dropout"]
         for name in disabled:
             model.get_submodule(name).eval()
-        terms, loss = loss_terms(model, model(images), labels, epoch)
+        terms, loss = original_code.loss_terms(model, cfg, model(images), labels, epoch)
         loss.backward()
         with_grad = [p.grad for p in model.parameters() if p.grad is not None]
         grads[f"epoch{epoch}"] = {
