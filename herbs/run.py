@@ -47,13 +47,14 @@ def run_dir(config) -> Path:
 
 
 def job_label(env: Mapping[str, str] | None = None) -> str:
-    """`123`, `123_4` for an array task, `local-PID` outside SLURM: names the attempt's log file and events."""
+    """`123`, `123_4` for an array task, `local-ID` for submitit's local executor (its job id, which
+    every task and its training child share), `local-PID` otherwise: names the attempt's log file and events."""
     env = os.environ if env is None else env
     if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
         return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
     if env.get("SLURM_JOB_ID"):
         return env["SLURM_JOB_ID"]
-    return f"local-{os.getpid()}"
+    return f"local-{env.get('SUBMITIT_LOCAL_JOB_ID') or os.getpid()}"
 
 
 def log_file(run_dir_: Path, job: str) -> Path:

@@ -21,7 +21,7 @@ import pytest
 from herbs.errors import LaunchError
 from herbs.launch.job import TrainingChild
 from herbs.run import accelerate_env, merged_env, slurm_task_env
-from herbs.run import EXIT_REQUEUE
+from herbs.run import EXIT_REQUEUE, job_label, log_file
 from helpers import REPO, TINY_CONFIG
 
 
@@ -35,6 +35,12 @@ def test_each_task_is_one_process_of_four_nodes_of_eight(procid):
     assert env == {"RANK": str(procid), "LOCAL_RANK": str(procid % 8), "WORLD_SIZE": "32", "LOCAL_WORLD_SIZE": "8",
                    "MASTER_ADDR": "gpu017", "MASTER_PORT": str(15000 + 4242 % 15000), "OMP_NUM_THREADS": "8"}
     assert merged_env(env, {"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "2"  # a thread count the user set stays
+
+
+def test_a_local_submitit_job_names_its_log_and_events_the_same_in_every_process(tmp_path):
+    # the task and its training child have different pids but one submitit job id
+    assert job_label({"SUBMITIT_LOCAL_JOB_ID": "77"}) == "local-77"
+    assert log_file(tmp_path, job_label({"SLURM_ARRAY_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "2", "SLURM_JOB_ID": "9"})) == tmp_path / "slurm-5_2.log"
 
 
 def test_outside_an_srun_task_is_one_sentence():
