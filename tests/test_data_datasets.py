@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.io import savemat
+from scipy.io import loadmat, savemat
 
 from herbs.cli import main as herbs_main
 from herbs.errors import DataError
@@ -174,6 +174,33 @@ def test_stanford_dogs_lists(tmp_path):
     assert last.label == 2 and last.source == "Images/n02116738-African_hunting_dog/n02116738_test0.jpg"
 
 
+def make_dogs_text_lists(root: Path) -> Path:
+    """The same tiny dataset with lists/train_list.txt and lists/test_list.txt in place of the .mat lists."""
+    make_dogs(root)
+    (root / "lists").mkdir()
+    for split in ("train", "test"):
+        files = [str(f) for f in loadmat(root / f"{split}_list.mat", squeeze_me=True)["file_list"]]
+        (root / f"{split}_list.mat").unlink()
+        (root / "lists" / f"{split}_list.txt").write_text("".join(f"{file}\n" for file in files))
+    return root
+
+
+def test_stanford_dogs_text_lists_read_like_the_mat_lists(tmp_path):
+    from_mat = read_dogs(make_dogs(tmp_path / "mat"))
+    from_text = read_dogs(make_dogs_text_lists(tmp_path / "text"))
+    assert from_text.class_names == from_mat.class_names and from_text.original_ids == from_mat.original_ids
+    for split in ("train", "test"):
+        assert [(s.source, s.label) for s in from_text.splits[split]] == [(s.source, s.label) for s in from_mat.splits[split]]
+
+
+def test_stanford_dogs_text_line_without_its_breed_folder_is_one_sentence(tmp_path):
+    root = make_dogs_text_lists(tmp_path / "dogs")
+    with (root / "lists" / "test_list.txt").open("a") as lists:
+        lists.write("n02085620_5927.jpg\n")
+    with pytest.raises(DataError, match="test_list.txt' lists 'n02085620_5927.jpg' without its breed folder"):
+        read_dogs(root)
+
+
 def test_stanford_dogs_missing_image_is_one_sentence(tmp_path):
     root = make_dogs(tmp_path / "dogs")
     next((root / "Images" / BREEDS[1]).iterdir()).unlink()
@@ -222,7 +249,7 @@ def test_inaturalist_2018_files_and_supercategories(tmp_path):
 
 
 @pytest.mark.parametrize("kind, make", [("cars", make_cars), ("cars", make_cars_csv), ("aircraft", make_aircraft), ("dogs", make_dogs),
-                                        ("inat", make_inat)])
+                                        ("dogs", make_dogs_text_lists), ("inat", make_inat)])
 def test_herbs_shard_writes_each_dataset(kind, make, tmp_path, capsys):
     src = make(tmp_path / kind)
     assert herbs_main(["shard", kind, str(src), str(tmp_path / "shards"), "--shard-size", "4"]) == 0
