@@ -1,4 +1,4 @@
-"""benchmarks/data_pipeline.py runs and prints one JSON line (numbers are not asserted: tests never time)."""
+"""benchmarks/data_pipeline.py and data_sources.py run and print one JSON line (numbers are not asserted: tests never time)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "data_pipeline.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPT = BENCHMARKS / "data_pipeline.py"
 
 
 def test_data_pipeline_benchmark_prints_one_json_line():
@@ -19,3 +20,18 @@ def test_data_pipeline_benchmark_prints_one_json_line():
     assert result["images"] == 6
     for key in ("herbs_img_per_s_per_core", "original_img_per_s_per_core", "ratio", "decode_img_per_s_per_core"):
         assert result[key] > 0
+
+
+def test_data_sources_benchmark_prints_one_json_line():
+    # 20 images (one shard) and one round: a single batch of 16 from each location, a few seconds.
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "data_sources.py"), "--images", "20", "--rounds", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    assert result["images"] == 20 and result["rounds"] == 1 and result["image_size"] == [500, 375]
+    for source in ("local", "http", "http_verified", "pipe_cat"):
+        assert result[f"{source}_img_per_s_per_core"] > 0
+    # The planning figures are named by herbs/data/plan.py's current shape; only their presence is checked here.
+    assert any(key.startswith("plan_") for key in result)

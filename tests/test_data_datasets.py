@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.io import savemat
+from scipy.io import loadmat, savemat
 
 from herbs.cli import main as herbs_main
 from herbs.errors import DataError
@@ -61,6 +61,51 @@ def test_stanford_cars_label_outside_the_classes_is_one_sentence(tmp_path):
     savemat(root / "devkit" / "cars_meta.mat", {"class_names": cells(CARS[:2])})
     with pytest.raises(DataError, match="class 3, outside the 2 classes"):
         read_cars(root)
+
+
+CARS_CSV = ["AM General Hummer SUV 2000", "BMW M3 Coupe 2012", "Ram C/V Cargo Van Minivan 2012"]
+
+
+def make_cars_csv(root: Path) -> Path:
+    """Kaggle's re-packaging: names.csv, headerless anno_{train,test}.csv, images under
+    car_data/car_data/<split>/<class folder>/ (a '/' in a class name becomes '-' in its folder)."""
+    root.mkdir(parents=True)
+    (root / "names.csv").write_text("".join(f"{name}\n" for name in CARS_CSV))
+    for split, per_class in (("train", 2), ("test", 1)):
+        lines = []
+        for label, name in enumerate(CARS_CSV, 1):
+            folder = root / "car_data" / "car_data" / split / name.replace("/", "-")
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                file = f"{len(lines) + 1:05d}.jpg"
+                (folder / file).write_bytes(jpeg(seed=len(lines) + 100 * label))
+                lines.append(f"{file},3,4,33,{24 + i},{label}\n")
+        (root / f"anno_{split}.csv").write_text("".join(lines))
+    return root
+
+
+def test_stanford_cars_csv_layout_is_found_and_read(tmp_path):
+    dataset = read_cars(make_cars_csv(tmp_path / "stanford-car-dataset-by-classes-folder"))
+    assert dataset.class_names == CARS_CSV and dataset.original_ids == ["1", "2", "3"]
+    assert {k: len(v) for k, v in dataset.splits.items()} == {"train": 6, "test": 3}
+    assert [s.label for s in dataset.splits["train"]] == [0, 0, 1, 1, 2, 2]
+    ram = dataset.splits["train"][5]
+    assert ram.source == "car_data/car_data/train/Ram C-V Cargo Van Minivan 2012/00006.jpg" and ram.bbox == (3.0, 4.0, 30.0, 21.0)
+    assert ram.read() == (tmp_path / "stanford-car-dataset-by-classes-folder" / ram.source).read_bytes()
+    assert {g.name: g.classes for g in dataset.groups} == {"AM": (0,), "BMW": (1,), "Ram": (2,)}
+
+
+def test_stanford_cars_csv_missing_a_column_is_one_sentence(tmp_path):
+    root = make_cars_csv(tmp_path / "cars")
+    (root / "anno_test.csv").write_text("00001.jpg,3,4,33,24,1\n00002.jpg,3,4,33,2\n")
+    with pytest.raises(DataError, match=r"^line 2 of '.*anno_test.csv' has 5 fields where 6 \(file name, x1, y1, x2, y2, class\) belong; "):
+        read_cars(root)
+
+
+def test_stanford_cars_folder_of_neither_layout_is_one_sentence(tmp_path):
+    (tmp_path / "cars" / "cars_train").mkdir(parents=True)
+    with pytest.raises(DataError, match="neither Stanford Cars' devkit .* nor its CSV layout"):
+        read_cars(tmp_path / "cars")
 
 
 VARIANTS = {"707-320": ("Boeing 707", "Boeing"), "727-200": ("Boeing 727", "Boeing"), "A300B4": ("A300", "Airbus"), "A310": ("A310", "Airbus")}
@@ -129,6 +174,33 @@ def test_stanford_dogs_lists(tmp_path):
     assert last.label == 2 and last.source == "Images/n02116738-African_hunting_dog/n02116738_test0.jpg"
 
 
+def make_dogs_text_lists(root: Path) -> Path:
+    """The same tiny dataset with lists/train_list.txt and lists/test_list.txt in place of the .mat lists."""
+    make_dogs(root)
+    (root / "lists").mkdir()
+    for split in ("train", "test"):
+        files = [str(f) for f in loadmat(root / f"{split}_list.mat", squeeze_me=True)["file_list"]]
+        (root / f"{split}_list.mat").unlink()
+        (root / "lists" / f"{split}_list.txt").write_text("".join(f"{file}\n" for file in files))
+    return root
+
+
+def test_stanford_dogs_text_lists_read_like_the_mat_lists(tmp_path):
+    from_mat = read_dogs(make_dogs(tmp_path / "mat"))
+    from_text = read_dogs(make_dogs_text_lists(tmp_path / "text"))
+    assert from_text.class_names == from_mat.class_names and from_text.original_ids == from_mat.original_ids
+    for split in ("train", "test"):
+        assert [(s.source, s.label) for s in from_text.splits[split]] == [(s.source, s.label) for s in from_mat.splits[split]]
+
+
+def test_stanford_dogs_text_line_without_its_breed_folder_is_one_sentence(tmp_path):
+    root = make_dogs_text_lists(tmp_path / "dogs")
+    with (root / "lists" / "test_list.txt").open("a") as lists:
+        lists.write("n02085620_5927.jpg\n")
+    with pytest.raises(DataError, match="test_list.txt' lists 'n02085620_5927.jpg' without its breed folder"):
+        read_dogs(root)
+
+
 def test_stanford_dogs_missing_image_is_one_sentence(tmp_path):
     root = make_dogs(tmp_path / "dogs")
     next((root / "Images" / BREEDS[1]).iterdir()).unlink()
@@ -176,7 +248,8 @@ def test_inaturalist_2018_files_and_supercategories(tmp_path):
     assert {k: len(v) for k, v in dataset.splits.items()} == {"train": 6, "test": 3}
 
 
-@pytest.mark.parametrize("kind, make", [("cars", make_cars), ("aircraft", make_aircraft), ("dogs", make_dogs), ("inat", make_inat)])
+@pytest.mark.parametrize("kind, make", [("cars", make_cars), ("cars", make_cars_csv), ("aircraft", make_aircraft), ("dogs", make_dogs),
+                                        ("dogs", make_dogs_text_lists), ("inat", make_inat)])
 def test_herbs_shard_writes_each_dataset(kind, make, tmp_path, capsys):
     src = make(tmp_path / kind)
     assert herbs_main(["shard", kind, str(src), str(tmp_path / "shards"), "--shard-size", "4"]) == 0

@@ -22,9 +22,9 @@ from herbs.data.writer import parse_shard_size, write_shards
 READERS = {
     "cub": (read_cub, "CUB-200-2011 (images.txt, image_class_labels.txt, classes.txt, train_test_split.txt)"),
     "nabirds": (read_nabirds, "NABirds (the CUB files plus hierarchy.txt; class ids remapped to 0..N-1)"),
-    "cars": (read_cars, "Stanford Cars (cars_train/, cars_test/, devkit/*.mat, cars_test_annos_withlabels.mat)"),
+    "cars": (read_cars, "Stanford Cars (cars_train/, cars_test/, devkit/*.mat, cars_test_annos_withlabels.mat; or names.csv, anno_{train,test}.csv, car_data/)"),
     "aircraft": (read_aircraft, "FGVC-Aircraft (data/images/, data/variants.txt, data/images_{variant,family,manufacturer}_*.txt)"),
-    "dogs": (read_dogs, "Stanford Dogs (Images/, train_list.mat, test_list.mat)"),
+    "dogs": (read_dogs, "Stanford Dogs (Images/ with train_list.mat, test_list.mat or lists/{train,test}_list.txt)"),
     "inat": (read_inat, "iNaturalist 2017/2018/2021 (train*.json, val*.json, images as the files name them)"),
     "folder": (read_folder, "an image folder: SRC/<class>/<image>, or SRC/train/<class>/<image> plus SRC/val, SRC/test"),
 }
