@@ -31,7 +31,7 @@ import torch
 from data_pipeline import photo_jpeg  # the same photo-like JPEGs as the pipeline benchmark
 from herbs.data.fetch import FetchPolicy
 from herbs.data.manifest import SplitInfo
-from herbs.data.plan import eval_pieces, train_pieces
+from herbs.data.plan import EpochOrder, Lanes, eval_pieces
 from herbs.data.source import Sample, SourceDataset
 from herbs.data.stream import TrainStream
 from herbs.data.tario import ShardInfo
@@ -55,8 +55,12 @@ def plan_cost(samples: int, ranks: int = 256, workers: int = 8) -> tuple[float, 
     tracemalloc.start()
     start = time.perf_counter()
     slots = ranks * workers
-    for worker in range(workers):  # rank 0's slots; every rank plans only its own
-        train_pieces(split, 0, 0, worker, slots)
+    layout = Lanes(slots, ranks, 1, rank=0)
+    for worker in range(workers):  # rank 0's loader workers; every rank plans only its own lanes
+        order = EpochOrder(split, 0, 0, layout.lanes)  # each worker orders the epoch once
+        lane, _ = layout.batch(worker)
+        order.own(lane)
+        next(order.rest(lane))
         eval_pieces(split, worker, slots)
     seconds = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1]

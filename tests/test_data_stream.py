@@ -298,8 +298,8 @@ def test_config_factories(shards):
 
 
 @pytest.mark.parametrize("round_to", [3, 4])
-def test_epochs_can_be_rounded_to_the_accumulation_steps(shards, round_to):
-    streams = [train(shards, rank, 2, 2, 4, round_to=round_to) for rank in (0, 1)]
+def test_epochs_end_on_an_optimizer_step(shards, round_to):
+    streams = [train(shards, rank, 2, 2, 4, accumulation=round_to) for rank in (0, 1)]
     assert len(streams[0]) == len(streams[1]) and len(streams[0]) % round_to == 0 and len(streams[0]) >= 6
     seen = []
     for stream in streams:
@@ -317,3 +317,31 @@ def test_workers_start_from_a_forkserver_and_the_start_method_does_not_change_th
     assert default.epoch(0).multiprocessing_context.get_start_method() == "forkserver"
     assert forked.epoch(0).multiprocessing_context.get_start_method() == "fork"
     assert same(run(default, epoch=1), run(forked, epoch=1))
+
+
+def micro_batches(streams, epoch=0, start_step=0):
+    """The epoch's micro-batches in step order (m = rank x accumulation + j), from `start_step` on."""
+    accumulation = streams[0].layout.accumulation
+    per_rank = [run(s, epoch, start_step * accumulation) for s in streams]
+    steps = len(per_rank[0]) // accumulation
+    return [per_rank[rank][s * accumulation + j] for s in range(steps) for rank in range(len(streams)) for j in range(accumulation)]
+
+
+@pytest.mark.parametrize("resumed", [(1, 4, 2), (4, 1, 1), (2, 2, 3)])  # (processes, accumulation, workers) of the resume
+def test_an_epoch_is_the_same_micro_batches_on_any_number_of_processes(shards, resumed):
+    """A run of 2 processes x 2 accumulated micro-batches (2 workers each: 4 lanes), resumed at step 2 on
+    another number of processes that keeps the 4 micro-batches per step: every later micro-batch holds
+    the same samples, the same augmentation, in the same place, with any number of loader workers."""
+    written = [train(shards, rank, 2, 2, 3, accumulation=2) for rank in (0, 1)]
+    assert written[0].lanes == 4
+    processes, accumulation, workers = resumed
+    resumed = [train(shards, rank, processes, workers, 3, accumulation=accumulation, lanes=4) for rank in range(processes)]
+    before = micro_batches(written)
+    assert len(before) == 4 * len(written[0]) // 2 and set(keys(before)) == TRAIN_KEYS
+    assert same(micro_batches(resumed, start_step=2), before[2 * 4:])
+    assert same(micro_batches(resumed), before)
+
+
+def test_lanes_that_do_not_fit_the_step_are_refused(shards):
+    with pytest.raises(ValueError, match="6 lanes are not a multiple of the 4 micro-batches per optimizer step"):
+        train(shards, 0, 2, 2, 3, accumulation=2, lanes=6)

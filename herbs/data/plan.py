@@ -1,9 +1,30 @@
-"""Which samples each loader slot (one worker of one rank) reads in an epoch, computed from
-the manifest alone: every rank agrees on the epoch length without opening a tar.
+"""Which samples each training batch holds, and which samples each evaluation slot reads, from
+the manifest alone: every rank agrees on the epoch without opening a tar.
 
-Slots are numbered `rank * workers + worker`. Ranges are cut from the split's samples by
-index, not by shard, so any number of shards feeds any number of slots: with fewer shards
-than slots, several slots read different parts of the same shard.
+Training: lanes. An epoch's training samples are read by `lanes` lanes, a number fixed when a run
+starts and kept by every resume of it. A lane reads ceil(N / lanes) consecutive samples of the
+epoch's order (shards laid end to end in a permutation drawn from (seed, epoch), from an offset
+drawn likewise, so lane contents change from epoch to epoch even with a single shard), shuffled,
+then the rest of the split from where its part ends, to fill its last batch and to replace
+unusable samples. Its samples are cut into batches of the per-process batch size.
+
+The epoch's micro-batches are numbered g = step * M + m, where M = global batch / per-process
+batch is the number of micro-batches in one optimizer step (all processes together) and m the
+micro-batch's place in the step. Micro-batch g is batch g // lanes of lane g % lanes, with lanes
+a multiple of M. Which samples an optimizer step trains on, and in which micro-batch, therefore
+depends only on (lanes, M, per-process batch), never on how many processes share the M
+micro-batches or how many loader workers read them: a run resumed on another number of
+processes (M kept by re-deriving the accumulation) trains each remaining sample of the
+interrupted epoch exactly where the uninterrupted run would have, and no sample twice.
+
+Process `rank` of a run with `accumulation` micro-batches per step holds micro-batches m in
+[rank * accumulation, (rank + 1) * accumulation) of every step, which come from lanes_per_rank =
+lanes / processes lanes of its own; its j-th batch is batch j // lanes_per_rank of the
+(j % lanes_per_rank)-th of them, so a loader worker count that divides lanes_per_rank gives each
+lane to exactly one worker.
+
+Evaluation: slots (one loader worker of one rank each) partition the split exactly, in file
+order, so that across all slots every sample is read exactly once (a slot may get none).
 """
 
 from __future__ import annotations
@@ -13,6 +34,7 @@ import itertools
 import math
 import random
 from dataclasses import dataclass
+from typing import Iterator
 
 from herbs.data.manifest import SplitInfo
 from herbs.data.tario import ShardInfo
@@ -27,44 +49,91 @@ class Piece:
     stop: int
 
 
-def cut(shards: list[ShardInfo], begin: int, length: int) -> list[Piece]:
-    """`length` consecutive samples from `begin` of the shards laid end to end, wrapping around."""
-    starts = list(itertools.accumulate((s.num_samples for s in shards), initial=0))
-    total = starts.pop()
-    pieces = []
-    position = begin % total
-    while length > 0:
-        index = bisect.bisect_right(starts, position) - 1
-        start = position - starts[index]
-        take = min(length, shards[index].num_samples - start)
-        pieces.append(Piece(shards[index], start, start + take))
-        length -= take
-        position = (position + take) % total
-    return pieces
+class Ring:
+    """Shards laid end to end, wrapping around; positions are found by bisection, so that cutting
+    a slot's part costs O(log shards + pieces), not a walk over every shard."""
+
+    def __init__(self, shards: list[ShardInfo]):
+        self.shards = shards
+        self.starts = list(itertools.accumulate((s.num_samples for s in shards), initial=0))
+        self.total = self.starts.pop()
+
+    def cut(self, begin: int, length: int) -> Iterator[Piece]:
+        """`length` consecutive samples from position `begin`."""
+        position = begin % self.total
+        while length > 0:
+            index = bisect.bisect_right(self.starts, position) - 1
+            start = position - self.starts[index]
+            take = min(length, self.shards[index].num_samples - start)
+            yield Piece(self.shards[index], start, start + take)
+            length -= take
+            position = (position + take) % self.total
 
 
-def train_samples_per_slot(num_samples: int, slots: int) -> int:
-    return math.ceil(num_samples / slots)
+def default_lanes(processes: int, workers: int, accumulation: int) -> int:
+    """Lanes for a fresh run: per process, a multiple of both the loader workers (each gets whole
+    lanes) and the accumulation (lanes are a multiple of the micro-batches per step)."""
+    return processes * math.lcm(max(1, workers), accumulation)
 
 
-def train_pieces(split: SplitInfo, seed: int, epoch: int, slot: int, slots: int) -> tuple[list[Piece], list[Piece]]:
-    """The training samples of `slot` in `epoch`, and the rest of the split after them.
+def loader_workers(requested: int, lanes_per_rank: int) -> int:
+    """The most loader workers, up to `requested`, that share a rank's lanes evenly (0 stays 0)."""
+    if requested <= 0:
+        return 0
+    return max(w for w in range(1, min(requested, lanes_per_rank) + 1) if lanes_per_rank % w == 0)
 
-    The slot's own part is ceil(N / slots) consecutive samples of the epoch's order, starting
-    at floor(slot * N / slots), so that the slots together cover every sample (overlapping by
-    at most one) and all hold the same number. The epoch's order lays the shards end to end in
-    a permutation drawn from (seed, epoch) and starts at an offset drawn likewise, so slot
-    contents change from epoch to epoch even with a single shard. The rest (all N samples in
-    the epoch's order, from where the slot's part ends) tops up the slot's last batches and
-    replaces unusable samples, so even a slot whose own samples are all unreadable has data.
-    """
-    total = split.num_samples
-    rng = random.Random(f"plan/{seed}/{epoch}")
-    shards = list(split.shards)
-    rng.shuffle(shards)
-    begin = rng.randrange(total) + slot * total // slots
-    length = train_samples_per_slot(total, slots)
-    return cut(shards, begin, length), cut(shards, begin + length, total)
+
+@dataclass(frozen=True)
+class Lanes:
+    """The training plan's layout for one process: which lane batch its j-th micro-batch is."""
+
+    lanes: int
+    processes: int
+    accumulation: int
+    rank: int
+
+    def __post_init__(self):
+        per_step = self.processes * self.accumulation
+        if self.lanes % per_step:
+            raise ValueError(f"{self.lanes} lanes are not a multiple of the {per_step} micro-batches per optimizer step")
+
+    @property
+    def per_rank(self) -> int:
+        return self.lanes // self.processes
+
+    def batch(self, j: int) -> tuple[int, int]:
+        """(lane, batch of that lane) of this process's micro-batch `j` of the epoch."""
+        a = self.accumulation
+        g = (j // a) * self.processes * a + self.rank * a + j % a
+        return g % self.lanes, g // self.lanes
+
+
+def samples_per_lane(num_samples: int, lanes: int) -> int:
+    return math.ceil(num_samples / lanes)
+
+
+class EpochOrder:
+    """One epoch's order of a split's training samples, and each lane's part of it."""
+
+    def __init__(self, split: SplitInfo, seed: int, epoch: int, lanes: int):
+        rng = random.Random(f"plan/{seed}/{epoch}")
+        shards = list(split.shards)
+        rng.shuffle(shards)
+        self.ring = Ring(shards)
+        self.offset = rng.randrange(self.ring.total)
+        self.lanes = lanes
+
+    def own(self, lane: int) -> list[Piece]:
+        """The lane's own ceil(N / lanes) samples, starting at floor(lane * N / lanes): together the
+        lanes cover every sample (overlapping by at most one) and all hold the same number."""
+        total = self.ring.total
+        return list(self.ring.cut(self.offset + lane * total // self.lanes, samples_per_lane(total, self.lanes)))
+
+    def rest(self, lane: int) -> Iterator[Piece]:
+        """All N samples in the epoch's order, from where the lane's own part ends (read lazily:
+        a lane usually needs only a few of them)."""
+        total = self.ring.total
+        return self.ring.cut(self.offset + lane * total // self.lanes + samples_per_lane(total, self.lanes), total)
 
 
 def eval_pieces(split: SplitInfo, slot: int, slots: int) -> list[Piece]:
@@ -72,4 +141,4 @@ def eval_pieces(split: SplitInfo, slot: int, slots: int) -> list[Piece]:
     across all slots every sample is read exactly once (a slot may get none)."""
     total = split.num_samples
     begin, end = slot * total // slots, (slot + 1) * total // slots
-    return cut(list(split.shards), begin, end - begin)
+    return list(Ring(list(split.shards)).cut(begin, end - begin))

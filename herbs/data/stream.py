@@ -16,17 +16,18 @@ Rank and world size are arguments, never read from the environment or a process 
 the loaders do their own splitting: do NOT pass them through `accelerator.prepare`, which
 would split them a second time. (`prepare` returns a `TrainStream` or `EvalStream` as it is.)
 
-Training. Each worker of each rank is a slot (`plan.py`) holding ceil(N / slots) samples of
-the epoch; it reads them through a shuffle buffer, then the rest of the split from where its
-part ends, as needed to fill its last batch and to replace unusable samples, and cuts them
-into exactly `batches_per_worker` batches of `batch_size`. Every rank therefore yields `len(stream)` batches per epoch, from the manifest
-alone. Shard order, shuffle and augmentation come from `(seed, epoch, slot)` and the batch's
-position, where slot = rank * workers + worker;
-augmentation randomness is drawn per sample slot, so batch k of an epoch does not depend on
-how batches 0..k-1 were made. `stream.epoch(e, start_batch=k)` therefore yields exactly
-batches k.. of the uninterrupted epoch e: each worker steps over the raw samples of its
-earlier batches without decoding them, and the workers' roles are rotated so that the
-loader's round-robin over its workers continues where the interrupted one stopped.
+Training. The epoch's batches come from lanes (`plan.py`): a number fixed when a run starts,
+so that which samples an optimizer step trains on does not depend on how many processes or
+loader workers share the work. Each lane reads its own ceil(N / lanes) samples of the epoch
+through a shuffle buffer, then the rest of the split from where its part ends, as needed to fill
+its last batch and to replace unusable samples, cut into exactly `batches_per_lane` batches of
+`batch_size`. Every rank therefore yields `len(stream)` batches per epoch, from the manifest
+alone, a multiple of the accumulation. Shard order and shuffle come from `(seed, epoch, lane)`,
+and a sample's augmentation from `(seed, epoch, sample key)`: batch k of an epoch does not
+depend on how batches 0..k-1 were made. `stream.epoch(e, start_batch=k)` therefore yields
+exactly batches k.. of the uninterrupted epoch e: each lane steps over the raw samples of its
+earlier batches without decoding them, and loader worker i makes batches k + i, k + i + w, ...,
+so that the loader's round-robin over its w workers continues where the interrupted one stopped.
 
 Evaluation. The slots partition the split exactly (every sample once across all ranks, in
 file order); ranks may yield different numbers of batches, so gather results once at the end
@@ -55,7 +56,7 @@ from herbs.errors import DataError
 from herbs.data.decode import DEFAULT_MAX_PIXELS
 from herbs.data.fetch import FetchPolicy, read_piece
 from herbs.data.manifest import Manifest, load_manifest
-from herbs.data.plan import Piece, eval_pieces, train_pieces, train_samples_per_slot
+from herbs.data.plan import EpochOrder, Lanes, Piece, default_lanes, eval_pieces, loader_workers, samples_per_lane
 from herbs.data.tario import Fields
 from herbs.data.transforms import DecodeError, EvalTransform, TrainTransform, decode_image
 from herbs.data.workers import ignore_signals, worker_context
@@ -163,8 +164,7 @@ class _Stream:
         self.rank, self.world_size = rank, world_size
         self.batch_size, self.num_workers, self.pin_memory, self.worker_start = batch_size, num_workers, pin_memory, worker_start
         self.max_pixels = max_pixels
-        self.workers = max(1, num_workers)  # slots per rank; 0 workers means one slot in this process
-        self.slots = world_size * self.workers
+        self.workers = max(1, num_workers)  # loader workers; 0 means batches are made in this process
 
     def decode(self, key: str, fields: Optional[Fields]) -> tuple[torch.Tensor, int]:
         return decode_sample(key, fields, self.manifest.num_classes, self.transform.resize, self.max_pixels)
@@ -182,11 +182,6 @@ class _Stream:
         """Stop the loader workers now; dropping the stream does the same."""
         self._passes = self._loader = None
         _OPEN.discard(self)
-
-    def slot(self, worker: int) -> int:
-        """The global slot of this rank's logical `worker`. Randomness is keyed by slot, so an epoch's
-        data depends only on the number of slots: 2 ranks x 1 worker see what 1 rank x 2 workers sees."""
-        return self.rank * self.workers + worker
 
     def loader(self, dataset: IterableDataset) -> DataLoader:
         # A private generator: starting the loader's workers must not draw from the global torch
@@ -219,22 +214,32 @@ class TrainStream(_Stream):
         shuffle_buffer: int = 1000,
         pin_memory: bool = False,
         worker_start: str = "forkserver",
-        round_to: int = 1,
+        accumulation: int = 1,
+        lanes: Optional[int] = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         fetch: FetchPolicy = FetchPolicy(),
     ):
-        """`round_to`: make `len(self)` a multiple of it (the trainer's gradient accumulation steps,
-        so that an epoch ends on an optimizer step); extra batches repeat samples like short slots do."""
-        super().__init__(shards, split, rank=rank, world_size=world_size, batch_size=batch_size, num_workers=num_workers,
+        """`accumulation`: micro-batches per optimizer step on each process (an epoch ends on a step).
+        `lanes`: the run's lanes (`plan.py`), kept from the run's first start; None for a fresh run.
+        Fewer loader workers than `num_workers` are used where that many cannot share the lanes evenly."""
+        lanes = lanes or default_lanes(world_size, num_workers, accumulation)
+        self.layout = Lanes(lanes, world_size, accumulation, rank)  # raises for lanes that do not fit
+        workers = loader_workers(num_workers, self.layout.per_rank)
+        if workers != num_workers:
+            log.info("%d loader workers instead of %d: %d lanes per process must be shared evenly", workers, num_workers, self.layout.per_rank)
+        super().__init__(shards, split, rank=rank, world_size=world_size, batch_size=batch_size, num_workers=workers,
                          pin_memory=pin_memory, worker_start=worker_start, max_pixels=max_pixels, fetch=fetch)
         self.transform, self.seed, self.shuffle_buffer = transform, seed, shuffle_buffer
-        self.samples_per_slot = train_samples_per_slot(self.split.num_samples, self.slots)
-        multiple = round_to // math.gcd(round_to, self.workers)
-        self.batches_per_worker = -(-self.samples_per_slot // (batch_size * multiple)) * multiple
+        self.samples_per_lane = samples_per_lane(self.split.num_samples, lanes)
+        self.batches_per_lane = -(-self.samples_per_lane // batch_size)
+
+    @property
+    def lanes(self) -> int:
+        return self.layout.lanes
 
     def __len__(self) -> int:
-        """Batches per epoch on this rank: the same on every rank."""
-        return self.workers * self.batches_per_worker
+        """Batches per epoch on this rank: the same on every rank, a multiple of the accumulation."""
+        return self.layout.per_rank * self.batches_per_lane
 
     def epoch(self, epoch: int, start_batch: int = 0) -> DataLoader:
         """Batches `start_batch` .. len(self) - 1 of `epoch`. Every call returns the same loader, whose
@@ -248,20 +253,18 @@ class TrainStream(_Stream):
         self._passes.position[:] = [epoch, start_batch]
         return self._loader
 
-    def samples(self, epoch: int, worker: int) -> Lookahead:
-        """The endless raw sample sequence of one logical worker in `epoch`: its slot's samples through
-        the shuffle buffer, then the rest of the split, again and again, to top up and replace."""
-        slot = self.slot(worker)
-        own, rest = train_pieces(self.split, self.seed, epoch, slot, self.slots)
+    def samples(self, order: EpochOrder, epoch: int, lane: int) -> Lookahead:
+        """The endless raw sample sequence of one lane in `epoch`: its own samples through the
+        shuffle buffer, then the rest of the split, again and again, to top up and replace."""
 
         def passes():
-            rng = random.Random(f"shuffle/{self.seed}/{epoch}/{slot}")
-            order = list(own)
-            rng.shuffle(order)
-            yield from shuffle_buffer(read_pieces(self.manifest, order, self.fetch), self.shuffle_buffer, rng)
+            rng = random.Random(f"shuffle/{self.seed}/{epoch}/{lane}")
+            own = order.own(lane)
+            rng.shuffle(own)
+            yield from shuffle_buffer(read_pieces(self.manifest, own, self.fetch), self.shuffle_buffer, rng)
             # Only a few of these are used, usually: a batch-sized buffer reads little more than those.
             while True:
-                yield from shuffle_buffer(read_pieces(self.manifest, rest, self.fetch), self.batch_size, rng)
+                yield from shuffle_buffer(read_pieces(self.manifest, order.rest(lane), self.fetch), self.batch_size, rng)
 
         return Lookahead(passes())
 
@@ -269,7 +272,7 @@ class TrainStream(_Stream):
         """The next `count` usable samples after the current batch, left in place for their own turn."""
         found, ahead = 0, 0
         while found < count:
-            if ahead > self.samples_per_slot + self.split.num_samples + self.batch_size:  # looked at every sample
+            if ahead > self.samples_per_lane + self.split.num_samples + self.batch_size:  # looked at every sample
                 raise DataError(f"no sample of split '{self.split.name}' in {self.manifest.root} can be used; run `herbs shard verify` and write the shards again")
             key, fields = samples.peek(ahead)
             ahead += 1
@@ -279,12 +282,17 @@ class TrainStream(_Stream):
             except Unusable:
                 continue
 
-    def batches(self, epoch: int, worker: int, first: int) -> Iterator[dict]:
-        size = self.batch_size
-        samples = self.samples(epoch, worker)
-        for _ in range(first * size):  # earlier batches' raw samples: stepped over, not decoded
-            next(samples)
-        for index in range(first, self.batches_per_worker):
+    def batches(self, epoch: int, first: int, stride: int) -> Iterator[dict]:
+        """This rank's batches first, first + stride, ... of `epoch`; each lane they touch is read
+        from its start, stepping over (not decoding) the raw samples of its earlier batches."""
+        size, order, lanes = self.batch_size, EpochOrder(self.split, self.seed, epoch, self.lanes), {}
+        for j in range(first, len(self), stride):
+            lane, index = self.layout.batch(j)
+            if lane not in lanes:
+                lanes[lane] = self.samples(order, epoch, lane)
+                for _ in range(index * size):
+                    next(lanes[lane])
+            samples = lanes[lane]
             raw = [next(samples) for _ in range(size)]
             decoded, skipped_keys = [], []
             for key, fields in raw:
@@ -296,11 +304,10 @@ class TrainStream(_Stream):
                     skipped_keys.append(key)
             replacements = self.replacements(samples, len(skipped_keys))
             images, labels, keys = [], [], []
-            for slot, ((key, _), item) in enumerate(zip(raw, decoded)):
+            for (key, _), item in zip(raw, decoded):
                 if item is None:
                     key, item = next(replacements)
-                rng = random.Random(f"augment/{self.seed}/{epoch}/{self.slot(worker)}/{index}/{slot}")
-                images.append(self.transform(item[0], rng))
+                images.append(self.transform(item[0], random.Random(f"augment/{self.seed}/{epoch}/{key}")))
                 labels.append(item[1])
                 keys.append(key)
             yield make_batch(images, labels, keys, skipped_keys, self.transform.crop)
@@ -317,13 +324,9 @@ class _TrainEpoch(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         epoch, start_batch = self.position[:]
+        # The loader takes batches from its workers 0, 1, ... in turn, from worker 0 at each pass.
         loader_worker, workers = worker()
-        # Batch k of the epoch is batch k // workers of logical worker k % workers. The loader
-        # takes batches from its workers 0, 1, ... in turn, so its worker i plays logical worker
-        # (i + start_batch) % workers, which starts at the first of its batches not yet seen.
-        logical = (loader_worker + start_batch) % workers
-        first = max(0, -(-(start_batch - logical) // workers))
-        return self.stream.batches(epoch, logical, first)
+        return self.stream.batches(epoch, start_batch + loader_worker, workers)
 
 
 class EvalStream(_Stream):
@@ -345,7 +348,8 @@ class EvalStream(_Stream):
         super().__init__(shards, split, rank=rank, world_size=world_size, batch_size=batch_size, num_workers=num_workers,
                          pin_memory=pin_memory, worker_start=worker_start, max_pixels=max_pixels, fetch=fetch)
         self.transform = transform
-        self.pieces = [eval_pieces(self.split, self.slot(w), self.slots) for w in range(self.workers)]
+        slots = world_size * self.workers  # one per loader worker of each rank
+        self.pieces = [eval_pieces(self.split, rank * self.workers + w, slots) for w in range(self.workers)]
 
     def __len__(self) -> int:
         """Batches on this rank (ranks may differ by a few)."""
@@ -385,13 +389,15 @@ class _EvalPass(IterableDataset):
         return self.stream.batches(worker()[0])
 
 
-def train_stream(data: DataConfig, *, crop: int, rank: int, world_size: int, seed: int, pin_memory: bool = False, round_to: int = 1) -> TrainStream:
+def train_stream(data: DataConfig, *, crop: int, rank: int, world_size: int, seed: int, pin_memory: bool = False,
+                 accumulation: int = 1, lanes: Optional[int] = None) -> TrainStream:
     """The training stream of `data.train_split` as the config describes it; `crop` is model.img_size."""
     transform = TrainTransform(data.resize, crop, data.hflip, data.blur_p, data.sharpness_p)
     return TrainStream(
         data.shards, data.train_split, transform,
         rank=rank, world_size=world_size, batch_size=data.batch_size, num_workers=data.num_workers,
-        seed=seed, shuffle_buffer=data.shuffle_buffer, pin_memory=pin_memory, round_to=round_to, worker_start=data.worker_start,
+        seed=seed, shuffle_buffer=data.shuffle_buffer, pin_memory=pin_memory, accumulation=accumulation, lanes=lanes,
+        worker_start=data.worker_start,
         max_pixels=data.max_image_pixels, fetch=FetchPolicy.from_config(data),
     )
 

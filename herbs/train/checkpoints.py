@@ -54,6 +54,13 @@ class TrainerState:
     nonfinite_in_row: int = 0
     nonfinite_total: int = 0
     skipped_samples: int = 0
+    # The shape of the run that wrote the checkpoint (0: written by a herbs that did not record it).
+    # A resume keeps the global batch, the per-process batch and the lanes, on any number of processes.
+    processes: int = 0
+    per_process_batch: int = 0
+    accumulation: int = 0  # micro-batches per optimizer step on each process; `batch` counts in these
+    global_batch: int = 0
+    lanes: int = 0  # the training data plan's lanes (herbs.data.plan)
 
 
 def step_name(step: int) -> str:
@@ -229,6 +236,19 @@ class CheckpointDir:
             if not out_of_space(err, path):
                 raise
             raise self.no_space(path) from err
+
+
+def to_resume(root: Path, resume: str | None) -> tuple[Path, TrainerState] | None:
+    """The checkpoint a resume would start from, and its trainer state, read from the files before
+    the process group exists: the run's global batch and lanes decide the accumulation and the
+    loaders. None when there is none (a damaged one is named and passed over by the resume itself)."""
+    if not resume:
+        return None
+    path = CheckpointDir(root, keep=1).latest() if resume == "auto" else explicit_checkpoint(resume)
+    try:
+        return (path, TrainerState(**json.loads((path / STATE_FILE).read_text()))) if path else None
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def explicit_checkpoint(resume: str) -> Path:

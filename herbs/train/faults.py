@@ -7,8 +7,10 @@ Set by environment variable, so a test drives `train.py` under any launcher unch
                                         on RANK only (default 0)
     HERBS_RECORD_LR=PATH                append the learning rate of every optimizer step that the
                                         optimizer actually takes to PATH (main process, one JSON line each)
+    HERBS_RECORD_KEYS=PATH              append the epoch, optimizer step and sample keys of every
+                                        micro-batch trained to PATH.RANK (one JSON line each)
 
-Neither is read unless set; a run without them takes no branch of this module's.
+None is read unless set; a run without them takes no branch of this module's but a check.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 @dataclass
 class Faults:
     nan_at: tuple[int, int] | None = None  # (step, micro-batch) whose loss becomes NaN on this rank
+    keys_file: str | None = None  # where this rank records the samples it trains on
 
     @classmethod
     def from_env(cls, optimizer: torch.optim.Optimizer, rank: int) -> "Faults":
@@ -34,11 +37,18 @@ class Faults:
                 with open(record, "a") as out:
                     out.write(json.dumps({"lr": opt.param_groups[0]["lr"]}) + "\n")
             optimizer.register_step_pre_hook(log_lr)
+        keys = os.environ.get("HERBS_RECORD_KEYS")
+        keys_file = f"{keys}.{rank}" if keys else None
         spec = os.environ.get("HERBS_FAULT_NAN")
         if not spec:
-            return cls()
+            return cls(keys_file=keys_file)
         step, micro, *on_rank = (int(part) for part in spec.split(":"))
-        return cls((step, micro) if rank == (on_rank[0] if on_rank else 0) else None)
+        return cls((step, micro) if rank == (on_rank[0] if on_rank else 0) else None, keys_file)
+
+    def record_keys(self, epoch: int, step: int, keys: list[str]) -> None:
+        if self.keys_file:
+            with open(self.keys_file, "a") as out:
+                out.write(json.dumps({"epoch": epoch, "step": step, "keys": keys}) + "\n")
 
     def apply(self, loss: torch.Tensor, step: int, micro: int) -> torch.Tensor:
         if self.nan_at == (step, micro):

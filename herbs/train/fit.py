@@ -1,11 +1,11 @@
 """What a checkpoint must match to be resumed, and a guard against resuming into nowhere.
 
 A checkpoint's data position (epoch, micro-batch) only means the same samples when the shards,
-the per-process batch, the accumulation and the number of processes are the same; its weights
-only load into a model of the same shapes. Each checkpoint records these facts, and a resume
-compares them first, so a mismatch is one sentence naming both values instead of a size-mismatch
-traceback, a stream position out of range, a silently wrong data position, or a loop that never
-ends.
+the per-process batch, the global batch and the data plan's lanes are the same (the number of
+processes may change: `herbs.train.batch` re-derives the accumulation); its weights only load
+into a model of the same shapes. Each checkpoint records these facts, and a resume compares them
+first, so a mismatch is one sentence naming both values instead of a size-mismatch traceback, a
+stream position out of range, a silently wrong data position, or a loop that never ends.
 """
 
 from __future__ import annotations
@@ -19,16 +19,19 @@ from herbs.errors import CheckpointError, HerbsError
 SHAPES = "model shapes"
 
 
-def requirements(config: Config, manifest, model, num_processes: int, accumulation: int) -> dict:
-    """This run's facts; `model` before `accelerator.prepare` (ZeRO-3 would hide its shapes)."""
+def requirements(config: Config, manifest, model) -> dict:
+    """This run's facts; `model` before `accelerator.prepare` (ZeRO-3 would hide its shapes). The
+    batch facts are checked before the process group exists (`herbs.train.batch.plan_batch`)."""
     return {
         "model.num_classes": config.model.num_classes,
         SHAPES: {name: list(tensor.shape) for name, tensor in model.state_dict().items()},
         "the shards' manifest (sha256)": hashlib.sha256(manifest.to_json().encode()).hexdigest()[:16],
-        "data.batch_size": config.data.batch_size,
-        "the gradient accumulation (train.gradient_accumulation_steps, or derived from train.global_batch_size)": accumulation,
-        "the number of processes": num_processes,
     }
+
+
+def misfit(checkpoint: str, fact: str, was, now, fix: str = "resume with the same settings, or start a new run (another log.name)") -> CheckpointError:
+    return CheckpointError(f"checkpoint {checkpoint} cannot be resumed by this run: {fact} was {was} when it was written "
+                           f"and is {now} now; {fix}")
 
 
 def check_fit(checkpoint: str, saved: dict, now: dict) -> None:
@@ -42,10 +45,7 @@ def check_fit(checkpoint: str, saved: dict, now: dict) -> None:
             key, was, value = f"the shape of {name}", saved[key].get(name, "absent"), value.get(name, "absent")
         else:
             was = saved[key]
-        raise CheckpointError(
-            f"checkpoint {checkpoint} cannot be resumed by this run: {key} was {was} when it was written and is {value} now; "
-            "resume with the same settings, or start a new run (another log.name)"
-        )
+        raise misfit(checkpoint, key, was, value)
 
 
 def progressing(batches: Iterable, epoch: int, start_batch: int) -> Iterator:

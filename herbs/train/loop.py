@@ -34,7 +34,7 @@ from herbs.predictions import gather, predict_batches
 from herbs.progress import Progress
 from herbs.run import EXIT_REQUEUE, METRICS_FILE, REQUEUE_MARKER, append_event, job_label, run_dir as run_dir_of, start_event
 from herbs.train.batch import plan_batch, warmup_steps
-from herbs.train.checkpoints import CheckpointDir
+from herbs.train.checkpoints import CheckpointDir, to_resume
 from herbs.train.faults import Faults
 from herbs.train.fit import progressing, requirements
 from herbs.train.norm_stats import NormStatistics
@@ -94,7 +94,10 @@ def train(config: Config, resume: str | None = None, overwrite: bool = False, wa
     if config.train.debug:
         apply_debug(config)
     run_dir = run_directory(config)
-    plan = plan_batch(config, launched_processes())  # before the process group: a bad plan stops every rank at once
+    # Before the process group: a bad plan stops every rank at once. A resume keeps its checkpoint's
+    # global batch and data lanes on any number of processes.
+    written_path, written = to_resume(run_dir / "checkpoints", resume) or (None, None)
+    plan = plan_batch(config, launched_processes(), written, str(written_path))
     accum = plan.accumulation
     accelerator = build_accelerator(config, run_dir, log_with="wandb" if config.log.wandb else None,
                                     accumulation=accum, find_unused_parameters=leaves_parameters_unused(config.loss))
@@ -105,11 +108,11 @@ def train(config: Config, resume: str | None = None, overwrite: bool = False, wa
     if is_main:
         (run_dir / REQUEUE_MARKER).unlink(missing_ok=True)
     with recorded_attempt(run_dir, is_main) as attempt, contextlib.nullcontext(watch) if watch else PreemptionWatch() as watch:
-        attempt["exit_code"] = _train(config, run_dir, run, accelerator, plan, watch, resume)
+        attempt["exit_code"] = _train(config, run_dir, run, accelerator, plan, watch, resume, written.lanes if written else None)
         return attempt["exit_code"]
 
 
-def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: PreemptionWatch, resume: str | None) -> int:
+def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: PreemptionWatch, resume: str | None, lanes: int | None) -> int:
     t, d = config.train, config.data
     accum = plan.accumulation
     is_main = accelerator.is_main_process
@@ -123,8 +126,8 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
         )
     rank, world = accelerator.process_index, accelerator.num_processes
     on_cuda = accelerator.device.type == "cuda"
-    train_data = train_stream(d, crop=config.model.img_size, rank=rank, world_size=world, seed=t.seed, round_to=accum,
-                              pin_memory=on_cuda)
+    train_data = train_stream(d, crop=config.model.img_size, rank=rank, world_size=world, seed=t.seed, accumulation=accum,
+                              lanes=lanes, pin_memory=on_cuda)
     has_val = d.val_split in manifest.splits
     steps_per_epoch = len(train_data) // accum
     total_steps = t.epochs * steps_per_epoch if t.max_steps is None else min(t.max_steps, t.epochs * steps_per_epoch)
@@ -138,7 +141,7 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
     # Model, loss, optimizer: the same initial weights on every rank.
     set_seed(t.seed)
     model = HERBSModel(config.model)
-    requires = requirements(config, manifest, model, world, accum)
+    requires = requirements(config, manifest, model)
     loss_fn = HERBSLoss(config.loss)
     optimizer = build_optimizer(model, config.optim)
     faults = Faults.from_env(optimizer, rank)
@@ -157,10 +160,17 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
         metrics.truncate_after(state.step)
     if start_from is not None:
         log.info("resumed from %s (step %d, epoch %d, batch %d)", start_from, state.step, state.epoch, state.batch)
+        if state.processes and state.processes != world:
+            state.batch = state.batch // state.accumulation * accum  # the same optimizer step of the epoch
+            accelerator.step = state.batch  # Accelerate's micro-batch count (restored as written) decides when a step syncs
+            log.info("resumed at step %d on %d processes, written by %d; accumulation %d -> %d, global batch %d kept",
+                     state.step, world, state.processes, state.accumulation, accum, plan.global_batch)
         if run.finished(state.step, total_steps):
             log.info("this run already finished at step %d; nothing to do (raise train.epochs or train.max_steps to train on)", state.step)
             accelerator.end_training()
             return 0
+    state.processes, state.per_process_batch, state.accumulation = world, plan.per_process, accum
+    state.global_batch, state.lanes = plan.global_batch, train_data.lanes
     if config.log.wandb:
         start_wandb(accelerator, config, run_dir)
 
@@ -208,6 +218,7 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
                     record({"first_batch_s": time.perf_counter() - fetched})
                     first = False
                 window.wait += time.perf_counter() - fetched
+                faults.record_keys(epoch, state.step, batch["key"])
                 images = normalize(batch["image"].to(accelerator.device, non_blocking=True), mean, std)
                 labels = batch["label"].to(accelerator.device, non_blocking=True)
                 if state.batch % accum == 0:

@@ -1,0 +1,79 @@
+"""Elastic resume: a run interrupted on 2 processes continues on 1 (accumulation doubled), and one
+interrupted on 1 continues on 2, with the same global batch, the same samples and the same weights
+as the uninterrupted run. Real runs of train.py (2 processes: accelerate launch, gloo), fp32."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import pytest
+import torch
+
+from helpers import REPO
+from helpers.runs import MICRO, checkpoint_weights, error_line, run_dir, run_training, write_demo_shards
+from herbs.train.checkpoints import STATE_FILE
+
+TINY = str(REPO / "configs" / "tiny.yaml")
+# Global batch 8 of 4 per process; 80 samples in 2 lanes: 10 steps per epoch. Interrupted at step 5,
+# mid-epoch; the resumed part crosses into the next epoch. No randomness in the model itself.
+SAME = ["train.max_steps=14", "train.checkpoint_every=5", "train.global_batch_size=8", "train.gradient_accumulation_steps=null",
+        "model.freeze_batchnorm=true", "model.drop_path_rate=0.0", "model.combiner_dropout=0.0", "data.num_workers=0"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return write_demo_shards(tmp_path_factory.mktemp("shards") / "demo")
+
+
+def train(processes, shards, out, keys, monkeypatch, *extra):
+    monkeypatch.setenv("HERBS_RECORD_KEYS", str(keys))
+    return run_training(processes, TINY, *MICRO, f"data.shards={shards}", f"train.output_dir={out}", *SAME, *extra)
+
+
+def trained(keys_file, processes, before_step=None, from_step=0) -> Counter:
+    """The (epoch, key) pairs of the micro-batches the ranks recorded, in steps from_step..before_step - 1."""
+    pairs = Counter()
+    for rank in range(processes):
+        for line in (keys_file.parent / f"{keys_file.name}.{rank}").read_text().splitlines():
+            record = json.loads(line)
+            if from_step <= record["step"] < (before_step if before_step is not None else 10**9):
+                pairs.update((record["epoch"], key) for key in record["keys"])
+    return pairs
+
+
+def interrupted_at(finished, step, out):
+    """A copy of the finished run as it was when its checkpoint at `step` was the newest."""
+    shutil.copytree(finished, out)
+    checkpoints = run_dir(out) / "checkpoints"
+    for later in checkpoints.glob("step-*"):
+        if int(later.name.split("-")[1]) > step:
+            shutil.rmtree(later)
+    (checkpoints / "latest").write_text(f"step-{step:07d}\n")
+    return out
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+@pytest.mark.parametrize("written_on, resumed_on", [(2, 1), (1, 2)])
+def test_a_run_resumed_on_another_number_of_processes_trains_the_same_samples_to_the_same_weights(
+        shards, tmp_path, monkeypatch, written_on, resumed_on):
+    straight_keys, resumed_keys = tmp_path / "straight.keys", tmp_path / "resumed.keys"
+    train(written_on, shards, tmp_path / "straight", straight_keys, monkeypatch)
+    copy = interrupted_at(tmp_path / "straight", 5, tmp_path / "resumed")
+    result = train(resumed_on, shards, copy, resumed_keys, monkeypatch, "--resume", "auto")
+
+    accumulation = {1: 2, 2: 1}
+    assert (f"resumed at step 5 on {resumed_on} processes, written by {written_on}; accumulation "
+            f"{accumulation[written_on]} -> {accumulation[resumed_on]}, global batch 8 kept") in result.stderr
+    # Every sample of the interrupted epoch trained on once, in the step it would have been: the same
+    # (epoch, key) pairs as the uninterrupted run, counted with their repeats.
+    assert trained(straight_keys, written_on, before_step=5) + trained(resumed_keys, resumed_on) == trained(straight_keys, written_on)
+    assert trained(resumed_keys, resumed_on) == trained(straight_keys, written_on, from_step=5)
+    straight, resumed = checkpoint_weights(run_dir(tmp_path / "straight"), 14), checkpoint_weights(run_dir(copy), 14)
+    for name in straight:
+        assert torch.allclose(straight[name].float(), resumed[name].float(), atol=1e-5, rtol=0), name
+    state = json.loads((run_dir(copy) / "checkpoints" / "step-0000014" / STATE_FILE).read_text())
+    assert (state["processes"], state["per_process_batch"], state["accumulation"], state["global_batch"], state["lanes"]) == \
+        (resumed_on, 4, accumulation[resumed_on], 8, 2)
