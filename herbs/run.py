@@ -16,6 +16,7 @@ gets the variables `torchrun` would have set (`process_env`), which Accelerate a
         launch.jsonl     one record per start and end of an attempt (`append_event`, `read_events`)
         metrics.jsonl    one record per logged step and evaluation
         requeue          left by a preempted run: it wrote a checkpoint and asks to be started again
+        checkpoints/step-NNNNNNN/trainer_state.json   a checkpoint's position and the run's shape
     exit code 75         preempted, checkpoint written, requeue me (EX_TEMPFAIL: "try again")
     exit code 2          a mistake of the user's, told in one sentence (herbs.errors.EXIT_USAGE)
 """
@@ -38,6 +39,8 @@ EXIT_REQUEUE = 75
 REQUEUE_MARKER = "requeue"
 EVENTS_FILE = "launch.jsonl"
 METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+STATE_FILE = "trainer_state.json"
 SUBMISSIONS = "submitit"  # <output_dir>/<project>/submitit/<name>-<time>: a submission's own files
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from herbs.config import load_config
-from herbs.errors import ConfigError
+from herbs.errors import CheckpointError, ConfigError
+from herbs.train.checkpoints import TrainerState
 from herbs.train.batch import plan_batch, warmup_steps
 
 from helpers import REPO
@@ -55,3 +56,25 @@ def test_warmup_is_a_share_of_the_run_not_a_step_count():
 def test_bad_batch_and_schedule_settings_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(CUB, [override])
+
+
+# What a checkpoint of the recipe on 2 processes x 8 images x 2 accumulated records.
+WRITTEN = TrainerState(step=100, processes=2, per_process_batch=8, accumulation=2, global_batch=32, lanes=4)
+
+
+@pytest.mark.parametrize("processes, accumulation", [(1, 4), (2, 2), (4, 1)])
+def test_a_resume_keeps_the_checkpoints_global_batch_on_any_number_of_processes(processes, accumulation):
+    config = load_config(CUB, ["data.batch_size=8", "train.gradient_accumulation_steps=2"])  # fixed by hand when it was written
+    plan = plan_batch(config, processes, WRITTEN, "ckpt")
+    assert (plan.accumulation, plan.global_batch, plan.peak_lr) == (accumulation, 32, 5e-4)
+
+
+def test_a_resume_that_cannot_keep_the_global_batch_is_one_sentence():
+    config = load_config(CUB, ["data.batch_size=8"])
+    with pytest.raises(CheckpointError, match=r"checkpoint ckpt was written with global batch 32 \(2 processes x 8 x 2 accumulated\), "
+                                              r"which 3 processes of 8 cannot make with a whole accumulation; resume on one of \[1, 2, 4\] processes"):
+        plan_batch(config, 3, WRITTEN, "ckpt")
+    with pytest.raises(CheckpointError, match="the global batch was 32 when it was written and is 64 with this config now; set train.global_batch_size"):
+        plan_batch(load_config(CUB, ["data.batch_size=8", "train.global_batch_size=64"]), 2, WRITTEN, "ckpt")
+    with pytest.raises(CheckpointError, match="data.batch_size was 8 when it was written and is 4 now; set data.batch_size=8"):
+        plan_batch(load_config(CUB, ["data.batch_size=4"]), 2, WRITTEN, "ckpt")

@@ -136,6 +136,8 @@ def test_a_resume_that_does_not_fit_is_one_sentence(shards, copy, tmp_path):
     resume = ["train.max_steps=20", "--resume", "auto"]
     line = error_line(run_training(1, TINY, *micro(shards, copy, "data.batch_size=8"), *resume, check=False, timeout=300))
     assert "data.batch_size was 4 when it was written and is 8 now" in line
+    line = error_line(run_training(1, TINY, *micro(shards, copy, "train.gradient_accumulation_steps=2"), *resume, check=False))
+    assert "the global batch was 4 when it was written and is 8 with this config now" in line
     line = error_line(run_training(1, TINY, *micro(shards, copy, "model.fpn_size=16"), *resume, check=False))
     assert re.search(r"the shape of \S+ was \[.*\] when it was written and is \[.*\] now", line)
     ten = write_demo_shards(tmp_path / "ten", classes=10)

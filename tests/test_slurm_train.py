@@ -27,14 +27,16 @@ CHECKPOINT_EVERY = 5
 
 
 def overrides(shards: Path, out: Path, name: str) -> list[str]:
-    # 80 training images, batch 4 on 2 processes: 10 steps per epoch, 40 in all
-    return micro(shards, out, "data.num_workers=0", "train.epochs=4", f"train.checkpoint_every={CHECKPOINT_EVERY}", f"log.name={name}")
+    # 80 training images, batch 4 on 2 processes: 10 steps per epoch, 40 in all. No randomness or
+    # per-process statistics in the model, so that a run resumed on 1 process can match one on 2.
+    return micro(shards, out, "data.num_workers=0", "train.epochs=4", f"train.checkpoint_every={CHECKPOINT_EVERY}", f"log.name={name}",
+                 "model.freeze_batchnorm=true", "model.drop_path_rate=0.0", "model.combiner_dropout=0.0")
 
 
-def submit(tmp: Path, args: list[str]) -> str:
+def submit(tmp: Path, args: list[str], processes: int = 2, sbatch_args: tuple[str, ...] = ()) -> str:
     # From a directory outside the checkout: the script finds the checkout through SLURM.
-    return sbatch(["--gpus-per-node=0", "--cpus-per-task=1", "--time=10", f"--output={tmp}/sbatch-%j.out",
-                   str(REPO / "slurm" / "train.sh"), str(TINY_CONFIG), *args], cwd=tmp, env={"HERBS_PROCS_PER_NODE": "2"})
+    return sbatch(["--gpus-per-node=0", "--cpus-per-task=1", "--time=10", f"--output={tmp}/sbatch-%j.out", *sbatch_args,
+                   str(REPO / "slurm" / "train.sh"), str(TINY_CONFIG), *args], cwd=tmp, env={"HERBS_PROCS_PER_NODE": str(processes)})
 
 
 def run_dir_of(out: Path, name: str) -> Path:
@@ -42,11 +44,11 @@ def run_dir_of(out: Path, name: str) -> Path:
 
 
 class Interrupter(threading.Thread):
-    """Sends SIGUSR1 to a job's batch script once its run has written a checkpoint (mid-run)."""
+    """Sends SIGUSR1 (or `signal`) to a job's batch script once its run has written a checkpoint (mid-run)."""
 
-    def __init__(self, job: str, run_dir: Path, timeout: float = 240):
+    def __init__(self, job: str, run_dir: Path, timeout: float = 240, signal: str = "USR1"):
         super().__init__(daemon=True)
-        self.job, self.run_dir, self.timeout = job, run_dir, timeout
+        self.job, self.run_dir, self.timeout, self.signal = job, run_dir, timeout, signal
         self.sent = False
         self.problem = ""
 
@@ -54,7 +56,7 @@ class Interrupter(threading.Thread):
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if (self.run_dir / "checkpoints" / "latest").is_file():
-                out = subprocess.run(["scancel", "--signal=USR1", "--batch", self.job], capture_output=True, text=True)
+                out = subprocess.run(["scancel", f"--signal={self.signal}", "--batch", self.job], capture_output=True, text=True)
                 self.sent, self.problem = out.returncode == 0, out.stderr
                 return
             if not in_queue(self.job):
@@ -72,11 +74,16 @@ def jobs(tmp_path_factory, slurm):
     write_demo_shards(shards)
     interrupted = submit(tmp, overrides(shards, out, "interrupted"))
     reference = submit(tmp, overrides(shards, out, ODD_NAME))
+    # preempted where SLURM may not requeue it: resubmitted by hand, on 1 process
+    stopped = submit(tmp, overrides(shards, out, "elastic"), sbatch_args=("--no-requeue",))
     interrupter = Interrupter(interrupted, run_dir_of(out, "interrupted"))
+    stopper = Interrupter(stopped, run_dir_of(out, "elastic"), timeout=600)  # may wait in the queue
     interrupter.start()
-    yield {"tmp": tmp, "out": out, "reference": reference, "interrupted": interrupted, "interrupter": interrupter}
+    stopper.start()
+    yield {"tmp": tmp, "out": out, "shards": shards, "reference": reference, "interrupted": interrupted, "interrupter": interrupter,
+           "stopped": stopped, "stopper": stopper}
     interrupter.join(1)
-    for job in (interrupted, reference):
+    for job in (interrupted, reference, stopped):
         if in_queue(job):
             subprocess.run(["scancel", job])
 
@@ -142,3 +149,29 @@ def test_sbatch_usr1_checkpoints_requeues_and_matches_uninterrupted_run(referenc
         assert ours.keys() == theirs.keys()
         different = [k for k in ours if not torch.equal(ours[k], theirs[k])]
         assert not different, f"{rel}: {len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_a_run_stopped_on_two_processes_continues_on_one_with_the_same_global_batch(reference, jobs):
+    """sbatch --no-requeue with HERBS_PROCS_PER_NODE=2, preempted (SIGUSR1) after a checkpoint, then the same
+    command with HERBS_PROCS_PER_NODE=1: the run continues at its checkpoint, accumulating 2 micro-batches
+    where it had 2 processes, and ends with the uninterrupted 2-process run's weights (to float rounding)."""
+    tmp, run_dir, first = jobs["tmp"], run_dir_of(jobs["out"], "elastic"), jobs["stopped"]
+    wait_job_done(first, 300, on_timeout=diagnose(tmp, first, run_dir))
+    jobs["stopper"].join(5)
+    assert jobs["stopper"].sent, jobs["stopper"].problem
+    first_log = log_file(run_dir, first).read_text(errors="replace")
+    assert "preempted: checkpoint at step" in first_log and "resubmit the same command to continue" in first_log, first_log[-3000:]
+    stopped_at = int((run_dir / "checkpoints" / "latest").read_text().strip().split("-")[1])
+    assert stopped_at < 40
+
+    second = submit(tmp, overrides(jobs["shards"], jobs["out"], "elastic"), processes=1)
+    assert wait_job_done(second, 300, on_timeout=diagnose(tmp, second, run_dir)) == "COMPLETED", diagnose(tmp, second, run_dir)()
+    text = log_file(run_dir, second).read_text(errors="replace")
+    assert "1 node(s) x 1 process(es)" in text
+    assert f"resumed at step {stopped_at} on 1 processes, written by 2; accumulation 1 -> 2, global batch 8 kept" in text
+    _, ref_dir, ref_state = reference
+    assert ref_state == "COMPLETED"
+    ours, theirs = model_weights(final_checkpoint(run_dir) / "model.safetensors"), model_weights(final_checkpoint(ref_dir) / "model.safetensors")
+    assert final_checkpoint(run_dir).name == "step-0000040" and ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.allclose(ours[name], theirs[name], atol=1e-5, rtol=0), name

@@ -21,7 +21,7 @@ from herbs.model.checkpoint import load_model
 from herbs.train.optim import Schedule
 
 from helpers import REPO
-from helpers.runs import MICRO, metrics, run_dir, run_training, write_demo_shards
+from helpers.runs import MICRO, error_line, metrics, run_dir, run_training, write_demo_shards
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 
@@ -57,6 +57,13 @@ def test_zero_bf16_trains_saves_resumes_and_exports(deepspeed_installed, shards,
     assert (first / "pytorch_model").is_dir()  # DeepSpeed's own (sharded) checkpoint format
     assert json.loads((first / "trainer_state.json").read_text())["step"] == 2
 
+    if stage == 2:  # DeepSpeed cannot re-partition ZeRO optimizer state: refused before loading, naming the count
+        # (accelerate launch reports its process's exit 2 with a traceback of its own)
+        refused = run_training(1, TINY, *args, "train.max_steps=4", "--resume", "auto", launch_config=launch, check=False)
+        assert refused.returncode != 0 and "train.py: error: the checkpoints in" in refused.stderr
+        assert "were written by 2 DeepSpeed ZeRO processes and this run has 1" in refused.stderr and "resume on 2 processes" in refused.stderr
+        line = error_line(run_training(1, TINY, *args, "train.max_steps=4", "--resume", "auto", check=False))
+        assert "were written by DeepSpeed ZeRO-2 processes and this run uses no DeepSpeed" in line
     result = run_training(2, TINY, *args, "train.max_steps=4", "--resume", "auto", launch_config=launch)
     assert "resumed from" in result.stderr and "step 2" in result.stderr
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-0000004"

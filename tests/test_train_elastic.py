@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
 import torch
 
 from helpers import REPO
-from helpers.runs import MICRO, checkpoint_weights, error_line, run_dir, run_training, write_demo_shards
-from herbs.train.checkpoints import STATE_FILE
+from helpers.runs import MICRO, checkpoint_weights, run_dir, run_training, write_demo_shards
+from herbs.run import STATE_FILE
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 # Global batch 8 of 4 per process; 80 samples in 2 lanes: 10 steps per epoch. Interrupted at step 5,
@@ -27,9 +29,10 @@ def shards(tmp_path_factory):
     return write_demo_shards(tmp_path_factory.mktemp("shards") / "demo")
 
 
-def train(processes, shards, out, keys, monkeypatch, *extra):
+def train(processes, shards, out, keys, monkeypatch, *extra, launch_config=None):
     monkeypatch.setenv("HERBS_RECORD_KEYS", str(keys))
-    return run_training(processes, TINY, *MICRO, f"data.shards={shards}", f"train.output_dir={out}", *SAME, *extra)
+    return run_training(processes, TINY, *MICRO, f"data.shards={shards}", f"train.output_dir={out}", *SAME, *extra,
+                        launch_config=launch_config)
 
 
 def trained(keys_file, processes, before_step=None, from_step=0) -> Counter:
@@ -77,3 +80,44 @@ def test_a_run_resumed_on_another_number_of_processes_trains_the_same_samples_to
     state = json.loads((run_dir(copy) / "checkpoints" / "step-0000014" / STATE_FILE).read_text())
     assert (state["processes"], state["per_process_batch"], state["accumulation"], state["global_batch"], state["lanes"]) == \
         (resumed_on, 4, accumulation[resumed_on], 8, 2)
+
+    # herbs status RUN_DIR: each checkpoint with the shape of the run that wrote it
+    table = subprocess.run([sys.executable, "-m", "herbs", "status", str(run_dir(copy))], capture_output=True, text=True, check=True).stdout
+    assert table.split("\n")[0].split() == ["CHECKPOINT", "STEP", "EPOCH", "BATCH", "PROCESSES", "PER-PROCESS", "BATCH",
+                                             "ACCUMULATION", "GLOBAL", "BATCH", "LANES"]
+    rows = [line.split() for line in table.strip().split("\n")[1:]]
+    assert [row[0] for row in rows] == ["step-0000005", "step-0000010", "step-0000014"]
+    assert rows[0][4:] == [str(written_on), "4", str(accumulation[written_on]), "8", "2"]
+    assert rows[-1][1:] == ["14", "1", str(4 * accumulation[resumed_on]), str(resumed_on), "4", str(accumulation[resumed_on]), "8", "2"]
+
+
+def zero_weights(run, step: int) -> dict:
+    path = run / "checkpoints" / f"step-{step:07d}" / "pytorch_model" / "mp_rank_00_model_states.pt"
+    return torch.load(path, map_location="cpu", weights_only=False)["module"]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+@pytest.mark.deepspeed
+@pytest.mark.parametrize("written_on, resumed_on", [(2, 1), (1, 2)])
+def test_a_zero2_run_resumed_on_another_number_of_processes_repartitions_its_optimizer_state(
+        shards, tmp_path, monkeypatch, written_on, resumed_on):
+    """DeepSpeed itself refuses to load ZeRO optimizer state on another process count; herbs re-cuts the
+    SGD momentum into the new partitions, and the run ends where the uninterrupted one does."""
+    launch = "configs/accelerate/zero2.yaml"
+    train(written_on, shards, tmp_path / "straight", tmp_path / "straight.keys", monkeypatch, launch_config=launch)
+    copy = interrupted_at(tmp_path / "straight", 5, tmp_path / "resumed")
+    result = train(resumed_on, shards, copy, tmp_path / "resumed.keys", monkeypatch, "--resume", "auto", launch_config=launch)
+    assert f"re-partitioned the ZeRO optimizer state of step-0000005 from {written_on} processes onto {resumed_on}" in result.stderr
+    assert trained(tmp_path / "resumed.keys", resumed_on) == trained(tmp_path / "straight.keys", written_on, from_step=5)
+    straight, resumed = zero_weights(run_dir(tmp_path / "straight"), 14), zero_weights(run_dir(copy), 14)
+    for name in straight:
+        assert torch.allclose(straight[name].float(), resumed[name].float(), atol=1e-5, rtol=0), name
+
+
+def test_the_zero_resize_benchmark_prints_one_json_line():
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "zero_resize.py"), "--params", "1e5", "--written", "2", "--resumed", "1"],
+                          capture_output=True, text=True, timeout=300, check=True)
+    [line] = done.stdout.strip().splitlines()
+    result = json.loads(line)
+    assert result["params"] == 100_000 and result["published_params"] > 10**8 and result["seconds_per_process"] > 0

@@ -40,7 +40,6 @@ import atexit
 import copy
 import itertools
 import logging
-import math
 import multiprocessing
 import random
 import weakref

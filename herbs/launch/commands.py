@@ -13,9 +13,11 @@ def register(subparsers) -> None:
     submit.add_arguments(p)
     p.set_defaults(func=submit.submit)
 
-    p = subparsers.add_parser("status", help="the jobs of a submission: state, restarts, last step, best val top-1",
-                              description="Show the jobs of a submission: state, restarts, last step, best val accuracy.")
-    p.add_argument("dir", metavar="DIR", help="the submission directory that herbs submit printed")
+    p = subparsers.add_parser("status", help="the jobs of a submission (state, restarts, last step, best val top-1), or a run's checkpoints",
+                              description="Show the jobs of a submission: state, restarts, last step, best val accuracy. "
+                                          "Given a run directory, show its checkpoints: step, data position, and the "
+                                          "processes, per-process batch, accumulation and global batch that wrote each.")
+    p.add_argument("dir", metavar="DIR", help="the submission directory that herbs submit printed, or a run directory")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=show_status)
 

@@ -1,4 +1,5 @@
-"""`herbs status DIR`: the jobs of a submission, from its `sweep.json` and each run's own records.
+"""`herbs status DIR`: the jobs of a submission, from its `sweep.json` and each run's own records;
+or, for a run directory, its checkpoints and the shape of the run that wrote each.
 
 State comes from SLURM (sacct, then squeue) and, where SLURM has nothing (the local executor, a
 job that left the accounting), from the run's attempt records (`herbs.run.EVENTS_FILE`).
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from herbs.errors import LaunchError
-from herbs.run import METRICS_FILE, read_events, read_jsonl
+from herbs.run import CHECKPOINTS_DIR, METRICS_FILE, STATE_FILE, read_events, read_jsonl
 
 
 def write_record(folder: Path, record: dict) -> None:
@@ -116,11 +117,39 @@ def status_rows(folder: Path) -> list[dict]:
     return rows
 
 
+# A checkpoint's columns: trainer_state.json's key for each (0 or absent: not recorded by that herbs).
+CHECKPOINT_COLUMNS = {"STEP": "step", "EPOCH": "epoch", "BATCH": "batch", "PROCESSES": "processes",
+                      "PER-PROCESS BATCH": "per_process_batch", "ACCUMULATION": "accumulation",
+                      "GLOBAL BATCH": "global_batch", "LANES": "lanes"}
+
+
+def checkpoint_rows(run_dir: Path) -> list[dict]:
+    """One row per complete checkpoint of the run, lowest step first."""
+    rows = []
+    for state_file in sorted((run_dir / CHECKPOINTS_DIR).glob(f"step-*/{STATE_FILE}")):
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            continue  # being written or damaged: a resume names it
+        rows.append({"checkpoint": state_file.parent.name, **{key: state.get(key) or None for key in CHECKPOINT_COLUMNS.values()}})
+    return rows
+
+
+def format_checkpoints(rows: list[dict]) -> str:
+    header = ["CHECKPOINT", *CHECKPOINT_COLUMNS]
+    body = [[r["checkpoint"], *("-" if r[key] is None else str(r[key]) for key in CHECKPOINT_COLUMNS.values())] for r in rows]
+    return columns(header, body)
+
+
 def format_table(rows: list[dict]) -> str:
     header = ["NAME", "JOB", "STATE", "RESTARTS", "LAST STEP", "BEST VAL TOP-1", "RUN DIR"]
     body = [[r["name"], r["job_id"] or "-", r["state"], str(r["restarts"]),
              "-" if r["last_step"] is None else str(r["last_step"]),
              "-" if r["best_val_top1"] is None else f"{r['best_val_top1']:.2f}%", r["run_dir"]] for r in rows]
+    return columns(header, body)
+
+
+def columns(header: list[str], body: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *body])
 
@@ -130,6 +159,10 @@ def print_status(folder: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = status_rows(Path(args.dir))
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    folder = Path(args.dir)
+    if not (folder / "sweep.json").is_file() and (folder / CHECKPOINTS_DIR).is_dir():
+        rows, table = checkpoint_rows(folder), format_checkpoints
+    else:
+        rows, table = status_rows(folder), format_table
+    print(json.dumps(rows, indent=2) if args.json else table(rows))
     return 0

@@ -32,12 +32,12 @@ from accelerate.utils import broadcast_object_list
 
 from herbs.data.tario import sha256_file
 from herbs.errors import CheckpointError, HerbsError
+from herbs.run import CHECKPOINTS_DIR, STATE_FILE
 from herbs.train.diskspace import mount_point, out_of_space
 from herbs.train.fit import check_fit
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "trainer_state.json"
 CHECKPOINT_FILE = "checkpoint.json"
 LATEST = "latest"
 
@@ -61,6 +61,7 @@ class TrainerState:
     accumulation: int = 0  # micro-batches per optimizer step on each process; `batch` counts in these
     global_batch: int = 0
     lanes: int = 0  # the training data plan's lanes (herbs.data.plan)
+    zero_stage: int = 0  # DeepSpeed ZeRO's stage; 0: not DeepSpeed (Accelerate's own checkpoint layout)
 
 
 def step_name(step: int) -> str:
@@ -215,9 +216,14 @@ class CheckpointDir:
         return None, None
 
     def load(self, accelerator, path: Path) -> TrainerState:
-        accelerator.load_state(str(path))
-        data = json.loads((path / STATE_FILE).read_text())
-        return TrainerState(**data)
+        state = TrainerState(**json.loads((path / STATE_FILE).read_text()))
+        if state.zero_stage in (1, 2) and state.processes not in (0, accelerator.num_processes):
+            from herbs.train.zero_resize import load_resized  # torch.distributed and DeepSpeed's layout: only here
+
+            load_resized(accelerator, path)
+        else:
+            accelerator.load_state(str(path))
+        return state
 
     def no_space(self, path: Path) -> HerbsError:
         previous = self.latest()
@@ -257,7 +263,7 @@ def explicit_checkpoint(resume: str) -> Path:
     if path.is_dir() and not (path / STATE_FILE).is_file():
         inner = CheckpointDir(path, keep=1).latest()
         if inner is None:
-            inner = CheckpointDir(path / "checkpoints", keep=1).latest()
+            inner = CheckpointDir(path / CHECKPOINTS_DIR, keep=1).latest()
         path = inner if inner is not None else path
     if not (path / STATE_FILE).is_file():
         raise HerbsError(f"--resume {resume}: no complete checkpoint there; pass a checkpoints/step-NNNNNNN directory or 'auto'")

@@ -1,7 +1,7 @@
 """What a checkpoint must match to be resumed, and a guard against resuming into nowhere.
 
 A checkpoint's data position (epoch, micro-batch) only means the same samples when the shards,
-the per-process batch, the global batch and the data plan's lanes are the same (the number of
+the seed, the per-process batch, the global batch and the data plan's lanes are the same (the number of
 processes may change: `herbs.train.batch` re-derives the accumulation); its weights only load
 into a model of the same shapes. Each checkpoint records these facts, and a resume compares them
 first, so a mismatch is one sentence naming both values instead of a size-mismatch traceback, a
@@ -26,6 +26,7 @@ def requirements(config: Config, manifest, model) -> dict:
         "model.num_classes": config.model.num_classes,
         SHAPES: {name: list(tensor.shape) for name, tensor in model.state_dict().items()},
         "the shards' manifest (sha256)": hashlib.sha256(manifest.to_json().encode()).hexdigest()[:16],
+        "train.seed": config.train.seed,  # orders and augments the data
     }
 
 

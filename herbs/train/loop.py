@@ -25,16 +25,16 @@ from herbs.data.fetch import FetchPolicy
 from herbs.data.manifest import load_manifest
 from herbs.data.stream import eval_stream, train_stream
 from herbs.data.transforms import normalize
-from herbs.errors import EXIT_USAGE, HerbsError
+from herbs.errors import EXIT_USAGE, CheckpointError, HerbsError
 from herbs.loss import HERBSLoss, temperature_at
 from herbs.metrics import topk_accuracy
 from herbs.model import HERBSModel
 from herbs.model.checkpoint import WEIGHTS, save_model
 from herbs.predictions import gather, predict_batches
 from herbs.progress import Progress
-from herbs.run import EXIT_REQUEUE, METRICS_FILE, REQUEUE_MARKER, append_event, job_label, run_dir as run_dir_of, start_event
+from herbs.run import CHECKPOINTS_DIR, EXIT_REQUEUE, METRICS_FILE, REQUEUE_MARKER, append_event, job_label, run_dir as run_dir_of, start_event
 from herbs.train.batch import plan_batch, warmup_steps
-from herbs.train.checkpoints import CheckpointDir, to_resume
+from herbs.train.checkpoints import CheckpointDir, TrainerState, to_resume
 from herbs.train.faults import Faults
 from herbs.train.fit import progressing, requirements
 from herbs.train.norm_stats import NormStatistics
@@ -96,7 +96,7 @@ def train(config: Config, resume: str | None = None, overwrite: bool = False, wa
     run_dir = run_directory(config)
     # Before the process group: a bad plan stops every rank at once. A resume keeps its checkpoint's
     # global batch and data lanes on any number of processes.
-    written_path, written = to_resume(run_dir / "checkpoints", resume) or (None, None)
+    written_path, written = to_resume(run_dir / CHECKPOINTS_DIR, resume) or (None, None)
     plan = plan_batch(config, launched_processes(), written, str(written_path))
     accum = plan.accumulation
     accelerator = build_accelerator(config, run_dir, log_with="wandb" if config.log.wandb else None,
@@ -108,11 +108,12 @@ def train(config: Config, resume: str | None = None, overwrite: bool = False, wa
     if is_main:
         (run_dir / REQUEUE_MARKER).unlink(missing_ok=True)
     with recorded_attempt(run_dir, is_main) as attempt, contextlib.nullcontext(watch) if watch else PreemptionWatch() as watch:
-        attempt["exit_code"] = _train(config, run_dir, run, accelerator, plan, watch, resume, written.lanes if written else None)
+        attempt["exit_code"] = _train(config, run_dir, run, accelerator, plan, watch, resume, written)
         return attempt["exit_code"]
 
 
-def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: PreemptionWatch, resume: str | None, lanes: int | None) -> int:
+def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: PreemptionWatch, resume: str | None,
+           written: TrainerState | None) -> int:
     t, d = config.train, config.data
     accum = plan.accumulation
     is_main = accelerator.is_main_process
@@ -125,6 +126,8 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
             f"{config.model.num_classes}; set model.num_classes={manifest.num_classes}"
         )
     rank, world = accelerator.process_index, accelerator.num_processes
+    refuse_other_layout(accelerator, written, run_dir)
+    lanes = written.lanes if written else None  # a resumed run keeps its lanes, so its samples keep their steps
     on_cuda = accelerator.device.type == "cuda"
     train_data = train_stream(d, crop=config.model.img_size, rank=rank, world_size=world, seed=t.seed, accumulation=accum,
                               lanes=lanes, pin_memory=on_cuda)
@@ -146,14 +149,14 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
     optimizer = build_optimizer(model, config.optim)
     faults = Faults.from_env(optimizer, rank)
     model, optimizer = accelerator.prepare(model, optimizer)
-    zero3 = accelerator.state.deepspeed_plugin is not None and accelerator.state.deepspeed_plugin.zero_stage == 3
+    zero3 = zero_stage(accelerator) == 3
     norm_stats = NormStatistics(accelerator.unwrap_model(model))
     peak = peak_flops(accelerator.device) if t.mixed_precision != "no" else None  # peaks are half-precision rates
     flops_per_image = train_flops_per_image(config.model) if peak else None
     if t.compile:
         model = torch.compile(model)
 
-    checkpoints = CheckpointDir(run_dir / "checkpoints", keep=t.keep_checkpoints, run_id=run.id, requires=requires)
+    checkpoints = CheckpointDir(run_dir / CHECKPOINTS_DIR, keep=t.keep_checkpoints, run_id=run.id, requires=requires)
     state, start_from = checkpoints.resume(accelerator, resume)
     metrics = MetricsFile(run_dir / METRICS_FILE, enabled=is_main)
     if resume:
@@ -170,7 +173,7 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
             accelerator.end_training()
             return 0
     state.processes, state.per_process_batch, state.accumulation = world, plan.per_process, accum
-    state.global_batch, state.lanes = plan.global_batch, train_data.lanes
+    state.global_batch, state.lanes, state.zero_stage = plan.global_batch, train_data.lanes, zero_stage(accelerator)
     if config.log.wandb:
         start_wandb(accelerator, config, run_dir)
 
@@ -320,11 +323,36 @@ def use_best_weights(accelerator, model, best_dir: Path) -> str:
     """Load the exported best-val weights into the model for the test evaluation; returns which
     weights the model holds. ZeRO-3 keeps its partitioned final weights (they cannot be loaded
     into by name) and says so."""
-    plugin = accelerator.state.deepspeed_plugin
-    if not (best_dir / WEIGHTS).is_file() or (plugin is not None and plugin.zero_stage == 3):
+    if not (best_dir / WEIGHTS).is_file() or zero_stage(accelerator) == 3:
         return "final"
     accelerator.unwrap_model(model).load_state_dict(load_file(str(best_dir / WEIGHTS)))
     return "best"
+
+
+def refuse_other_layout(accelerator, written: TrainerState | None, run_dir: Path) -> None:
+    """A DeepSpeed checkpoint does not load as Accelerate's own layout nor the other way round, and a
+    ZeRO-3 one (parameters split per process) only on its own process count (ZeRO-1/2 ones are
+    re-partitioned: `zero_resize.py`); say so before any rank loads, with what works."""
+    if not written or not written.processes:
+        return
+    stage, world = zero_stage(accelerator), accelerator.num_processes
+    was = f"DeepSpeed ZeRO-{written.zero_stage}" if written.zero_stage else "non-DeepSpeed"
+    if written.zero_stage != stage:
+        now = f"DeepSpeed ZeRO-{stage}" if stage else "no DeepSpeed"
+        fix = f"launch it with the ZeRO-{written.zero_stage} config" if written.zero_stage else "launch it without DeepSpeed"
+        raise CheckpointError(f"the checkpoints in {run_dir / CHECKPOINTS_DIR} were written by {was} processes and this run "
+                              f"uses {now}; resume with the same kind of launch ({fix})")
+    if stage == 3 and written.processes != world:
+        raise CheckpointError(
+            f"the checkpoints in {run_dir / CHECKPOINTS_DIR} were written by {written.processes} DeepSpeed ZeRO-3 processes and "
+            f"this run has {world}; ZeRO-3 parameters are split per process and herbs re-partitions only ZeRO-1/2 state, "
+            f"so resume on {written.processes} processes"
+        )
+
+
+def zero_stage(accelerator) -> int:
+    plugin = accelerator.state.deepspeed_plugin
+    return 0 if plugin is None else plugin.zero_stage
 
 
 def checked_manifest(data: DataConfig, accelerator):

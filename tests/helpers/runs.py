@@ -62,8 +62,8 @@ def free_port() -> int:
 
 
 def train_command(processes: int, *args: str, launch_config: str | None = None) -> list[str]:
-    """`python train.py ...` for one process, `accelerate launch` (DDP, or `launch_config`) for more."""
-    if processes == 1:
+    """`python train.py ...` for one process, `accelerate launch` (DDP, or `launch_config`) for more or with a launch config."""
+    if processes == 1 and not launch_config:
         return [sys.executable, str(REPO / "train.py"), *args]
     launcher = ["--config_file", launch_config] if launch_config else ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
     return [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", str(processes),
