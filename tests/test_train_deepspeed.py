@@ -57,11 +57,7 @@ def test_zero_bf16_trains_saves_resumes_and_exports(deepspeed_installed, shards,
     assert (first / "pytorch_model").is_dir()  # DeepSpeed's own (sharded) checkpoint format
     assert json.loads((first / "trainer_state.json").read_text())["step"] == 2
 
-    if stage == 2:  # DeepSpeed cannot re-partition ZeRO optimizer state: refused before loading, naming the count
-        # (accelerate launch reports its process's exit 2 with a traceback of its own)
-        refused = run_training(1, TINY, *args, "train.max_steps=4", "--resume", "auto", launch_config=launch, check=False)
-        assert refused.returncode != 0 and "train.py: error: the checkpoints in" in refused.stderr
-        assert "were written by 2 DeepSpeed ZeRO processes and this run has 1" in refused.stderr and "resume on 2 processes" in refused.stderr
+    if stage == 2:  # a DeepSpeed checkpoint does not load into a run without DeepSpeed: one sentence, before loading
         line = error_line(run_training(1, TINY, *args, "train.max_steps=4", "--resume", "auto", check=False))
         assert "were written by DeepSpeed ZeRO-2 processes and this run uses no DeepSpeed" in line
     result = run_training(2, TINY, *args, "train.max_steps=4", "--resume", "auto", launch_config=launch)

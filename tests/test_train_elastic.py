@@ -92,19 +92,21 @@ def test_a_run_resumed_on_another_number_of_processes_trains_the_same_samples_to
 
 
 def zero_weights(run, step: int) -> dict:
-    path = run / "checkpoints" / f"step-{step:07d}" / "pytorch_model" / "mp_rank_00_model_states.pt"
-    return torch.load(path, map_location="cpu", weights_only=False)["module"]
+    """The fp32 weights DeepSpeed saved in a checkpoint, gathered from ZeRO-3's pieces as its zero_to_fp32 does."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(run / "checkpoints" / f"step-{step:07d}"), tag="pytorch_model")
 
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
 @pytest.mark.deepspeed
-@pytest.mark.parametrize("written_on, resumed_on", [(2, 1), (1, 2)])
-def test_a_zero2_run_resumed_on_another_number_of_processes_repartitions_its_optimizer_state(
-        shards, tmp_path, monkeypatch, written_on, resumed_on):
+@pytest.mark.parametrize("stage, written_on, resumed_on", [(2, 2, 1), (2, 1, 2), (3, 2, 1), (3, 1, 2)])
+def test_a_zero_run_resumed_on_another_number_of_processes_repartitions_its_optimizer_state(
+        shards, tmp_path, monkeypatch, stage, written_on, resumed_on):
     """DeepSpeed itself refuses to load ZeRO optimizer state on another process count; herbs re-cuts the
-    SGD momentum into the new partitions, and the run ends where the uninterrupted one does."""
-    launch = "configs/accelerate/zero2.yaml"
+    weights and the SGD momentum into the new partitions, and the run ends where the uninterrupted one does."""
+    launch = f"configs/accelerate/zero{stage}.yaml"
     train(written_on, shards, tmp_path / "straight", tmp_path / "straight.keys", monkeypatch, launch_config=launch)
     copy = interrupted_at(tmp_path / "straight", 5, tmp_path / "resumed")
     result = train(resumed_on, shards, copy, tmp_path / "resumed.keys", monkeypatch, "--resume", "auto", launch_config=launch)

@@ -217,10 +217,10 @@ class CheckpointDir:
 
     def load(self, accelerator, path: Path) -> TrainerState:
         state = TrainerState(**json.loads((path / STATE_FILE).read_text()))
-        if state.zero_stage in (1, 2) and state.processes not in (0, accelerator.num_processes):
+        if state.zero_stage and state.processes not in (0, accelerator.num_processes):
             from herbs.train.zero_resize import load_resized  # torch.distributed and DeepSpeed's layout: only here
 
-            load_resized(accelerator, path)
+            load_resized(accelerator, path, state.zero_stage)
         else:
             accelerator.load_state(str(path))
         return state

@@ -330,24 +330,18 @@ def use_best_weights(accelerator, model, best_dir: Path) -> str:
 
 
 def refuse_other_layout(accelerator, written: TrainerState | None, run_dir: Path) -> None:
-    """A DeepSpeed checkpoint does not load as Accelerate's own layout nor the other way round, and a
-    ZeRO-3 one (parameters split per process) only on its own process count (ZeRO-1/2 ones are
-    re-partitioned: `zero_resize.py`); say so before any rank loads, with what works."""
+    """A DeepSpeed checkpoint does not load as Accelerate's own layout nor the other way round (on
+    another process count ZeRO's partitions are re-cut: `zero_resize.py`); say so before any rank
+    loads, with what works."""
     if not written or not written.processes:
         return
-    stage, world = zero_stage(accelerator), accelerator.num_processes
+    stage = zero_stage(accelerator)
     was = f"DeepSpeed ZeRO-{written.zero_stage}" if written.zero_stage else "non-DeepSpeed"
     if written.zero_stage != stage:
         now = f"DeepSpeed ZeRO-{stage}" if stage else "no DeepSpeed"
         fix = f"launch it with the ZeRO-{written.zero_stage} config" if written.zero_stage else "launch it without DeepSpeed"
         raise CheckpointError(f"the checkpoints in {run_dir / CHECKPOINTS_DIR} were written by {was} processes and this run "
                               f"uses {now}; resume with the same kind of launch ({fix})")
-    if stage == 3 and written.processes != world:
-        raise CheckpointError(
-            f"the checkpoints in {run_dir / CHECKPOINTS_DIR} were written by {written.processes} DeepSpeed ZeRO-3 processes and "
-            f"this run has {world}; ZeRO-3 parameters are split per process and herbs re-partitions only ZeRO-1/2 state, "
-            f"so resume on {written.processes} processes"
-        )
 
 
 def zero_stage(accelerator) -> int:
