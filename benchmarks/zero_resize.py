@@ -3,8 +3,9 @@
 Writes the optimizer partitions DeepSpeed saves for a model of --params parameters on --written
 processes (fp32 master weights and SGD momentum, DeepSpeed's ZeRO-1/2 file format), then times what
 each resumed process does in `herbs.train.zero_resize`: read every old partition and re-cut the
-momentum into its own new partition (ZeRO-3 reads the same bytes and cuts per parameter). Prints one JSON line, with the same figure scaled to the published
-model (configs/cub200.yaml's parameter count; the work is linear in it: reading and copying).
+momentum into its own new partition (ZeRO-3 reads the same bytes and cuts per parameter). Prints
+one JSON line, with the same figure scaled to the published model (configs/cub200.yaml's parameter
+count; the work is linear in it: reading and copying).
 
     python benchmarks/zero_resize.py                 # 20M parameters, 4 -> 2 processes
     python benchmarks/zero_resize.py --params 5e6 --written 2 --resumed 1
