@@ -17,7 +17,8 @@ import torch
 from herbs.run import EVENTS_FILE, METRICS_FILE, log_file
 from helpers import REPO, TINY_CONFIG
 from helpers.runs import micro, write_demo_shards
-from helpers.slurm import final_checkpoint, in_queue, model_weights, read_jsonl, sacct_states, sbatch, slurm, tail, wait_job_done  # noqa: F401
+from helpers.slurm import (final_checkpoint, in_queue, model_weights, read_jsonl, sacct_elapsed, sacct_states, sbatch, slurm,  # noqa: F401
+                           tail, wait_job_done)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -175,3 +176,23 @@ def test_a_run_stopped_on_two_processes_continues_on_one_with_the_same_global_ba
     assert final_checkpoint(run_dir).name == "step-0000040" and ours.keys() == theirs.keys()
     for name in ours:
         assert torch.allclose(ours[name], theirs[name], atol=1e-5, rtol=0), name
+
+
+def test_a_crashed_process_ends_the_job_at_once_instead_of_leaving_the_other_in_a_collective(jobs):
+    """Rank 1 dies in step 3 (HERBS_FAULT_EXIT): srun --kill-on-bad-exit ends rank 0, which is waiting for
+    it in the gradient all-reduce, in seconds rather than at the collective's timeout (30 min; on one
+    node gloo may also notice the closed connection, across nodes NCCL waits), and the job fails
+    without a requeue."""
+    tmp = jobs["tmp"]
+    run_dir = run_dir_of(jobs["out"], "crashed")
+    job = sbatch(["--gpus-per-node=0", "--cpus-per-task=1", "--time=10", f"--output={tmp}/sbatch-%j.out",
+                  str(REPO / "slurm" / "train.sh"), str(TINY_CONFIG), *overrides(jobs["shards"], jobs["out"], "crashed")],
+                 cwd=tmp, env={"HERBS_PROCS_PER_NODE": "2", "HERBS_FAULT_EXIT": "3:1"})
+    show = diagnose(tmp, job, run_dir)
+    state = wait_job_done(job, 300, on_timeout=show)
+    assert state == "FAILED", show()
+    text = log_file(run_dir, job).read_text(errors="replace")
+    assert "task 1: Exited with exit code 3" in text and "training exited with" in text, show()
+    assert "requeueing" not in text
+    elapsed = sacct_elapsed(job)
+    assert elapsed < 120, f"the job ran {elapsed} s: the surviving process waited for the crashed one\n{show()}"

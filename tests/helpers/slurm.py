@@ -53,6 +53,12 @@ def sacct_states(job_id: str) -> list[str]:
     return states
 
 
+def sacct_elapsed(job_id: str) -> int:
+    """Seconds the job's last attempt ran, from the accounting."""
+    out = subprocess.run(["sacct", "-j", str(job_id), "-X", "-n", "-P", "-o", "ElapsedRaw"], capture_output=True, text=True)
+    return int(out.stdout.split()[-1])
+
+
 def in_queue(job_id: str) -> bool:
     out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True)
     return out.returncode == 0 and bool(out.stdout.strip())
