@@ -87,7 +87,7 @@ def test_a_run_resumed_on_another_number_of_processes_trains_the_same_samples_to
                                              "ACCUMULATION", "GLOBAL", "BATCH", "LANES"]
     rows = [line.split() for line in table.strip().split("\n")[1:]]
     assert [row[0] for row in rows] == ["step-0000005", "step-0000010", "step-0000014"]
-    assert rows[0][4:] == [str(written_on), "4", str(accumulation[written_on]), "8", "2"]
+    assert rows[0][1:] == ["5", "0", str(5 * accumulation[written_on]), str(written_on), "4", str(accumulation[written_on]), "8", "2"]
     assert rows[-1][1:] == ["14", "1", str(4 * accumulation[resumed_on]), str(resumed_on), "4", str(accumulation[resumed_on]), "8", "2"]
 
 

@@ -117,10 +117,12 @@ def status_rows(folder: Path) -> list[dict]:
     return rows
 
 
-# A checkpoint's columns: trainer_state.json's key for each (0 or absent: not recorded by that herbs).
-CHECKPOINT_COLUMNS = {"STEP": "step", "EPOCH": "epoch", "BATCH": "batch", "PROCESSES": "processes",
-                      "PER-PROCESS BATCH": "per_process_batch", "ACCUMULATION": "accumulation",
-                      "GLOBAL BATCH": "global_batch", "LANES": "lanes"}
+# A checkpoint's columns: trainer_state.json's key for each. The data position is always there;
+# the run's shape is 0 or absent where the herbs that wrote it did not record it.
+POSITION_COLUMNS = {"STEP": "step", "EPOCH": "epoch", "BATCH": "batch"}
+SHAPE_COLUMNS = {"PROCESSES": "processes", "PER-PROCESS BATCH": "per_process_batch", "ACCUMULATION": "accumulation",
+                 "GLOBAL BATCH": "global_batch", "LANES": "lanes"}
+CHECKPOINT_COLUMNS = {**POSITION_COLUMNS, **SHAPE_COLUMNS}
 
 
 def checkpoint_rows(run_dir: Path) -> list[dict]:
@@ -131,7 +133,8 @@ def checkpoint_rows(run_dir: Path) -> list[dict]:
             state = json.loads(state_file.read_text())
         except (OSError, ValueError):
             continue  # being written or damaged: a resume names it
-        rows.append({"checkpoint": state_file.parent.name, **{key: state.get(key) or None for key in CHECKPOINT_COLUMNS.values()}})
+        rows.append({"checkpoint": state_file.parent.name, **{key: state.get(key) for key in POSITION_COLUMNS.values()},
+                     **{key: state.get(key) or None for key in SHAPE_COLUMNS.values()}})
     return rows
 
 
