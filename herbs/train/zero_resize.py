@@ -29,11 +29,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from accelerate.utils.constants import MODEL_NAME
+
 from herbs.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-ENGINE_DIR = "pytorch_model"  # where Accelerate has DeepSpeed save its engine in a checkpoint
+ENGINE_DIR = MODEL_NAME  # where Accelerate has DeepSpeed save its engine in a checkpoint
 PARTITION_FILE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt")
 
 
@@ -62,7 +64,7 @@ def load_zero12(accelerator, checkpoint: Path) -> int:
         rank = dist.get_rank(group=optimizer.real_dp_process_group[index])
         state = optimizer.optimizer.state[mine]
         for key, value in old[0]["base_optimizer_state"]["state"][index].items():
-            if torch.is_tensor(value) and value.dim() == 1 and value.numel() > 1:  # partitioned like the weights
+            if partitioned(value):
                 state[key] = recut(old, index, key, size, rank, mine.numel()).to(device=mine.device, dtype=mine.dtype)
             else:  # a step count: the same on every old process
                 state[key] = value
@@ -81,7 +83,7 @@ def load_zero3(accelerator, checkpoint: Path) -> int:
     shapes = {name: shape for group in written["param_shapes"] for name, shape in group.items()}
     weights = rebuilt(shapes, [torch.cat(o["fp32_flat_groups"]) for o in old])
     states = [o["optimizer_state_dict"]["state"] for o in old]
-    keys = [k for k, v in states[0][0].items() if torch.is_tensor(v) and v.dim() == 1 and v.numel() > 1]
+    keys = [k for k, v in states[0][0].items() if partitioned(v)]
     moments = {key: rebuilt(shapes, [torch.cat([s[i][key] for i in sorted(s)]) for s in states]) for key in keys}
     names = {id(p): name for name, p in engine.module.named_parameters()}
     rank = dist.get_rank(group=optimizer.dp_process_group)
@@ -104,6 +106,11 @@ def load_zero3(accelerator, checkpoint: Path) -> int:
     engine.global_steps, engine.global_samples = written["global_steps"], written["global_samples"]
     engine.skipped_steps = written["skipped_steps"]
     return len(old)
+
+
+def partitioned(value) -> bool:
+    """Whether an optimizer-state value is split like the weights (momentum, moments), not a step count."""
+    return torch.is_tensor(value) and value.dim() == 1 and value.numel() > 1
 
 
 def rebuilt(shapes: dict, flats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
