@@ -40,5 +40,7 @@ def exit_code(prog: str, command: Callable[[], int | None], debug: bool = False)
     except HerbsError as err:
         if debug:
             raise
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        # One write with its newline: stderr writes through, and print() would send the newline
+        # separately, so two ranks failing at once could share a line.
+        sys.stderr.write(f"{prog}: error: {err}\n")
         return EXIT_USAGE

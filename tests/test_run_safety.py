@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from herbs.config import load_config
-from herbs.errors import ConfigError, HerbsError
+from herbs.errors import EXIT_USAGE, ConfigError, HerbsError, exit_code
 from herbs.train.fit import progressing
 from herbs.run import EXIT_REQUEUE, METRICS_FILE, REQUEUE_MARKER
 
@@ -129,6 +129,21 @@ def test_a_locked_run_directory_stops_every_rank(shards, tmp_path):
     assert result.returncode != 0
     refusals = [line for line in result.stderr.splitlines() if "in use by pid 4242 on host elsewhere" in line]
     assert len(refusals) == 2, result.stderr  # one per rank: neither waits for the other
+
+
+def test_an_error_leaves_in_one_write_so_ranks_failing_together_keep_their_own_lines(monkeypatch):
+    writes = []
+
+    class Recording:  # what the pipe sees: sys.stderr writes through, one syscall per write()
+        def write(self, text):
+            writes.append(text)
+
+    def refuse():
+        raise HerbsError("run directory is in use")
+
+    monkeypatch.setattr("sys.stderr", Recording())
+    assert exit_code("train.py", refuse) == EXIT_USAGE
+    assert writes == ["train.py: error: run directory is in use\n"]
 
 
 @pytest.mark.slow
