@@ -30,11 +30,13 @@ order, so that across all slots every sample is read exactly once (a slot may ge
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 import math
-import random
 from dataclasses import dataclass
 from typing import Iterator
+
+import numpy as np
 
 from herbs.data.manifest import SplitInfo
 from herbs.data.tario import ShardInfo
@@ -116,11 +118,11 @@ class EpochOrder:
     """One epoch's order of a split's training samples, and each lane's part of it."""
 
     def __init__(self, split: SplitInfo, seed: int, epoch: int, lanes: int):
-        rng = random.Random(f"plan/{seed}/{epoch}")
-        shards = list(split.shards)
-        rng.shuffle(shards)
-        self.ring = Ring(shards)
-        self.offset = rng.randrange(self.ring.total)
+        # numpy's permutation, not random.shuffle: every loader worker of every rank orders the
+        # epoch's shards, and with 10,000 shards random.shuffle took 30 ms of it, numpy 0.3 ms.
+        rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"plan/{seed}/{epoch}".encode()).digest(), "little"))
+        self.ring = Ring([split.shards[i] for i in rng.permutation(len(split.shards)).tolist()])
+        self.offset = int(rng.integers(self.ring.total))
         self.lanes = lanes
 
     def own(self, lane: int) -> list[Piece]:
