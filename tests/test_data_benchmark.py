@@ -31,7 +31,8 @@ def test_data_sources_benchmark_prints_one_json_line():
     assert len(lines) == 1
     result = json.loads(lines[0])
     assert result["images"] == 20 and result["rounds"] == 1 and result["image_size"] == [500, 375]
-    for source in ("local", "http", "http_verified", "pipe_cat"):
+    for source in ("local", "http", "http_verified", "pipe_cat", "lanes16_http_ranges", "lanes16_http_no_ranges"):
         assert result[f"{source}_img_per_s_per_core"] > 0
+    assert result["cub_samples_read_per_sample_without_ranges"] > result["inat_samples_read_per_sample_without_ranges"] > 1
     # The planning figures are named by herbs/data/plan.py's current shape; only their presence is checked here.
     assert any(key.startswith("plan_") for key in result)

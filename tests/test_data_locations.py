@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from RangeHTTPServer import RangeRequestHandler
 
 from herbs.cli import main as herbs_main
 from herbs.errors import DataError
@@ -31,14 +32,32 @@ TINY = str(REPO / "configs" / "tiny.yaml")
 QUICK = FetchPolicy(timeout=5, retries=1)
 
 
-class Quiet(http.server.SimpleHTTPRequestHandler):
+class Plain(http.server.SimpleHTTPRequestHandler):
+    """`python -m http.server`: no byte ranges."""
+
     def log_message(self, *args):
         pass
 
 
+class Quiet(RangeRequestHandler, Plain):
+    """A server that answers byte-range requests, as web servers and object stores do."""
+
+
+class Counting:
+    """Counts the body bytes it sends of tar shards (mixed into a handler)."""
+
+    sent = 0
+
+    def send_header(self, keyword, value):
+        if keyword == "Content-Length" and self.path.endswith(".tar"):
+            type(self).sent += int(value)
+        super().send_header(keyword, value)
+
+
 class Dropping(Quiet):
-    """Serves the files, but sends only the first `cut` bytes of `victim` (with the full Content-Length)
-    and closes the connection, on the first `drops` requests of it (None: every time)."""
+    """Serves the files, but sends only `cut` bytes of `victim` (from where a byte range asks, with
+    the full Content-Length) and closes the connection, on the first `drops` requests of it (None:
+    every time)."""
 
     victim, cut, drops, served = "", 0, None, 0
 
@@ -47,10 +66,13 @@ class Dropping(Quiet):
             return super().do_GET()
         type(self).served += 1
         data = Path(self.directory, self.victim).read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
+        start = int(self.headers["Range"].split("=")[1].split("-")[0]) if "Range" in self.headers else 0
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
-        self.wfile.write(data[: self.cut])
+        self.wfile.write(data[start:start + self.cut])
         self.wfile.flush()
         self.connection.shutdown(socket.SHUT_RDWR)
         self.close_connection = True
@@ -152,6 +174,26 @@ def train_batches(location, fetch: FetchPolicy, rank: int, start_batch: int = 0)
     return batches
 
 
+def test_a_lane_starting_inside_a_shard_asks_for_its_own_bytes_only(shards):
+    """With byte ranges a lane's read starts at its first sample (the shard's sample index says
+    where); a server without them gives the same batches, read from each shard's front."""
+
+    class Ranged(Counting, Quiet):
+        sent = 0
+
+    class Whole(Counting, Plain):
+        sent = 0
+
+    for rank in range(2):
+        local = train_batches(shards, FetchPolicy(), rank)
+        for handler in (Ranged, Whole):
+            with serve(shards, handler) as url:
+                remote = train_batches(url, FetchPolicy(), rank)
+            assert [k for k, _ in remote] == [k for k, _ in local]
+            assert all(torch.equal(a, b) for (_, a), (_, b) in zip(remote, local))
+    assert 0 < Ranged.sent < Whole.sent
+
+
 def test_training_batches_and_a_resume_mid_epoch_are_the_same_from_a_url(shards, server):
     for rank in range(2):
         local = train_batches(shards, FetchPolicy(), rank)
@@ -181,8 +223,8 @@ def test_a_connection_that_keeps_dropping_skips_and_names_the_missing_samples(sh
     manifest = load_manifest(shards)
     count = next(s.num_samples for s in manifest.split("test").shards if s.name == shard)
 
-    class AlwaysDropping(Dropping):
-        victim, cut, drops, served = shard, (shards / shard).stat().st_size // 2, None, 0
+    class AlwaysDropping(Dropping):  # a quarter of the shard each time: the retry, from where the drop was, cannot finish it
+        victim, cut, drops, served = shard, (shards / shard).stat().st_size // 4, None, 0
 
     with caplog.at_level(logging.WARNING), serve(shards, AlwaysDropping) as url:
         result = eval_keys(url, FetchPolicy(timeout=5, retries=1, verify=verify), world_size=1)
@@ -320,4 +362,5 @@ def test_a_failing_write_command_is_one_sentence(tmp_path):
     with pytest.raises(DataError) as err:
         write_tiny_shards("pipe:cat > /nonexistent-dir/{name}")
     message = str(err.value)
-    assert "writing train-000000.tar through 'pipe:cat > /nonexistent-dir/train-000000.tar' failed" in message and "\n" not in message
+    # The first file written is the first shard's sample index.
+    assert "writing train-000000.idx through 'pipe:cat > /nonexistent-dir/train-000000.idx' failed" in message and "\n" not in message

@@ -131,7 +131,8 @@ def test_interrupted_writer_leaves_no_manifest_and_a_rerun_completes(tmp_path, m
     monkeypatch.setattr(writer_module, "image_fields", real)
     # No --overwrite needed over an interrupted write; smaller shards: its files must all go.
     write_shards(dataset, out, shard_size=ShardSize(samples=2))
-    assert sorted(p.name for p in out.iterdir()) == [MANIFEST] + [f"test-{i:06d}.tar" for i in range(2)] + [f"train-{i:06d}.tar" for i in range(6)]
+    shards = [f"test-{i:06d}" for i in range(2)] + [f"train-{i:06d}" for i in range(6)]
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST] + [f"{s}.{ext}" for s in shards for ext in ("idx", "tar")])
     verify_shards(out)
 
 
@@ -229,7 +230,7 @@ def test_rewriting_needs_overwrite_and_removes_only_the_listed_files(tmp_path, c
     assert main(["shard", "folder", str(src), str(out)]) == 2
     assert "already holds shards written by herbs (manifest.json); pass --overwrite" in capsys.readouterr().err
     assert main(["shard", "folder", str(src), str(out), "--overwrite", "--shard-size", "4"]) == 0
-    assert sorted(files(out)) == ["README.md", MANIFEST, "train-000000.tar", "train-000001.tar"]  # the six older shards gone
+    assert sorted(files(out)) == ["README.md", MANIFEST, "train-000000.idx", "train-000000.tar", "train-000001.idx", "train-000001.tar"]  # the six older shards gone
     assert (out / "README.md").read_text() == "my notes"
     verify_shards(out)
 
@@ -258,7 +259,7 @@ def test_a_second_writer_is_refused_and_a_dead_one_leaves_nothing_in_the_way(tmp
         holder.kill()  # SIGKILL: no clean-up of its own; the OS drops its lock
         holder.wait()
     assert main(["shard", "folder", str(src), str(out)]) == 0
-    assert sorted(files(out)) == [MANIFEST, "train-000000.tar"]  # its half shard removed, no lock file left
+    assert sorted(files(out)) == [MANIFEST, "train-000000.idx", "train-000000.tar"]  # its half shard removed, no lock file left
     verify_shards(out)
 
 

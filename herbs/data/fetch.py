@@ -3,10 +3,12 @@ rest (a deadline on every read, bounded retries with backoff, checksums while st
 
 A piece (samples `start` .. `stop - 1` of a shard) is read in one of two ways:
 
-  - streamed: the shard is read front to back up to `stop`; the samples before `start` are read
-    and dropped (a pipe or an HTTP body cannot seek). A transient failure (connection reset, HTTP
-    5xx, a command exiting non-zero, no byte within `timeout`) re-opens the shard and reads on
-    from the first sample not yet delivered, up to `retries` times with growing pauses.
+  - streamed: the shard is read up to `stop`. Over HTTP(S) a shard with a sample index starts at
+    sample `start` with one byte-range request (its index is fetched first, 8 bytes a sample);
+    elsewhere (a pipe, a server that refuses ranges, a shard without an index) it is read from
+    its front and the samples before `start` are dropped. A transient failure (connection reset,
+    HTTP 5xx, a command exiting non-zero, no byte within `timeout`) re-opens the shard, at the
+    first sample not yet delivered where ranges work, up to `retries` times with growing pauses.
   - fetched whole (with `verify` or a `cache_dir`): the shard is copied to a local file while
     its sha256 and size are computed, checked against the manifest, and then read from that file.
     A shard that does not match gives no samples. With `cache_dir` the file is kept (under a
@@ -15,13 +17,15 @@ A piece (samples `start` .. `stop - 1` of a shard) is read in one of two ways:
 Either way a piece gives exactly `stop - start` items, and samples that could not be had come
 back as ("<shard>#<index>", None), to be counted and named as skipped like a damaged local shard's.
 
-Byte-range requests (HTTP `Range`) are not used: skipping by reading through a shard costs
-bandwidth only for pieces that start inside a shard, which with as many shards as loader slots
-is the rare case; `benchmarks/data_sources.py` measures streaming against local reads.
+Why ranges: a training lane's part of the epoch starts at a random sample of some shard (see
+`plan.py`), so without them every lane reads on average half a shard it does not use, each
+epoch; with small datasets and many lanes that is several times the dataset.
+`benchmarks/data_sources.py` measures both.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -36,11 +40,18 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from herbs.data.location import STORES, Location
-from herbs.data.tario import DamagedShard, Fields, ShardInfo, read_samples, report_missing, stream_samples
+from herbs.data.tario import DamagedShard, Fields, ShardInfo, parse_index, read_samples, report_missing, stream_samples
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+RANGED = ("http", "https")  # schemes whose shards are read from sample N by a byte-range request
+CURL_RANGE_REFUSED = 33  # curl --continue-at: the server sent the whole file instead of the range
+refused_ranges: set[str] = set()  # locations that answered a range with the whole file: not asked again in this process
+
+
+class RangeRefused(OSError):
+    """The server does not serve byte ranges."""
 
 
 @dataclass(frozen=True)
@@ -64,9 +75,9 @@ class Source:
     """A remote file's bytes, front to back. Every read waits at most `timeout` for data: what
     webdataset's Pipe does not bound (a server that accepts and never answers would hang it)."""
 
-    def __init__(self, url: str, scheme: str, timeout: float):
+    def __init__(self, url: str, scheme: str, timeout: float, offset: int = 0):
         self.url, self.timeout = url, timeout
-        self.handle = gopen_handle(url, scheme, timeout)
+        self.handle = gopen_handle(url, scheme, timeout, offset)
         self.proc: Optional[subprocess.Popen] = getattr(self.handle, "proc", None)
         self.ignore = getattr(self.handle, "ignore_status", [0])
 
@@ -92,6 +103,8 @@ class Source:
             return
         said = self.proc.stderr.read().decode("utf-8", "replace").strip() if self.proc.stderr else ""
         message = f"{self.url}: exit status {status}" + (f" ({said.splitlines()[-1]})" if said else "")
+        if status == CURL_RANGE_REFUSED:
+            raise RangeRefused(message)
         if said and " returned error: 4" in said:  # curl --fail on HTTP 4xx: no retry will change it
             raise FileNotFoundError(message)
         raise OSError(message)
@@ -112,14 +125,16 @@ class Source:
             pass  # the exit status was checked at the end of the data, or the read was given up
 
 
-def gopen_handle(url: str, scheme: str, timeout: float):
+def gopen_handle(url: str, scheme: str, timeout: float, offset: int = 0):
     """The stream webdataset's gopen opens for `url`, except where its handler cannot honour herbs'
-    retries and timeout: http(s) (its curl retries 30 times inside curl, and has no deadline) and
-    object stores without a gopen handler (s3) or without their CLI (fsspec then)."""
+    retries and timeout: http(s) (its curl retries 30 times inside curl, has no deadline and asks
+    for no byte range) and object stores without a gopen handler (s3) or without their CLI
+    (fsspec then). `offset` is where to start, for a RANGED scheme only."""
     from webdataset.gopen import Pipe, gopen  # webdataset imports torch: only remote locations pay for it
 
-    if scheme in ("http", "https"):
-        command = ["curl", "--fail", "--silent", "--show-error", "--location", "--connect-timeout", f"{timeout:g}", url]
+    if scheme in RANGED:
+        start = ["--continue-at", str(offset)] if offset else []
+        command = ["curl", "--fail", "--silent", "--show-error", "--location", "--connect-timeout", f"{timeout:g}", *start, url]
         return Pipe(command, mode="rb", stderr=subprocess.PIPE, ignore_status=[141, 23])
     if scheme in STORES and shutil.which(STORES[scheme][0]) is None:
         import fsspec
@@ -173,18 +188,33 @@ def read_piece(location: Location, shard: ShardInfo, start: int, stop: int, poli
 
 def streamed(location: Location, shard: ShardInfo, start: int, stop: int, policy: FetchPolicy) -> Iterator[tuple[str, Optional[Fields]]]:
     url = location / shard.name
-    delivered = start
-    for attempt in range(policy.retries + 1):
+    ranged = location.scheme in RANGED and shard.index is not None and location.text not in refused_ranges
+    starts: Optional[list[int]] = None  # the sample index, fetched when a read is to start inside the shard
+    delivered, attempt = start, 0
+    while True:
+        if ranged and delivered and starts is None:
+            starts = sample_index(location, shard, policy)
+            ranged = starts is not None
+        first = delivered if ranged else 0  # the sample the stream begins at
+        offset = starts[first] if first else 0
         try:
-            with Source(url, location.scheme, policy.timeout) as source:
-                for index, (key, fields) in enumerate(stream_samples(source)):
+            with Source(url, location.scheme, policy.timeout, offset) as source:
+                for index, (key, fields) in enumerate(stream_samples(source, offset), first):
                     if index >= delivered:
                         yield key, fields
                         delivered += 1
                     if delivered >= stop:
                         return
             break  # the shard ended early: damaged, not a failure to retry
+        except RangeRefused:
+            log.warning("%s does not serve byte ranges; its shards are read from their start", location)
+            refused_ranges.add(location.text)
+            ranged = False
         except DamagedShard as err:
+            if first and delivered == first:  # nothing made sense from the index's offset: the index is wrong
+                log.warning("the sample index of %s does not fit it (%s); reading it from its start", url, err)
+                ranged = False
+                continue
             log.warning("shard %s is damaged after sample %d: %s", url, delivered, err)
             break
         except FileNotFoundError as err:
@@ -196,7 +226,21 @@ def streamed(location: Location, shard: ShardInfo, start: int, stop: int, policy
                 break
             log.warning("shard %s failed after sample %d (%s); retrying in %g s", url, delivered, err, pause(attempt))
             time.sleep(pause(attempt))
+            attempt += 1
     yield from report_missing(url, shard.name, delivered, stop)
+
+
+@functools.lru_cache(maxsize=1024)  # a lane opens the same shards every epoch; 8 bytes a sample
+def sample_index(location: Location, shard: ShardInfo, policy: FetchPolicy) -> Optional[list[int]]:
+    """The shard's sample offsets, or None (said once per shard) when its index cannot be had."""
+    try:
+        starts = parse_index(read_url(location, shard.index, policy), shard)
+    except OSError as err:
+        log.warning("the sample index %s cannot be read (%s); shard %s is read from its start", location / shard.index, err, shard.name)
+        return None
+    if starts is None:
+        log.warning("the sample index %s does not fit shard %s; the shard is read from its start", location / shard.index, shard.name)
+    return starts
 
 
 def cache_path(location: Location, shard: ShardInfo, cache_dir: str) -> Path:

@@ -6,7 +6,7 @@ epoch lengths, classes and shard names from it and never list or open tars to fi
      "hierarchy": [{"name": "Albatross", "classes": [0, 1, 2]}, ...],
      "tree": {"<id>": {"name": ..., "parent": "<id>" | null}, ...},      (NABirds only)
      "splits": {"train": {"num_samples": 5994, "shards": [{"name": "train-000000.tar",
-                "num_samples": 1052, "bytes": ..., "sha256": ...}, ...]}, ...},
+                "num_samples": 1052, "bytes": ..., "sha256": ..., "index": "train-000000.idx"}, ...]}, ...},
      "notes": {"seed": 0, "val_fraction": 0.0, "reencoded_as_png": 0, "unreadable": []}}
 """
 
@@ -21,7 +21,7 @@ from herbs.errors import DataError
 from herbs.data.fetch import FetchPolicy, fetched, read_url
 from herbs.data.location import Location, locate
 from herbs.data.source import ClassGroup
-from herbs.data.tario import DamagedShard, ShardInfo, count_samples, sha256_file
+from herbs.data.tario import DamagedShard, ShardInfo, parse_index, sample_starts, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -172,11 +172,15 @@ def shard_problem(manifest: Manifest, shard: ShardInfo) -> Optional[str]:
     if digest != shard.sha256:
         return f"shard '{path}' has sha256 {digest[:12]}... but the manifest lists {shard.sha256[:12]}..."
     try:
-        count = count_samples(path)
+        starts = sample_starts(path)
     except DamagedShard as err:
         return f"shard '{path}' is not a whole tar ({err})"
-    if count != shard.num_samples:
-        return f"shard '{path}' holds {count} samples but the manifest lists {shard.num_samples}"
+    if len(starts) != shard.num_samples:
+        return f"shard '{path}' holds {len(starts)} samples but the manifest lists {shard.num_samples}"
+    if shard.index:
+        index = manifest.root / shard.index
+        if not index.is_file() or parse_index(index.read_bytes(), shard) != starts:
+            return f"sample index '{index}' is missing or does not match its shard"
     return None
 
 
@@ -205,7 +209,7 @@ def fetched_ok(manifest: Manifest, shard: ShardInfo, fetch: FetchPolicy) -> bool
     if path is None:
         return False
     try:
-        return count_samples(path) == shard.num_samples
+        return len(sample_starts(path)) == shard.num_samples
     except DamagedShard:
         return False
     finally:

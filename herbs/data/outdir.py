@@ -106,7 +106,7 @@ class OutputDir:
             except DataError:
                 raise DataError(f"'{self.path / MANIFEST}' cannot be read, so which files herbs wrote is unknown; "
                                 "empty the directory yourself, or choose a new one") from None
-            ours |= {MANIFEST} | {shard.name for split in manifest.splits.values() for shard in split.shards}
+            ours |= {MANIFEST} | {name for split in manifest.splits.values() for shard in split.shards for name in (shard.name, shard.index) if name}
         ours = {name for name in ours if Path(name).name == name != ".."}  # a file of this directory, never a path out of it
         ours |= {name + ".tmp" for name in ours}  # what a writer leaves of a file it did not finish
         others = sorted(p.name for p in self.path.iterdir() if p.name not in ours | {LOCK})

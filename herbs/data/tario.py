@@ -1,5 +1,11 @@
 """The shard format: WebDataset tar files (`<key>.<ext>` members, one key per sample), written
-byte-for-byte reproducibly and read back by sample index."""
+byte-for-byte reproducibly and read back by sample index.
+
+Beside each shard the writer puts its sample index, `<shard stem>.idx`: the byte offset at which
+each sample's first member header starts, as little-endian unsigned 64-bit integers. A local
+shard needs none (it is walked by its headers); a remote one is read from sample N with one
+byte-range request instead of streaming through the N samples before it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import io
 import logging
 import os
 import re
+import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +29,7 @@ KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 Fields = dict[str, bytes]  # extension -> bytes, e.g. {"jpg": ..., "cls": b"3", "json": ...}
 BLOCK = 512  # tar's unit: each member is a header block plus its data padded to whole blocks
+OFFSET = struct.Struct("<Q")  # one entry of a sample index
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,22 @@ class ShardInfo:
     num_samples: int
     bytes: int
     sha256: str
+    index: Optional[str] = None  # the sample index's file name; shards written before indexes have none
+
+
+def index_name(shard_name: str) -> str:
+    return f"{shard_name.rsplit('.', 1)[0]}.idx"
+
+
+def parse_index(data: bytes, shard: ShardInfo) -> Optional[list[int]]:
+    """The sample offsets in `data`, or None when they cannot be the index of `shard` (wrong length,
+    not starting at 0, not increasing, past the end)."""
+    if len(data) != OFFSET.size * shard.num_samples:
+        return None
+    starts = [value for (value,) in OFFSET.iter_unpack(data)]
+    if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= shard.bytes:
+        return None
+    return starts
 
 
 def sha256_file(path: Path) -> str:
@@ -46,30 +70,37 @@ def member_bytes(fields: Fields) -> int:
 
 
 class ShardWriter:
-    """One tar shard, written to `<name>.tmp` and renamed when complete, so that a shard file
-    under its final name is always whole. Every header field that could vary between runs
-    (time, owner, permissions) is fixed: the same samples give the same bytes."""
+    """One tar shard and its sample index, each written to `<name>.tmp` and renamed when complete,
+    so that a file under its final name is always whole. Every header field that could vary
+    between runs (time, owner, permissions) is fixed: the same samples give the same bytes."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, index_path: Path):
+        self.path, self.index_path = path, index_path
         self.tmp = path.with_name(path.name + ".tmp")
         self.tar = tarfile.open(self.tmp, "w", format=tarfile.USTAR_FORMAT)
-        self.num_samples = 0
+        self.starts: list[int] = []
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.starts)
 
     @property
     def bytes(self) -> int:
         return self.tar.offset
 
     def add(self, key: str, fields: Fields) -> None:
+        self.starts.append(self.tar.offset)
         for ext, data in fields.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             self.tar.addfile(info, io.BytesIO(data))
-        self.num_samples += 1
 
     def close(self) -> ShardInfo:
         self.tar.close()
-        info = ShardInfo(self.path.name, self.num_samples, self.tmp.stat().st_size, sha256_file(self.tmp))
+        index_tmp = self.index_path.with_name(self.index_path.name + ".tmp")
+        index_tmp.write_bytes(b"".join(OFFSET.pack(start) for start in self.starts))
+        os.replace(index_tmp, self.index_path)
+        info = ShardInfo(self.path.name, self.num_samples, self.tmp.stat().st_size, sha256_file(self.tmp), self.index_path.name)
         os.replace(self.tmp, self.path)
         return info
 
@@ -139,15 +170,16 @@ def read_exactly(f: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-def stream_samples(f: BinaryIO) -> Iterator[tuple[str, Fields]]:
-    """(key, fields) of each sample of a shard read front to back, for sources that cannot seek
-    (a pipe, an HTTP body): samples are read whole, whether or not the caller wants them.
+def stream_samples(f: BinaryIO, offset: int = 0) -> Iterator[tuple[str, Fields]]:
+    """(key, fields) of each sample of a shard read front to back from byte `offset` (where `f`
+    starts), for sources that cannot seek (a pipe, an HTTP body): samples are read whole,
+    whether or not the caller wants them.
 
     Not webdataset's `tar_file_iterator`: it parses through `tarfile` and does not say at which
     sample a damaged shard stopped, which the callers' skipped-sample accounting needs; this
     applies the same header rules as `sample_members`.
     """
-    offset, key, fields = 0, None, {}
+    key, fields = None, {}
     while True:
         parsed = parse_header(read_exactly(f, BLOCK), offset)
         if parsed is None:
@@ -207,7 +239,8 @@ def report_missing(where: str, shard_name: str, delivered: int, stop: int) -> It
         yield missing_key(shard_name, missing), None
 
 
-def count_samples(path: Path) -> int:
-    """Samples in a shard, from its member headers alone; DamagedShard if they do not add up."""
+def sample_starts(path: Path) -> list[int]:
+    """The byte offset of each sample's first member header, from the headers alone (what the
+    sample index holds); DamagedShard if they do not add up."""
     with open(path, "rb") as f:
-        return sum(1 for _ in sample_members(f))
+        return [members[0][1] - BLOCK for _, members in sample_members(f)]

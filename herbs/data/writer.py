@@ -26,7 +26,7 @@ from herbs.data.location import locate
 from herbs.data.manifest import MANIFEST, Manifest, SplitInfo
 from herbs.data.outdir import OutputDir
 from herbs.data.source import Sample, SourceDataset
-from herbs.data.tario import Fields, ShardInfo, ShardWriter, member_bytes
+from herbs.data.tario import Fields, ShardInfo, ShardWriter, index_name, member_bytes
 from herbs.data.upload import UploadOutput
 from herbs.data.val_split import hold_out_val
 from herbs.progress import Progress
@@ -114,17 +114,23 @@ def write_split(name: str, samples: list[Sample], dataset: SourceDataset, out: O
         notes["reencoded_as_png"] += image[2] is not None
         fields = sample_fields(sample, dataset, image)
         if writer is not None and size.full(writer, fields):
-            shards.append(writer.close())
-            out.finished(writer.path.name)
+            shards.append(finish(writer, out))
             writer = None
         if writer is None:
-            writer = ShardWriter(out.new(f"{name}-{len(shards):06d}.tar"))
+            shard_name = f"{name}-{len(shards):06d}.tar"
+            writer = ShardWriter(out.new(shard_name), out.new(index_name(shard_name)))
         writer.add(f"{name}_{written:06d}", fields)
         written += 1
     if writer is not None:
-        shards.append(writer.close())
-        out.finished(writer.path.name)
+        shards.append(finish(writer, out))
     return SplitInfo(name, tuple(shards))
+
+
+def finish(writer: ShardWriter, out: "OutputDir | UploadOutput") -> ShardInfo:
+    info = writer.close()
+    out.finished(info.index)  # the index before its shard: a shard that is there has its index
+    out.finished(info.name)
+    return info
 
 
 def write_shards(

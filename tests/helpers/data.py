@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from herbs.data.source import Sample, SourceDataset
-from herbs.data.tario import ShardWriter, sha256_file
+from herbs.data.tario import ShardWriter, index_name, sha256_file
 from herbs.data.writer import ShardSize, write_shards
 
 
@@ -140,7 +140,7 @@ def rewrite_shard(out: Path, shard_name: str, changes: dict[str, Optional[dict]]
         for member in tar:
             key, ext = member.name.split(".", 1)
             samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-    writer = ShardWriter(path)
+    writer = ShardWriter(path, out / index_name(shard_name))
     for key, fields in samples.items():
         fields = {**fields, **changes.get(key, {})}
         writer.add(key, {ext: data for ext, data in fields.items() if data is not None})
