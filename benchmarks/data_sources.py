@@ -18,6 +18,7 @@ Prints one JSON line:
   plan_*                       one rank's plan (8 workers of 256 ranks x 8: train and eval pieces)
                                for a made-up manifest of 1 and 10 million samples in 1000-sample
                                shards: seconds and peak memory (tracemalloc) per rank
+  manifest_*_parse_s           seconds to parse that manifest's JSON, which every rank does first
 Run: python benchmarks/data_sources.py [--images 200] [--rounds 2]
 """
 
@@ -39,7 +40,8 @@ import torch
 
 from data_pipeline import photo_jpeg  # the same photo-like JPEGs as the pipeline benchmark
 from herbs.data.fetch import FetchPolicy
-from herbs.data.manifest import SplitInfo
+from herbs.data.location import locate
+from herbs.data.manifest import Manifest, SplitInfo
 from herbs.data.plan import EpochOrder, Lanes, eval_pieces
 from herbs.data.source import Sample, SourceDataset
 from herbs.data.stream import TrainStream
@@ -95,6 +97,15 @@ def plan_cost(samples: int, ranks: int = 256, workers: int = 8) -> tuple[float, 
     return seconds, peak / 2**20
 
 
+def manifest_parse_seconds(samples: int) -> float:
+    """What every rank pays before planning: reading the made-up split's manifest.json text."""
+    root = locate("shards")
+    text = Manifest(root, "folder", ["a", "b"], ["a", "b"], [], {"train": made_up_split(samples, 1000)}, {}, {}).to_json()
+    start = time.perf_counter()
+    Manifest.from_json(root, text)
+    return time.perf_counter() - start
+
+
 def serve(directory: Path, server_module: str = "RangeHTTPServer"):
     """A web server for `directory` in its own process: RangeHTTPServer serves byte ranges, http.server does not."""
     with socket.socket() as s:
@@ -147,6 +158,7 @@ def main() -> None:
         seconds, mib = plan_cost(samples)
         result[f"plan_{samples // 1_000_000}M_s_per_rank"] = round(seconds, 4)
         result[f"plan_{samples // 1_000_000}M_peak_mib_per_rank"] = round(mib, 2)
+        result[f"manifest_{samples // 1_000_000}M_parse_s"] = round(manifest_parse_seconds(samples), 4)
     result["rounds"] = args.rounds
     print(json.dumps(result))
 

@@ -12,10 +12,13 @@ epoch lengths, classes and shard names from it and never list or open tars to fi
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+import numpy as np
 
 from herbs.errors import DataError
 from herbs.data.fetch import FetchPolicy, fetched, read_url
@@ -33,9 +36,14 @@ class SplitInfo:
     name: str
     shards: tuple[ShardInfo, ...]
 
+    @functools.cached_property
+    def sizes(self) -> np.ndarray:
+        """Samples per shard, in file order (what every epoch plan starts from, kept once per process)."""
+        return np.fromiter((shard.num_samples for shard in self.shards), dtype=np.int64, count=len(self.shards))
+
     @property
     def num_samples(self) -> int:
-        return sum(shard.num_samples for shard in self.shards)
+        return int(self.sizes.sum())
 
 
 @dataclass
