@@ -7,7 +7,9 @@ import contextlib
 import functools
 import http.server
 import logging
+import shutil
 import socket
+import struct
 import threading
 from pathlib import Path
 
@@ -192,6 +194,20 @@ def test_a_lane_starting_inside_a_shard_asks_for_its_own_bytes_only(shards):
             assert [k for k, _ in remote] == [k for k, _ in local]
             assert all(torch.equal(a, b) for (_, a), (_, b) in zip(remote, local))
     assert 0 < Ranged.sent < Whole.sent
+
+
+def test_a_wrong_or_missing_sample_index_only_costs_the_read_from_the_front(shards, tmp_path, caplog):
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    for wrong in sorted(copy.glob("train-*.idx"))[1:]:  # inside each sample's first member
+        starts = struct.unpack(f"<{wrong.stat().st_size // 8}Q", wrong.read_bytes())
+        wrong.write_bytes(struct.pack(f"<{len(starts)}Q", 0, *(start + 512 for start in starts[1:])))
+    (copy / "train-000000.idx").unlink()
+    with caplog.at_level(logging.WARNING), serve(copy) as url:
+        for rank in range(2):
+            assert [k for k, _ in train_batches(url, FetchPolicy(), rank)] == [k for k, _ in train_batches(shards, FetchPolicy(), rank)]
+    said = [record.getMessage() for record in caplog.records]
+    assert said and all("does not fit" in line or "cannot be read" in line for line in said)  # one per lane that started inside a shard
 
 
 def test_training_batches_and_a_resume_mid_epoch_are_the_same_from_a_url(shards, server):

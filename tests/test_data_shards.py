@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import subprocess
+import struct
 import sys
 import tarfile
 
@@ -151,6 +152,23 @@ def test_verify_catches_a_checksum_mismatch(tmp_path, capsys):
     with pytest.raises(DataError, match="sha256"):
         load_manifest(out, verify=True)
     load_manifest(out)  # without verify only existence is checked: cheap on every rank
+
+
+def test_each_shard_has_a_sample_index_and_verify_checks_it(tmp_path, capsys):
+    out = tmp_path / "out"
+    write_shards(tiny_dataset(num_classes=2, train=4, test=2), out, shard_size=ShardSize(samples=3))
+    shard = out / "train-000000.tar"
+    sample_starts: dict[str, int] = {}
+    with tarfile.open(shard) as tar:
+        for member in tar:  # tarfile's own offsets: where each sample's first member header is
+            sample_starts.setdefault(member.name.split(".")[0], member.offset)
+    index = (out / "train-000000.idx").read_bytes()
+    assert list(struct.unpack(f"<{len(index) // 8}Q", index)) == list(sample_starts.values()) and len(sample_starts) == 3
+    (out / "train-000000.idx").write_bytes(struct.pack("<3Q", 0, 1024, 2048))
+    capsys.readouterr()
+    assert main(["shard", "verify", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "sample index" in err and "train-000000.idx" in err and "\n" not in err
 
 
 def test_missing_things_are_one_sentence(tmp_path, capsys):
