@@ -73,10 +73,12 @@ def test_pruning_keeps_this_runs_newest_checkpoints_by_step_and_never_another_ru
     shutil.copytree(run / "checkpoints" / "step-0000005", foreign)
     record = json.loads((foreign / "checkpoint.json").read_text())
     (foreign / "checkpoint.json").write_text(json.dumps({**record, "run": "another-run"}))
+    (run / "checkpoints" / "latest").write_text("step-0000011\n")  # e.g. its checkpoint was deleted by hand
 
-    run_training(1, TINY, *micro(shards, copy, "train.checkpoint_every=5", "train.max_steps=20", "train.keep_checkpoints=2"),
-                 "--resume", "auto")
+    result = run_training(1, TINY, *micro(shards, copy, "train.checkpoint_every=5", "train.max_steps=20", "train.keep_checkpoints=2"),
+                          "--resume", "auto")
     assert steps(run) == [15, 20, 100] and latest_step(run) == 20
+    assert result.stderr.count("which is not a complete checkpoint") == 1  # said once, by the resume
 
 
 @pytest.mark.slow

@@ -96,14 +96,14 @@ class CheckpointDir:
         found = [p for p in self.root.glob("step-*") if p.is_dir() and p.name[5:].isdigit() and (p / STATE_FILE).is_file()]
         return sorted(found, key=step_of)
 
-    def latest(self) -> Path | None:
-        """The newest complete checkpoint; unfinished ones are ignored with a warning."""
-        newest = self.newest_first()
+    def latest(self, say: bool = True) -> Path | None:
+        """The newest complete checkpoint; unfinished ones are ignored (with a warning if `say`)."""
+        newest = self.newest_first(say)
         return newest[0] if newest else None
 
-    def newest_first(self) -> list[Path]:
+    def newest_first(self, say: bool = True) -> list[Path]:
         """Complete checkpoints to resume from, best first: the one `latest` names, then by step."""
-        for tmp in sorted(self.root.glob(".step-*.tmp")) if self.root.is_dir() else []:
+        for tmp in sorted(self.root.glob(".step-*.tmp")) if self.root.is_dir() and say else []:
             log.warning("ignoring incomplete checkpoint %s (its writing was interrupted)", tmp)
         done = self.complete()[::-1]
         pointer = self.root / LATEST
@@ -111,7 +111,8 @@ class CheckpointDir:
             named = self.root / pointer.read_text().strip()
             if named in done:
                 return [named] + [p for p in done if p != named]
-            log.warning("%s names %s, which is not a complete checkpoint; using the newest complete one", pointer, named)
+            if say:
+                log.warning("%s names %s, which is not a complete checkpoint; using the newest complete one", pointer, named)
         return done
 
     def save(self, accelerator, state: TrainerState) -> Path:
@@ -250,7 +251,8 @@ def to_resume(root: Path, resume: str | None) -> tuple[Path, TrainerState] | Non
     loaders. None when there is none (a damaged one is named and passed over by the resume itself)."""
     if not resume:
         return None
-    path = CheckpointDir(root, keep=1).latest() if resume == "auto" else explicit_checkpoint(resume)
+    # Quiet: the resume itself lists the checkpoints again, and says what it passes over.
+    path = CheckpointDir(root, keep=1).latest(say=False) if resume == "auto" else explicit_checkpoint(resume)
     try:
         return (path, TrainerState(**json.loads((path / STATE_FILE).read_text()))) if path else None
     except (OSError, ValueError, TypeError):
