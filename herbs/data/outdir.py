@@ -11,17 +11,17 @@ crash or Ctrl-C it tells the next write which files were herbs'. A finished writ
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 from pathlib import Path
 from typing import Optional
 
+from herbs import lockfile
 from herbs.errors import DataError
 from herbs.data.manifest import MANIFEST, read_manifest
 
 LOCK = ".herbs-shard.lock"
-SHARD_LIKE = (".tar", ".tar.tmp")
+SHARD_LIKE = (".tar", ".tar.tmp", ".idx", ".idx.tmp")  # what a write here could overwrite
 
 
 class OutputDir:
@@ -74,25 +74,13 @@ class OutputDir:
 
     def lock(self) -> list[str]:
         """Take the lock; the lines an interrupted writer left in the lock file (none: the file is new)."""
-        path = self.path / LOCK
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = (os.read(fd, 256).decode(errors="replace").splitlines() or ["? ?"])[0].split()
-                os.close(fd)
-                host, pid = (holder + ["?", "?"])[:2]
-                raise DataError(f"'{self.path}' is being written by another `herbs shard` (host {host}, pid {pid}); "
-                                "wait for it to finish, or write to another directory") from None
-            try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:  # else the writer before us removed the file as we opened it: lock the new one
-                self.fd = fd
-                return os.read(fd, 1 << 24).decode(errors="replace").splitlines()
-            os.close(fd)
+        try:
+            self.fd = lockfile.take(self.path / LOCK)
+        except lockfile.Held as held:
+            host, pid = ((held.text.splitlines() or ["? ?"])[0].split() + ["?", "?"])[:2]
+            raise DataError(f"'{self.path}' is being written by another `herbs shard` (host {host}, pid {pid}); "
+                            "wait for it to finish, or write to another directory") from None
+        return os.read(self.fd, 1 << 24).decode(errors="replace").splitlines()
 
     def previous_files(self, interrupted: list[str]) -> set[str]:
         """The files of earlier writes that this one replaces; one sentence when anything else is in the way."""

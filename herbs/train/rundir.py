@@ -14,7 +14,6 @@ refused start stops every rank instead of leaving the others waiting.
 from __future__ import annotations
 
 import datetime
-import fcntl
 import hashlib
 import json
 import logging
@@ -27,6 +26,7 @@ from typing import IO, Optional
 
 from accelerate.utils import broadcast_object_list
 
+from herbs import lockfile
 from herbs.config import Config
 from herbs.errors import HerbsError
 from herbs.run import METRICS_FILE
@@ -108,15 +108,12 @@ def _claim(run_dir: Path, config: Config, resume: str | None, overwrite: bool) -
 
 
 def _lock(run_dir: Path) -> IO:
-    lock = (run_dir / LOCK_FILE).open("a+")
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "another process"
-        lock.close()
+        lock = os.fdopen(lockfile.take(run_dir / LOCK_FILE), "r+")
+    except lockfile.Held as held:
         raise HerbsError(
-            f"run directory '{run_dir}' is in use by {holder}; wait for that run to end or stop it, or choose another log.name"
+            f"run directory '{run_dir}' is in use by {held.text.strip() or 'another process'}; "
+            "wait for that run to end or stop it, or choose another log.name"
         ) from None
     lock.truncate(0)
     lock.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
