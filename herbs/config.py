@@ -30,11 +30,14 @@ DERIVED = "derived"
 
 @dataclass
 class ModelConfig:
-    """The HERBS model: a timm Swin backbone plus the pyramid, selector and combiner."""
+    """The HERBS model: a timm backbone plus the pyramid, selector and combiner."""
 
-    backbone: str = "swin_large_patch4_window12_384"  # any timm Swin Transformer name
+    # A timm model name: a Swin Transformer (tapped as the original code taps it), or any model
+    # with a feature pyramid of four or more levels, whose last four are tapped (ResNet, ConvNeXt,
+    # EfficientNet, ...; a ViT/EVA/DeiT with backbone_args.out_indices naming four of its blocks).
+    backbone: str = "swin_large_patch4_window12_384"
     # Extra keyword arguments for `timm.create_model` (embed_dim, depths, num_heads, window_size,
-    # drop_path_rate, ...): how tiny test configs shrink the backbone.
+    # out_indices, ...): how tiny test configs shrink the backbone.
     backbone_args: dict = field(default_factory=dict)
     pretrained: bool = True  # timm weights for `backbone` (hub or local HF cache)
     pretrained_file: Optional[str] = None  # local .pth/.safetensors backbone weights; wins over `pretrained`
@@ -310,10 +313,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     return config
 
 
+def is_swin(backbone: str) -> bool:
+    """Whether `model.backbone` is a timm Swin Transformer (V1), tapped as the original code taps it;
+    its limits are known here, before anything is built. Other backbones say theirs when built."""
+    return backbone.startswith("swin_")
+
+
 def token_counts(config: ModelConfig) -> list[int]:
-    """Tokens of each tap for a square image: H/8, H/16, H/32, H/32 per side for patch 4."""
+    """Tokens of each Swin tap for a square image: H/8, H/16, H/32, H/32 per side for patch 4."""
     side = config.img_size // config.backbone_args.get("patch_size", 4)
     return [(side // 2) ** 2, (side // 4) ** 2, (side // 8) ** 2, (side // 8) ** 2]
+
+
+def check_selects(config: ModelConfig, tokens: list[int]) -> None:
+    """Each tap keeps fewer tokens than it has: the rest are the background the loss suppresses."""
+    for tap, n, count in zip(TAPS, config.num_selects, tokens):
+        if n >= count:
+            raise ConfigError(
+                f"model.num_selects for {tap} is {n} but that tap of {config.backbone} has only {count} tokens at img_size "
+                f"{config.img_size}; choose fewer than {count}"
+            )
 
 
 def validate(config: Config) -> None:
@@ -330,17 +349,13 @@ def validate(config: Config) -> None:
             f"model.num_selects sums to {sum(m.num_selects)}, but the combiner needs at least 64 selected tokens "
             "(it pools them into sum // 64 graph nodes); raise num_selects"
         )
-    stride = 8 * m.backbone_args.get("patch_size", 4)  # three patch mergings after the patch embedding
-    if m.img_size % stride != 0:
-        raise ConfigError(
-            f"model.img_size {m.img_size} cannot go through the Swin pyramid: use a multiple of {stride} (e.g. 224 or 384)"
-        )
-    for tap, n, tokens in zip(TAPS, m.num_selects, token_counts(m)):
-        if n >= tokens:
+    if is_swin(m.backbone):
+        stride = 8 * m.backbone_args.get("patch_size", 4)  # three patch mergings after the patch embedding
+        if m.img_size % stride != 0:
             raise ConfigError(
-                f"model.num_selects for {tap} is {n} but that tap has only {tokens} tokens at img_size "
-                f"{m.img_size}; choose fewer than {tokens}"
+                f"model.img_size {m.img_size} cannot go through the Swin pyramid: use a multiple of {stride} (e.g. 224 or 384)"
             )
+        check_selects(m, token_counts(m))
     if d.resize < m.img_size:
         raise ConfigError(f"data.resize ({d.resize}) must be at least model.img_size ({m.img_size}), the crop size")
     if d.batch_size < 1 or d.eval_batch_size < 1:

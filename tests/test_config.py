@@ -43,7 +43,7 @@ def test_overrides_are_typed():
     (["data.hflip=3"], "config key 'data.hflip' must be true or false, got 3"),
     (["data.max_image_pixels=0"], "data.max_image_pixels must be at least 1, got 0"),
     (["model.num_selects=[16, 8, 8, 8]"], "at least 64 selected tokens"),
-    (["model.num_selects=[800, 32, 16, 16]"], "layer1 is 800 but that tap has only 784 tokens"),
+    (["model.num_selects=[800, 32, 16, 16]"], "layer1 is 800 but that tap of swin_tiny_patch4_window7_224 has only 784 tokens"),
     (["model.img_size=230"], "multiple of 32"),
     (["train.mixed_precision=fp8"], "no, bf16 or fp16"),
     (["data.worker_start=thread"], "data.worker_start must be one of forkserver, spawn, fork"),

@@ -1,4 +1,4 @@
-"""HERBSModel: Swin taps -> top-down pyramid -> bottom-up pyramid -> selection -> combiner.
+"""HERBSModel: backbone taps -> top-down pyramid -> bottom-up pyramid -> selection -> combiner.
 
 Returns the dict of HERBS_SPEC.md, in the original code's key order (the loss sums its terms
 in that order): FPN1_layer4..1, layer1..4, select_/drop_layer1..4, comb_outs.
@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from herbs.config import TAPS, ModelConfig, token_counts
+from herbs.config import TAPS, ModelConfig, check_selects, is_swin, token_counts
 from herbs.model.backbone import SwinTaps
+from herbs.model.feature_taps import FeatureTaps
 from herbs.model.combiner import GraphCombiner
 from herbs.model.pyramid import BottomUpPyramid, TokenClassifier, TopDownPyramid
 from herbs.model.selector import select_tokens
@@ -22,17 +23,21 @@ class HERBSModel(nn.Module):
         super().__init__()
         self.config = config
         self.num_selects = list(config.num_selects)
-        tokens = token_counts(config)
-        self.backbone = SwinTaps(
-            config.backbone,
+        common = dict(
             img_size=config.img_size,
             drop_path_rate=config.drop_path_rate,
             backbone_args=config.backbone_args,
             pretrained=config.pretrained and load_pretrained,
             pretrained_file=config.pretrained_file if load_pretrained else None,
             grad_checkpointing=config.grad_checkpointing,
-            fused_attention=config.fused_attention,
         )
+        if is_swin(config.backbone):
+            self.backbone = SwinTaps(config.backbone, fused_attention=config.fused_attention, **common)
+            tokens = token_counts(config)
+        else:
+            self.backbone = FeatureTaps(config.backbone, **common)
+            tokens = self.backbone.tokens
+            check_selects(config, tokens)
         F, K = config.fpn_size, config.num_classes
         self.top_down = TopDownPyramid(self.backbone.channels, tokens, F)
         self.classifier_down = nn.ModuleDict({tap: TokenClassifier(F, K) for tap in TAPS})
