@@ -8,6 +8,7 @@ de-duplicates them by key, so the result is exactly what one process would have 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 
@@ -34,7 +35,17 @@ class Predictions:
 
     def add(self, keys: list[str], labels: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
         heads = {name: logits.float() for name, logits in head_logits(outputs).items()}
-        ensemble = sum(logits.softmax(-1) for logits in heads.values())
+        self.keep(keys, labels, heads, sum(logits.softmax(-1) for logits in heads.values()))
+
+    def add_views(self, keys: list[str], labels: torch.Tensor, views: list[dict[str, torch.Tensor]]) -> None:
+        """Several views of the same images (test-time augmentation): each head's probabilities
+        averaged over the views, the ensemble their sum (the mean of the views' ensembles)."""
+        per_view = [head_logits(outputs) for outputs in views]
+        heads = {name: sum(view[name].float().softmax(-1) for view in per_view) / len(per_view) for name in per_view[0]}
+        self.keep(keys, labels, heads, sum(heads.values()))
+
+    def keep(self, keys: list[str], labels: torch.Tensor, heads: dict[str, torch.Tensor], ensemble: torch.Tensor) -> None:
+        """Each head's top-k (by its logits or probabilities: the same order) and the ensemble's scores."""
         heads[ENSEMBLE] = ensemble
         k = min(TOP_K, ensemble.size(-1))
         for name, logits in heads.items():
@@ -61,12 +72,25 @@ class Predictions:
         return merged
 
 
+@dataclass
+class Views:
+    """Test-time augmentation: `make` cuts a batch into views, the plain (centre-crop) view first;
+    `predictions` collects what all of them predict together (`Predictions.add_views`)."""
+
+    name: str
+    count: int  # views per image
+    make: Callable[[torch.Tensor], list[torch.Tensor]]
+    predictions: Predictions = field(default_factory=Predictions)
+
+
 @torch.no_grad()
-def predict_batches(model, batches, device, mean, std, forwards: int | None = None, crop: int | None = None) -> Predictions:
+def predict_batches(model, batches, device, mean, std, forwards: int | None = None, crop: int | None = None,
+                    views: Optional[Views] = None) -> Predictions:
     """This process's predictions for an iterable of batches (dicts with image, label, key, skipped,
     and optionally skipped_keys). `forwards`: make exactly this many forward passes, one per batch
     (an empty one included) and the rest on a blank `crop`-sized image, as ZeRO-3's per-layer
-    collectives need when ranks hold different numbers of batches."""
+    collectives need when ranks hold different numbers of batches. With `views` the batches hold
+    uncropped images: the plain predictions come from the first view, `views.predictions` from all."""
     was_training = model.training
     model.eval()
     result = Predictions()
@@ -81,11 +105,16 @@ def predict_batches(model, batches, device, mean, std, forwards: int | None = No
                 made += 1
             continue
         images = normalize(batch["image"].to(device, non_blocking=True), mean, std)
-        result.add(batch["key"], batch["label"], model(images))
+        outputs = [model(view) for view in (views.make(images) if views else [images])]
+        result.add(batch["key"], batch["label"], outputs[0])
+        if views:
+            views.predictions.add_views(batch["key"], batch["label"], outputs)
         made += 1
     while blank is not None and made < forwards:
         model(blank)
         made += 1
+    if views:
+        views.predictions.skipped, views.predictions.skipped_keys = result.skipped, list(result.skipped_keys)
     model.train(was_training)
     return result
 

@@ -10,12 +10,15 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from herbs.data.stream import eval_stream
 from herbs.metrics import topk_accuracy
 from herbs.model.checkpoint import load_model
-from herbs.predictions import predict_batches
+from herbs.evaluate.tta import views as tta_views
+from herbs.model.herbs_model import head_logits
+from herbs.predictions import ENSEMBLE, Predictions, predict_batches
 
 from helpers.data import bomb_png, rewrite_shard
 from test_eval_helpers import DEMO_NAMES, bird, micro_model, one_sentence, run_cli
@@ -172,3 +175,38 @@ def test_reference_model_evaluates_and_predicts_end_to_end(reference_fixture, re
     rows = list(csv.DictReader(out.splitlines()))
     assert len(rows) == 4 and all(r["class_1"].startswith("class_") for r in rows)
     assert [r["path"] for r in rows] == [str(root / f"class_{c}" / f"{i}.jpg") for c in (0, 7) for i in range(2)]
+
+
+def test_tta_reports_beside_the_plain_numbers_which_stay_as_they_were(shards, model_dir, tmp_path, capsys):
+    plain = run_cli(capsys, "eval", "--checkpoint", model_dir, "--shards", shards, "--out", tmp_path / "plain", "--workers", "0")
+    assert plain[0] == 0
+    want = json.loads((tmp_path / "plain" / "report.json").read_text())
+    for kind, count in (("flip", 2), ("flip+crops", 6)):
+        code, _, err = run_cli(capsys, "eval", "--checkpoint", model_dir, "--shards", shards, "--out", tmp_path / kind, "--workers", "0",
+                               "--tta", kind)
+        assert code == 0, err
+        report = json.loads((tmp_path / kind / "report.json").read_text())
+        assert report["metrics"] == want["metrics"] and report["samples"] == want["samples"] == 39  # the centre view is the plain one
+        assert report["tta"]["views"] == kind and report["tta"]["count"] == count
+        assert set(report["tta"]["metrics"]) == set(want["metrics"])
+        assert report["tta"]["headline"]["ensemble_top1"] == report["tta"]["metrics"]["ensemble_top1"]
+    assert "tta" not in want
+
+
+def test_tta_averages_the_ensemble_over_the_mirror_image(model_dir):
+    """flip: each head's probabilities are the mean of the image's and its mirror image's."""
+    model, config, _ = load_model(model_dir)
+    model.eval()
+    images = torch.rand(3, 3, config.data.resize, config.data.resize)
+    views = tta_views("flip", config.data.resize, config.model.img_size)
+    center, mirrored = views.make(images)
+    at = (config.data.resize - config.model.img_size + 1) // 2
+    assert torch.equal(center, images[..., at:at + config.model.img_size, at:at + config.model.img_size])
+    assert torch.equal(mirrored, center.flip(-1))
+    with torch.no_grad():
+        outputs = [model(center), model(mirrored)]
+    preds = Predictions()
+    preds.add_views(["a", "b", "c"], torch.tensor([0, 1, 2]), outputs)
+    expected = sum(sum(h.softmax(-1) for h in head_logits(o).values()) for o in outputs) / 2
+    assert preds.topk[ENSEMBLE] == expected.topk(5, dim=-1).indices.tolist()
+    assert torch.allclose(torch.tensor(preds.scores), expected.topk(5, dim=-1).values, atol=1e-6)

@@ -106,8 +106,13 @@ class EvalTransform:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         image = resize(image, self.resize)
-        top = left = int(round((self.resize - self.crop) / 2.0))  # torchvision CenterCrop's rounding
+        top = left = center_offset(self.resize, self.crop)
         return image[:, top : top + self.crop, left : left + self.crop]
+
+
+def center_offset(size: int, crop: int) -> int:
+    """Where a centred crop starts: torchvision CenterCrop's rounding."""
+    return int(round((size - crop) / 2.0))
 
 
 @dataclass(frozen=True)

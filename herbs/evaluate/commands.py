@@ -67,6 +67,10 @@ def register(subparsers) -> None:
                          "none with --images; suffix = the last word of each class name (CUB style) (default: auto)")
     ev.add_argument("--group-level", type=positive, default=1, metavar="N",
                     help="with a class tree (NABirds): group classes by their ancestor N levels up; 1 = parent (default: 1)")
+    ev.add_argument("--tta", choices=("flip", "flip+crops"),
+                    help="also report test-time augmentation: the ensemble averaged over the centre crop and its mirror image "
+                         "(flip), and the four corner crops of the resized image too (flip+crops); the plain numbers are "
+                         "kept, from the same forward passes (default: none)")
     ev.set_defaults(func=run_eval)
 
     pr = subparsers.add_parser(
@@ -113,7 +117,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     evaluate(args.checkpoint, shards=args.shards, split=args.split, images=args.images, out=args.out,
              batch_size=args.batch_size, workers=default_workers() if args.workers is None else args.workers,
-             precision=args.precision, groups=args.groups, group_level=args.group_level, max_image_pixels=args.max_image_pixels)
+             precision=args.precision, groups=args.groups, group_level=args.group_level, max_image_pixels=args.max_image_pixels,
+             tta=args.tta)
     return 0
 
 

@@ -19,11 +19,13 @@ from herbs.accel import build_accelerator, wants_cpu
 from herbs.data.folder import class_dirs, images_in
 from herbs.data.manifest import Manifest, load_manifest
 from herbs.data.stream import eval_stream
+from herbs.data.transforms import EvalTransform
 from herbs.errors import HerbsError
 from herbs.evaluate.images import ImageFiles, image_batches
 from herbs.evaluate.inference import InferenceModel, autocast, check_precision, describe_names, load_for_inference, writable_dir
-from herbs.evaluate.predict import eval_transform
 from herbs.evaluate.report import choose_groups, write_report
+from herbs.evaluate.tta import views as tta_views
+from herbs.metrics import headline, topk_accuracy
 from herbs.predictions import gather, predict_batches
 from herbs.progress import Progress
 
@@ -89,8 +91,10 @@ def default_out(checkpoint: Path, shards: Optional[str], split: str, images: Opt
 
 def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: str = "test", images: Optional[str] = None,
              out: Optional[str | Path] = None, batch_size: Optional[int] = None, workers: Optional[int] = None,
-             precision: str = "no", groups: str = "auto", group_level: int = 1, max_image_pixels: Optional[int] = None) -> Optional[dict]:
-    """Evaluate and write the report; returns it on rank 0 (None on the other ranks)."""
+             precision: str = "no", groups: str = "auto", group_level: int = 1, max_image_pixels: Optional[int] = None,
+             tta: Optional[str] = None) -> Optional[dict]:
+    """Evaluate and write the report; returns it on rank 0 (None on the other ranks). `tta`
+    (flip, flip+crops) adds the test-time-augmented numbers, from the same forward passes."""
     if (shards is None) == (images is None):
         raise HerbsError("give exactly one of --shards DIR (with --split) or --images ROOT")
     checkpoint = Path(checkpoint)
@@ -113,19 +117,23 @@ def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: str
     model = inference.model.to(device)
     batch_size = batch_size or config.data.eval_batch_size
     workers = config.data.num_workers if workers is None else workers
+    views = tta_views(tta, config.data.resize, config.model.img_size) if tta else None
+    crop = config.data.resize if views else config.model.img_size  # the views are cut from the whole resized image
     if manifest is not None:
         data = dataclasses.replace(config.data, shards=str(shards), eval_batch_size=batch_size, num_workers=workers)
-        batches = eval_stream(data, split, crop=config.model.img_size, rank=rank, world_size=world, pin_memory=device.type == "cuda")
+        batches = eval_stream(data, split, crop=crop, rank=rank, world_size=world, pin_memory=device.type == "cuda")
         described = {"kind": "shards", "shards": str(shards), "split": split, "dataset": manifest.dataset, "name": f"{Path(shards).name}/{split}"}
     else:
-        dataset = ImageFiles(paths[rank::world], eval_transform(inference), keys=keys[rank::world], labels=labels[rank::world],
+        transform = EvalTransform(config.data.resize, crop)
+        dataset = ImageFiles(paths[rank::world], transform, keys=keys[rank::world], labels=labels[rank::world],
                              max_pixels=config.data.max_image_pixels)
         batches = image_batches(dataset, batch_size=batch_size, workers=workers, pin_memory=device.type == "cuda")
         described = {"kind": "images", "images": str(images), "name": Path(images).resolve().name}
     with autocast(device, precision):
         counted = Progress(len(batches), "eval", unit="batch", disable=not accelerator.is_main_process).wrap(batches)
-        local = predict_batches(model, reported(counted, "eval"), device, config.data.mean, config.data.std)
+        local = predict_batches(model, reported(counted, "eval"), device, config.data.mean, config.data.std, views=views)
     preds = gather(local, accelerator)
+    augmented = gather(views.predictions, accelerator) if views else None
 
     report = None
     if accelerator.is_main_process:
@@ -138,6 +146,10 @@ def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: str
             "precision": precision,
             "model": {"backbone": config.model.backbone, "img_size": config.model.img_size, "num_classes": config.model.num_classes},
         }
+        if augmented is not None:
+            metrics = topk_accuracy(augmented)
+            info["tta"] = {"views": views.name, "count": views.count,
+                           "headline": {"ensemble_top1": headline(metrics) if len(augmented) else None}, "metrics": metrics}
         report = write_report(out, preds, inference.class_names, class_groups, info)
         print(summary(report, out))
     accelerator.wait_for_everyone()
