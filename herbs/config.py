@@ -84,6 +84,12 @@ class DataConfig:
     hflip: bool = True
     blur_p: float = 0.1  # Gaussian blur (kernel 5, sigma 0.1-5) probability
     sharpness_p: float = 0.1  # sharpness x1.5 probability
+    # Mixup / CutMix of each training micro-batch with itself reversed (off: the published recipe).
+    # A Beta(alpha, alpha) mixing weight; with both on, CutMix is taken with mixup_switch_prob.
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mixup_prob: float = 1.0  # share of micro-batches mixed
+    mixup_switch_prob: float = 0.5
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
@@ -99,6 +105,8 @@ class LossConfig:
     lambda_s: float = 0.0  # cross-entropy of the selected tokens
     lambda_n: float = 5.0  # background suppression
     lambda_c: float = 1.0  # combiner cross-entropy
+    # Label smoothing of the cross-entropy terms' targets (0: off, the published recipe).
+    label_smoothing: float = 0.0
 
 
 @dataclass
@@ -356,6 +364,17 @@ def validate(config: Config) -> None:
                 f"model.img_size {m.img_size} cannot go through the Swin pyramid: use a multiple of {stride} (e.g. 224 or 384)"
             )
         check_selects(m, token_counts(m))
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if getattr(d, key) < 0:
+            raise ConfigError(f"data.{key} must be 0 (off) or more, got {getattr(d, key)}")
+    for key in ("mixup_prob", "mixup_switch_prob"):
+        if not 0 <= getattr(d, key) <= 1:
+            raise ConfigError(f"data.{key} is a probability, from 0 to 1; got {getattr(d, key)}")
+    if (d.mixup_alpha or d.cutmix_alpha) and d.batch_size < 2:
+        raise ConfigError("data.mixup_alpha and data.cutmix_alpha mix the images of a micro-batch with each other, and data.batch_size 1 "
+                          "has no other image; use data.batch_size 2 or more, or turn mixing off")
+    if not 0 <= config.loss.label_smoothing < 1:
+        raise ConfigError(f"loss.label_smoothing must be from 0 (off) up to, not including, 1; got {config.loss.label_smoothing}")
     if d.resize < m.img_size:
         raise ConfigError(f"data.resize ({d.resize}) must be at least model.img_size ({m.img_size}), the crop size")
     if d.batch_size < 1 or d.eval_batch_size < 1:

@@ -28,7 +28,9 @@ class HERBSLoss(nn.Module):
         self, outputs: dict[str, torch.Tensor], labels: torch.Tensor, epoch: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns (total, terms): `terms` holds every weighted-in term unweighted, keyed like
-        `refine/layer1`, `tap_ce/layer1`, `select_ce/layer1`, `suppress/layer1`, `combiner_ce`."""
+        `refine/layer1`, `tap_ce/layer1`, `select_ce/layer1`, `suppress/layer1`, `combiner_ce`.
+        `labels` are class indices [B], or soft targets [B, K] (mixup, CutMix, label smoothing:
+        `herbs.train.mixing`), which the cross-entropy terms take as they are."""
         c = self.config
         T = temperature_at(c, epoch)
         terms: dict[str, torch.Tensor] = {}
@@ -47,7 +49,7 @@ class HERBSLoss(nn.Module):
                 if c.lambda_s:
                     tap = name.removeprefix("select_")
                     n = out.size(1)
-                    term = F.cross_entropy(out.reshape(-1, out.size(-1)), labels.repeat_interleave(n))
+                    term = F.cross_entropy(out.reshape(-1, out.size(-1)), labels.repeat_interleave(n, dim=0))
                     terms[f"select_ce/{tap}"] = term
                     total = total + c.lambda_s * term
             elif name.startswith("drop_"):

@@ -37,6 +37,7 @@ from herbs.train.batch import plan_batch, warmup_steps
 from herbs.train.checkpoints import CheckpointDir, TrainerState, to_resume
 from herbs.train.faults import Faults
 from herbs.train.fit import progressing, requirements
+from herbs.train.mixing import BatchMixer
 from herbs.train.norm_stats import NormStatistics
 from herbs.train.optim import Schedule, build_optimizer, set_lr
 from herbs.train.preemption import PreemptionWatch
@@ -146,6 +147,7 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
     model = HERBSModel(config.model)
     requires = requirements(config, manifest, model)
     loss_fn = HERBSLoss(config.loss)
+    mixer = BatchMixer.from_config(config)
     optimizer = build_optimizer(model, config.optim)
     faults = Faults.from_env(optimizer, rank)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -224,12 +226,13 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
                 faults.record_keys(epoch, state.step, batch["key"])
                 images = normalize(batch["image"].to(accelerator.device, non_blocking=True), mean, std)
                 labels = batch["label"].to(accelerator.device, non_blocking=True)
+                images, targets = mixer(images, labels, batch["key"], epoch) if mixer.active else (images, labels)
                 if state.batch % accum == 0:
                     norm_stats.snapshot()
                 with accelerator.accumulate(model):
                     # Before the backward pass: under DeepSpeed the last one of a group takes the optimizer step.
                     set_lr(optimizer, schedule.lr_at(state.step))
-                    loss, terms = loss_fn(model(images), labels, epoch)
+                    loss, terms = loss_fn(model(images), targets, epoch)
                     loss = faults.apply(loss, state.step, state.batch % accum)
                     window.add(loss, terms, len(labels), int(batch["skipped"]))
                     # Every micro-batch goes backward, a non-finite one too, so that DDP's and DeepSpeed's
