@@ -156,6 +156,10 @@ class TrainConfig:
     keep_checkpoints: int = 3  # newest step checkpoints kept on disk
     max_nonfinite_steps: int = 10  # stop after this many non-finite losses in a row
     compile: bool = False  # torch.compile the model
+    # An exponential moving average of the weights, updated after every optimizer step (0: off, the
+    # published recipe). Its decay warms up as (1 + n) / (10 + n) after n updates, up to this value.
+    ema_decay: float = 0.0
+    select_best: str = "raw"  # which weights best/ holds, chosen by their val ensemble top-1: raw | ema
     output_dir: str = "runs"  # run directory is <output_dir>/<log.project>/<log.name>
     debug: bool = False  # one process, no workers, anomaly detection, deterministic algorithms
 
@@ -373,6 +377,11 @@ def validate(config: Config) -> None:
     if (d.mixup_alpha or d.cutmix_alpha) and d.batch_size < 2:
         raise ConfigError("data.mixup_alpha and data.cutmix_alpha mix the images of a micro-batch with each other, and data.batch_size 1 "
                           "has no other image; use data.batch_size 2 or more, or turn mixing off")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be from 0 (off) up to, not including, 1 (e.g. 0.9998); got {t.ema_decay}")
+    if t.select_best not in ("raw", "ema") or (t.select_best == "ema" and not t.ema_decay):
+        raise ConfigError(f"train.select_best must be raw, or ema with train.ema_decay set; got {t.select_best}"
+                          + (" with train.ema_decay 0" if t.select_best == "ema" else ""))
     if not 0 <= config.loss.label_smoothing < 1:
         raise ConfigError(f"loss.label_smoothing must be from 0 (off) up to, not including, 1; got {config.loss.label_smoothing}")
     if d.resize < m.img_size:

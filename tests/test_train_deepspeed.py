@@ -162,3 +162,21 @@ def test_zero3_evaluation_with_unequal_batches_per_rank_does_not_hang(deepspeed_
     records = metrics(run_dir(tmp_path))
     assert [r["val/samples"] for r in records if "val/samples" in r] == [20]
     assert records[-1]["test/samples"] == 20
+
+
+@pytest.mark.slow
+@pytest.mark.deepspeed
+@pytest.mark.multiprocess
+def test_ema_weights_under_zero2_and_one_sentence_under_zero3(deepspeed_installed, shards, tmp_path):
+    """ZeRO-2 keeps the whole model on every rank, so every rank averages it; ZeRO-3 is refused."""
+    args = [*MICRO, f"data.shards={shards}", "data.num_workers=0", "train.mixed_precision=bf16", "train.ema_decay=0.9",
+            "train.select_best=ema", "train.max_steps=2"]
+    run_training(2, TINY, *args, f"train.output_dir={tmp_path / 'two'}", launch_config="configs/accelerate/zero2.yaml")
+    run = run_dir(tmp_path / "two")
+    assert any("val_ema/ensemble_top1" in r for r in metrics(run))
+    assert (run / "checkpoints" / "step-0000002" / "custom_checkpoint_0.pkl").is_file()
+    load_model(run / "ema")
+    refused = run_training(2, TINY, *args, f"train.output_dir={tmp_path / 'three'}", check=False,
+                           launch_config="configs/accelerate/zero3.yaml")
+    assert refused.returncode != 0  # each rank says it, before any step (accelerate launch exits 1 for them)
+    assert refused.stderr.count("train.py: error: train.ema_decay is not supported under DeepSpeed ZeRO-3") == 2

@@ -27,6 +27,9 @@ def requirements(config: Config, manifest, model) -> dict:
         SHAPES: {name: list(tensor.shape) for name, tensor in model.state_dict().items()},
         "the shards' manifest (sha256)": hashlib.sha256(manifest.to_json().encode()).hexdigest()[:16],
         "train.seed": config.train.seed,  # orders and augments the data
+        # The checkpoint holds an average or it does not; and best/ compares scores of one kind of weights.
+        "EMA weights (train.ema_decay above 0)": bool(config.train.ema_decay),
+        "train.select_best": config.train.select_best,
     }
 
 

@@ -37,6 +37,7 @@ from herbs.train.batch import plan_batch, warmup_steps
 from herbs.train.checkpoints import CheckpointDir, TrainerState, to_resume
 from herbs.train.faults import Faults
 from herbs.train.fit import progressing, requirements
+from herbs.train.ema import WeightAverage
 from herbs.train.mixing import BatchMixer
 from herbs.train.norm_stats import NormStatistics
 from herbs.train.optim import Schedule, build_optimizer, set_lr
@@ -152,6 +153,12 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
     faults = Faults.from_env(optimizer, rank)
     model, optimizer = accelerator.prepare(model, optimizer)
     zero3 = zero_stage(accelerator) == 3
+    if t.ema_decay and zero3:
+        raise HerbsError("train.ema_decay is not supported under DeepSpeed ZeRO-3, which partitions the weights it would average; "
+                         "use ZeRO-2 (configs/accelerate/zero2.yaml) or DDP, or set train.ema_decay=0")
+    ema = WeightAverage(accelerator.unwrap_model(model), t.ema_decay) if t.ema_decay else None
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)  # saved and resumed with every checkpoint
     norm_stats = NormStatistics(accelerator.unwrap_model(model))
     peak = peak_flops(accelerator.device) if t.mixed_precision != "no" else None  # peaks are half-precision rates
     flops_per_image = train_flops_per_image(config.model) if peak else None
@@ -245,6 +252,8 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
                             if config.optim.max_grad_norm is not None:
                                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
                             optimizer.step()
+                            if ema is not None:
+                                ema.update()
                         else:
                             norm_stats.restore()
                         optimizer.zero_grad(set_to_none=True)
@@ -283,13 +292,22 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
                 finished = state.step >= total_steps
                 if has_val and (finished or (epoch_done and state.epoch % t.eval_every == 0)):
                     values = evaluate(d.val_split)
-                    record(values)
                     score = values.get(f"{d.val_split}/ensemble_top1", 0.0)
+                    said = f"epoch {epoch}: val ensemble top-1 {score:.2f}%"
+                    if ema is not None:
+                        with ema.applied():
+                            averaged = evaluate(d.val_split)
+                        values |= {key.replace(f"{d.val_split}/", f"{d.val_split}_ema/", 1): v for key, v in averaged.items()}
+                        said += f", EMA weights {averaged.get(f'{d.val_split}/ensemble_top1', 0.0):.2f}%"
+                        if t.select_best == "ema":
+                            score = averaged.get(f"{d.val_split}/ensemble_top1", 0.0)
+                    record(values)
                     if is_main:
-                        bar.write(f"epoch {epoch}: val ensemble top-1 {score:.2f}%")
+                        bar.write(said)
                     if score > state.best_val:
                         state.best_val, state.best_step = score, state.step
-                        export_best(score)
+                        with ema.applied() if t.select_best == "ema" else contextlib.nullcontext():
+                            export_best(score)
                 clock_due = t.checkpoint_minutes is not None and time.monotonic() - checkpointed_at >= 60 * t.checkpoint_minutes
                 preempted, clock_due = any_rank(accelerator, watch.received is not None, clock_due)  # ranks decide together
                 if preempted or finished or clock_due or state.step % t.checkpoint_every == 0:
@@ -309,7 +327,13 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
             return EXIT_REQUEUE
 
     if not has_val:  # nothing to choose by: the final weights are the model
-        export_best(state.best_val)
+        with ema.applied() if t.select_best == "ema" else contextlib.nullcontext():
+            export_best(state.best_val)
+    if ema is not None:  # the final averaged weights, whichever best/ holds
+        with ema.applied():  # saved inside: the state dict's tensors are the model's own
+            weights = accelerator.get_state_dict(model)
+            if is_main:
+                save_model(weights, config, run_dir / "ema", class_names=manifest.class_names, step=state.step, epoch=state.epoch)
     if d.test_split in manifest.splits:
         weights = use_best_weights(accelerator, model, run_dir / "best")
         final = evaluate(d.test_split) | {f"{d.test_split}/weights": weights}
