@@ -24,6 +24,8 @@ FAMILIES = {  # model overrides of the micro model (64 px, taps of 48/12/2/2 sel
     "convnext": {"backbone": "convnext_atto", "backbone_args": {"dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]}},
     "resnet": {"backbone": "resnet18", "backbone_args": {"layers": [1, 1, 1, 1]}},
     "efficientnet": {"backbone": "efficientnet_b0", "backbone_args": {}},
+    "swinv2": {"backbone": "swinv2_tiny_window8_256",
+               "backbone_args": {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], "window_size": 4}},
     "vit": {"backbone": "vit_tiny_patch16_224", "backbone_args": {**VIT, "out_indices": [0, 1, 2, 3]}, "num_selects": [32, 16, 8, 8]},
 }
 
@@ -47,7 +49,7 @@ def test_the_taps_are_the_last_four_levels_as_token_sequences(family):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["convnext", "vit"])  # a ConvNet and a plain ViT; ResNet and EfficientNet share ConvNeXt's path
+@pytest.mark.parametrize("family", ["convnext", "swinv2", "vit"])  # ResNet and EfficientNet share ConvNeXt's path
 def test_a_backbone_trains_checkpoints_exports_and_is_evaluated(family, shards, tmp_path, capsys):
     run_training(1, TINY, *micro(shards, tmp_path, *overrides(FAMILIES[family]), "train.max_steps=2", "train.checkpoint_every=2"))
     run = run_dir(tmp_path)

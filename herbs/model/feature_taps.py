@@ -1,8 +1,8 @@
 """Any timm backbone with a feature pyramid, tapped at its last four levels.
 
-timm's `features_only` gives each level as a [B, C, H, W] map: ConvNets (ResNet, ConvNeXt,
-EfficientNet, ...) their stages, plain ViTs (ViT, EVA, DeiT) the blocks named by timm's own
-`out_indices` (here `model.backbone_args.out_indices`). Each map becomes a token sequence
+timm's `features_only` gives each level as a [B, C, H, W] map ([B, H, W, C] for Swin V2):
+ConvNets (ResNet, ConvNeXt, EfficientNet, ...) and Swin V2 their stages, plain ViTs (ViT, EVA,
+DeiT) the blocks named by timm's own `out_indices` (here `model.backbone_args.out_indices`). Each map becomes a token sequence
 [B, H*W, C] in row-major order, as the Swin taps are, so the pyramids, the selector and the
 combiner see the same kind of input whatever the backbone.
 """
@@ -72,8 +72,12 @@ class FeatureTaps(nn.Module):
             raise ConfigError(f"model.img_size {img_size} is not a multiple of {max(strides)}, the coarsest stride of '{name}'; "
                               f"use a multiple of it (e.g. {max(strides) * (img_size // max(strides) + 1)})")
         self.tokens = [(img_size // stride) ** 2 for stride in strides]
+        self.channels_last = getattr(self.body, "output_fmt", "NCHW") == "NHWC"  # timm's Swin V2 features are [B, H, W, C]
         if grad_checkpointing:
             self.body.set_grad_checkpointing(True)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [level.flatten(2).transpose(1, 2) for level in self.body(images)[-LEVELS:]]
+        levels = self.body(images)[-LEVELS:]
+        if self.channels_last:
+            return [level.flatten(1, 2) for level in levels]
+        return [level.flatten(2).transpose(1, 2) for level in levels]
