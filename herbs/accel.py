@@ -113,6 +113,9 @@ def fill_deepspeed_config(ds: dict, config: Config, accumulation: int) -> None:
                 f"the DeepSpeed config sets {key}={current} but the herbs config has {herbs_key}={value}; "
                 f"set it to \"auto\" in the DeepSpeed JSON so the herbs config decides"
             )
+    if config.train.ema_decay and ds.get("zero_optimization", {}).get("stage") == 3:
+        raise ConfigError("train.ema_decay is not supported under DeepSpeed ZeRO-3, which partitions the weights it would average; "
+                          "use ZeRO-2 (configs/accelerate/zero2.yaml) or DDP, or set train.ema_decay=0")
     clip = config.optim.max_grad_norm
     if ds.get("gradient_clipping", "auto") == "auto":
         ds["gradient_clipping"] = clip if clip is not None else 0.0

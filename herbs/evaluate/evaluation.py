@@ -19,10 +19,10 @@ from herbs.accel import build_accelerator, wants_cpu
 from herbs.data.folder import class_dirs, images_in
 from herbs.data.manifest import Manifest, load_manifest
 from herbs.data.stream import eval_stream
-from herbs.data.transforms import EvalTransform
 from herbs.errors import HerbsError
 from herbs.evaluate.images import ImageFiles, image_batches
 from herbs.evaluate.inference import InferenceModel, autocast, check_precision, describe_names, load_for_inference, writable_dir
+from herbs.evaluate.predict import eval_transform
 from herbs.evaluate.report import choose_groups, write_report
 from herbs.evaluate.tta import views as tta_views
 from herbs.metrics import headline, topk_accuracy
@@ -124,8 +124,7 @@ def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: str
         batches = eval_stream(data, split, crop=crop, rank=rank, world_size=world, pin_memory=device.type == "cuda")
         described = {"kind": "shards", "shards": str(shards), "split": split, "dataset": manifest.dataset, "name": f"{Path(shards).name}/{split}"}
     else:
-        transform = EvalTransform(config.data.resize, crop)
-        dataset = ImageFiles(paths[rank::world], transform, keys=keys[rank::world], labels=labels[rank::world],
+        dataset = ImageFiles(paths[rank::world], eval_transform(inference, crop), keys=keys[rank::world], labels=labels[rank::world],
                              max_pixels=config.data.max_image_pixels)
         batches = image_batches(dataset, batch_size=batch_size, workers=workers, pin_memory=device.type == "cuda")
         described = {"kind": "images", "images": str(images), "name": Path(images).resolve().name}

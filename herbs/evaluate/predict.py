@@ -10,7 +10,7 @@ import csv
 import json
 import os
 from dataclasses import dataclass
-from typing import IO, Iterator, Union
+from typing import IO, Iterator, Optional, Union
 
 import torch
 
@@ -40,8 +40,9 @@ def default_workers() -> int:
     return min(4, cores)
 
 
-def eval_transform(inference: InferenceModel) -> EvalTransform:
-    return EvalTransform(inference.config.data.resize, inference.config.model.img_size)
+def eval_transform(inference: InferenceModel, crop: Optional[int] = None) -> EvalTransform:
+    """The model's evaluation transform; `crop` other than model.img_size (test-time augmentation cuts its own)."""
+    return EvalTransform(inference.config.data.resize, crop or inference.config.model.img_size)
 
 
 def predict_images(inference: InferenceModel, inputs: list[ImageInput], *, topk: int = 5, batch_size: int = 16,

@@ -26,4 +26,4 @@ def views(kind: str, size: int, crop: int) -> Views:
             cut += [images[..., top:top + crop, left:left + crop] for top, left in corners]
         return cut
 
-    return Views(kind, 2 + 4 * (kind == "flip+crops"), make)
+    return Views(kind, 2 + len(corners) * (kind == "flip+crops"), make)

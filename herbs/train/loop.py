@@ -153,9 +153,6 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
     faults = Faults.from_env(optimizer, rank)
     model, optimizer = accelerator.prepare(model, optimizer)
     zero3 = zero_stage(accelerator) == 3
-    if t.ema_decay and zero3:
-        raise HerbsError("train.ema_decay is not supported under DeepSpeed ZeRO-3, which partitions the weights it would average; "
-                         "use ZeRO-2 (configs/accelerate/zero2.yaml) or DDP, or set train.ema_decay=0")
     ema = WeightAverage(accelerator.unwrap_model(model), t.ema_decay) if t.ema_decay else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)  # saved and resumed with every checkpoint
@@ -205,11 +202,13 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
         return {f"{split}/{k}": v for k, v in topk_accuracy(preds).items()} | {f"{split}/samples": len(preds), f"{split}/skipped": preds.skipped}
 
     def export_best(score: float) -> None:
-        weights = accelerator.get_state_dict(model)  # collective: gathers ZeRO-3 shards
-        if is_main:
-            with checkpoints.guard_space(run_dir / "best"):
-                save_model(weights, config, run_dir / "best", class_names=manifest.class_names,
-                           val_ensemble_top1=score, step=state.step, epoch=state.epoch)
+        """best/ from the weights train.select_best names (saved inside the swap: the state dict's tensors are the model's own)."""
+        with ema.applied() if t.select_best == "ema" else contextlib.nullcontext():
+            weights = accelerator.get_state_dict(model)  # collective: gathers ZeRO-3 shards
+            if is_main:
+                with checkpoints.guard_space(run_dir / "best"):
+                    save_model(weights, config, run_dir / "best", class_names=manifest.class_names,
+                               val_ensemble_top1=score, step=state.step, epoch=state.epoch)
 
     log.info("%d processes x batch %d x %d accumulated = global batch %d; peak lr %.3g, %d warmup steps; "
              "%d optimizer steps per epoch, %d steps in all; mixed precision %s; run directory %s",
@@ -306,8 +305,7 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
                         bar.write(said)
                     if score > state.best_val:
                         state.best_val, state.best_step = score, state.step
-                        with ema.applied() if t.select_best == "ema" else contextlib.nullcontext():
-                            export_best(score)
+                        export_best(score)
                 clock_due = t.checkpoint_minutes is not None and time.monotonic() - checkpointed_at >= 60 * t.checkpoint_minutes
                 preempted, clock_due = any_rank(accelerator, watch.received is not None, clock_due)  # ranks decide together
                 if preempted or finished or clock_due or state.step % t.checkpoint_every == 0:
@@ -327,8 +325,7 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
             return EXIT_REQUEUE
 
     if not has_val:  # nothing to choose by: the final weights are the model
-        with ema.applied() if t.select_best == "ema" else contextlib.nullcontext():
-            export_best(state.best_val)
+        export_best(state.best_val)
     if ema is not None:  # the final averaged weights, whichever best/ holds
         with ema.applied():  # saved inside: the state dict's tensors are the model's own
             weights = accelerator.get_state_dict(model)
