@@ -21,6 +21,7 @@ import yaml
 from herbs.errors import ConfigError
 
 TAPS = ("layer1", "layer2", "layer3", "layer4")
+HEADS = ("herbs", "linear")  # model.head
 LR_SCALING = ("none", "linear", "sqrt")
 WORKER_START_METHODS = ("forkserver", "spawn", "fork")  # multiprocessing start methods for loader workers (data.worker_start)
 # A section that a run writes into its config.yaml (what it derived: global batch, accumulation, peak LR,
@@ -36,6 +37,9 @@ class ModelConfig:
     # with a feature pyramid of four or more levels, whose last four are tapped (ResNet, ConvNeXt,
     # EfficientNet, ...; a ViT/EVA/DeiT with backbone_args.out_indices naming four of its blocks).
     backbone: str = "swin_large_patch4_window12_384"
+    # herbs: the HERBS pyramids, selector and combiner (HERBS_SPEC.md). linear: the baseline it is compared
+    # with, one linear classifier on the last tap's averaged tokens, trained by the cross-entropy of loss.lambda_c.
+    head: str = "herbs"
     # Extra keyword arguments for `timm.create_model` (embed_dim, depths, num_heads, window_size,
     # out_indices, ...): how tiny test configs shrink the backbone.
     backbone_args: dict = field(default_factory=dict)
@@ -350,6 +354,10 @@ def check_selects(config: ModelConfig, tokens: list[int]) -> None:
 def validate(config: Config) -> None:
     """Values that parse but cannot work: say which and why, before anything is built."""
     m, d, t, o, log = config.model, config.data, config.train, config.optim, config.log
+    if m.head not in HEADS:
+        raise ConfigError(f"model.head must be one of {', '.join(HEADS)}, got '{m.head}'")
+    if m.head == "linear" and not config.loss.lambda_c:
+        raise ConfigError("model.head linear is trained by the cross-entropy that loss.lambda_c weighs, and it is 0; set loss.lambda_c above 0")
     if m.num_classes < 2:
         raise ConfigError(f"model.num_classes must be at least 2, got {m.num_classes}")
     if m.fpn_size < 4:
@@ -367,7 +375,8 @@ def validate(config: Config) -> None:
             raise ConfigError(
                 f"model.img_size {m.img_size} cannot go through the Swin pyramid: use a multiple of {stride} (e.g. 224 or 384)"
             )
-        check_selects(m, token_counts(m))
+        if m.head == "herbs":
+            check_selects(m, token_counts(m))
     for key in ("mixup_alpha", "cutmix_alpha"):
         if getattr(d, key) < 0:
             raise ConfigError(f"data.{key} must be 0 (off) or more, got {getattr(d, key)}")

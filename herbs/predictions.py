@@ -26,7 +26,8 @@ class Predictions:
     keys: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     topk: dict[str, list[list[int]]] = field(default_factory=dict)  # head -> per sample, best class first
-    scores: list[list[float]] = field(default_factory=list)  # ensemble score of each topk["ensemble"] class
+    # The mean of the heads' probabilities (0..1) for each topk["ensemble"] class.
+    scores: list[list[float]] = field(default_factory=list)
     skipped: int = 0  # samples that could not be decoded or had a bad label
     skipped_keys: list[str] = field(default_factory=list)  # which ones, where the loader names them (image folders)
 
@@ -46,11 +47,12 @@ class Predictions:
 
     def keep(self, keys: list[str], labels: torch.Tensor, heads: dict[str, torch.Tensor], ensemble: torch.Tensor) -> None:
         """Each head's top-k (by its logits or probabilities: the same order) and the ensemble's scores."""
+        count = len(heads)
         heads[ENSEMBLE] = ensemble
         k = min(TOP_K, ensemble.size(-1))
         for name, logits in heads.items():
             self.topk.setdefault(name, []).extend(logits.topk(k, dim=-1).indices.tolist())
-        self.scores.extend(ensemble.topk(k, dim=-1).values.tolist())
+        self.scores.extend((ensemble.topk(k, dim=-1).values / count).tolist())
         self.keys.extend(keys)
         self.labels.extend(labels.tolist())
 

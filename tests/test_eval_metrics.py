@@ -39,7 +39,7 @@ def hand_made() -> Predictions:
         preds.labels.append(label)
         preds.topk.setdefault("ensemble", []).append(ens)
         preds.topk.setdefault("comb_outs", []).append(comb)
-        preds.scores.append([9.0 - j for j in range(5)])
+        preds.scores.append([(9.0 - j) / 9 for j in range(5)])  # mean probabilities of the nine heads
     return preds
 
 
@@ -148,7 +148,7 @@ def test_report_holds_everything_and_draws_per_group_matrices_beyond_60_classes(
     assert [r["class"] for r in rows] == NAMES and rows[0]["top1"] == "50.0000" and rows[5]["most_confused_with"] == "a_X"
     with open(tmp_path / "small" / "predictions.csv") as f:
         first = next(csv.DictReader(f))
-    assert first["key"] == "s0" and first["pred_1"] == "a_X" and float(first["score_1"]) == pytest.approx(1.0)  # 9 / 9 heads
+    assert first["key"] == "s0" and first["pred_1"] == "a_X" and float(first["score_1"]) == pytest.approx(1.0)
 
     names = [f"c{i}" for i in range(70)]
     groups = [ClassGroup("first half", tuple(range(35))), ClassGroup("second/half", tuple(range(35, 69)))]  # c69 alone

@@ -30,9 +30,11 @@ import torch.nn.functional as F  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from herbs.config import TAPS  # noqa: E402
+from herbs.errors import HerbsError  # noqa: E402
 from herbs.data.transforms import EvalTransform, normalize  # noqa: E402
 from herbs.evaluate.images import ImageFiles, ImageInput, image_batches  # noqa: E402
-from herbs.evaluate.inference import InferenceModel, ensemble_probabilities  # noqa: E402
+from herbs.evaluate.inference import InferenceModel  # noqa: E402
+from herbs.model.herbs_model import ensemble_probabilities  # noqa: E402
 from herbs.evaluate.predict import Unreadable, eval_transform  # noqa: E402
 
 SOURCES = ("backbone", "top_down", "bottom_up")
@@ -129,6 +131,9 @@ def to_image(maps: torch.Tensor, transform: EvalTransform, height: int, width: i
 def heatmaps(inference: InferenceModel, inputs: list[ImageInput], *, class_index: Optional[int] = None, batch_size: int = 8,
              workers: int = 0, display: int = 512) -> Iterator[Union[Heatmap, Unreadable]]:
     """One Heatmap (or Unreadable) per input, in input order, computed in batches."""
+    if inference.config.model.head != "herbs":
+        raise HerbsError(f"model '{inference.path}' has a {inference.config.model.head} head, and heatmaps are drawn from the HERBS "
+                         "pyramids; pass a model trained with model.head herbs")
     model, device, data = inference.model, inference.device, inference.config.data
     model.requires_grad_(False)  # gradients flow to the features through the input, not into the weights
     transform = eval_transform(inference)

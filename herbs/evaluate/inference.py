@@ -16,12 +16,11 @@ from typing import Optional
 
 import torch
 
-from herbs.config import TAPS, Config
+from herbs.config import Config
 from herbs.errors import HerbsError
 from herbs.model.checkpoint import load_model
-from herbs.model.herbs_model import HERBSModel, ensemble_scores
+from herbs.model.tapped import TappedModel
 
-ENSEMBLE_HEADS = 2 * len(TAPS) + 1  # the nine heads whose softmaxes the ensemble sums (HERBS_SPEC.md §7)
 PRECISIONS = ("no", "bf16", "fp16")
 
 
@@ -32,7 +31,7 @@ def generic_names(num_classes: int) -> list[str]:
 @dataclass
 class InferenceModel:
     path: Path
-    model: HERBSModel  # in eval mode, on `device`
+    model: TappedModel  # in eval mode, on `device`
     config: Config
     meta: dict
     class_names: list[str]
@@ -116,9 +115,3 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu", max
                 "the model directory is damaged: export or import it again"
             )
     return InferenceModel(path, model, config, meta, list(names), names_from, device)
-
-
-def ensemble_probabilities(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The ensemble score divided by the number of heads: the mean of the nine heads' class probabilities,
-    [B, K], summing to 1 over the classes. Its arg-max is the published prediction."""
-    return ensemble_scores(outputs) / ENSEMBLE_HEADS

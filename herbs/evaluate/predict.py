@@ -1,7 +1,8 @@
 """Top-k classes of the nine-head ensemble for image files, streamed as CSV or JSON lines.
 
 The score of a class is the mean of the nine heads' softmax probabilities (the ensemble score of
-HERBS_SPEC.md §7 divided by 9), so a row's scores lie in 0..1 and all classes' scores sum to 1.
+HERBS_SPEC.md §7 divided by 9; a linear head's own probability), so a row's scores lie in 0..1 and
+all classes' scores sum to 1.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 
 from herbs.data.transforms import EvalTransform, normalize
 from herbs.evaluate.images import ImageFiles, ImageInput, image_batches
-from herbs.evaluate.inference import InferenceModel, autocast, ensemble_probabilities
+from herbs.evaluate.inference import InferenceModel, autocast
+from herbs.model.herbs_model import ensemble_probabilities
 
 FORMATS = ("csv", "jsonl")
 

@@ -17,7 +17,6 @@ from typing import Optional
 from herbs.data.manifest import Manifest
 from herbs.data.source import ClassGroup, suffix_groups
 from herbs.errors import HerbsError
-from herbs.evaluate.inference import ENSEMBLE_HEADS
 from herbs.evaluate.plots import plot_confusion
 from herbs.metrics import complete_groups, confusion_matrix, group_metrics, headline, per_class, topk_accuracy
 from herbs.predictions import ENSEMBLE, Predictions
@@ -109,7 +108,7 @@ def write_report(out_dir: Path, preds: Predictions, class_names: list[str], grou
     k = len(preds.scores[0]) if len(preds) else 0
     write_text(out_dir / files["predictions"], csv_text(
         ["key", "label", "class", *[f"{f}_{i}" for i in range(1, k + 1) for f in ("pred", "score")]],
-        [[key, label, class_names[label], *[v for c, s in zip(top, scores) for v in (class_names[c], f"{s / ENSEMBLE_HEADS:.6f}")]]
+        [[key, label, class_names[label], *[v for c, s in zip(top, scores) for v in (class_names[c], f"{s:.6f}")]]
          for key, label, top, scores in zip(preds.keys, preds.labels, preds.topk.get(ENSEMBLE, []), preds.scores)]))
     if len(preds):
         matrix = confusion_matrix(preds, len(class_names))

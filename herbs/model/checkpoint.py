@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from herbs.config import Config, load_config
 from herbs.data.tario import sha256_file
 from herbs.errors import CheckpointError
-from herbs.model.herbs_model import HERBSModel
+from herbs.model.build import build_model
+from herbs.model.tapped import TappedModel
 from herbs.model.state_dict import load_matching
 
 FORMAT = "herbs-model"
@@ -28,7 +29,7 @@ CHECKSUM = "weights_sha256"  # in meta.json; directories written before it was r
 
 
 def save_model(state_dict: dict, config: Config, out_dir: str | Path, **meta) -> Path:
-    """Write a HERBSModel state dict (on any device) with its config; `meta` adds JSON fields such as class_names."""
+    """Write a model's state dict (on any device) with its config; `meta` adds JSON fields such as class_names."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
@@ -73,12 +74,12 @@ def read_meta(model_dir: str | Path) -> dict:
     return meta
 
 
-def load_model(model_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[HERBSModel, Config, dict]:
+def load_model(model_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[TappedModel, Config, dict]:
     """Build the model from the directory's config and load its weights; returns (model in eval mode, config, meta)."""
     model_dir = Path(model_dir)
     meta = read_meta(model_dir)
     config = load_config(model_dir / CONFIG)
-    model = HERBSModel(config.model, load_pretrained=False)
+    model = build_model(config.model, load_pretrained=False)
     if CHECKSUM in meta and sha256_file(model_dir / WEIGHTS) != meta[CHECKSUM]:
         raise CheckpointError(f"'{model_dir / WEIGHTS}' weights do not match the sha256 recorded in {META}; "
                               "the file is damaged: re-export or re-copy it")

@@ -24,6 +24,7 @@ def requirements(config: Config, manifest, model) -> dict:
     batch facts are checked before the process group exists (`herbs.train.batch.plan_batch`)."""
     return {
         "model.num_classes": config.model.num_classes,
+        "model.head": config.model.head,
         SHAPES: {name: list(tensor.shape) for name, tensor in model.state_dict().items()},
         "the shards' manifest (sha256)": hashlib.sha256(manifest.to_json().encode()).hexdigest()[:16],
         "train.seed": config.train.seed,  # orders and augments the data

@@ -28,7 +28,7 @@ from herbs.data.transforms import normalize
 from herbs.errors import EXIT_USAGE, CheckpointError, HerbsError
 from herbs.loss import HERBSLoss, temperature_at
 from herbs.metrics import topk_accuracy
-from herbs.model import HERBSModel
+from herbs.model import build_model
 from herbs.model.checkpoint import WEIGHTS, save_model
 from herbs.predictions import gather, predict_batches
 from herbs.progress import Progress
@@ -145,7 +145,7 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
 
     # Model, loss, optimizer: the same initial weights on every rank.
     set_seed(t.seed)
-    model = HERBSModel(config.model)
+    model = build_model(config.model)
     requires = requirements(config, manifest, model)
     loss_fn = HERBSLoss(config.loss)
     mixer = BatchMixer.from_config(config)

@@ -36,10 +36,10 @@ def peak_flops(device: torch.device) -> float | None:
 
 def train_flops_per_image(config: ModelConfig) -> float:
     """FLOPs of one training step per image (3 x the forward's)."""
-    from herbs.model import HERBSModel  # the model package pulls in timm; only runs that log MFU need it
+    from herbs.model import build_model  # the model package pulls in timm; only runs that log MFU need it
 
     with torch.device("meta"):
-        model = HERBSModel(config, load_pretrained=False)
+        model = build_model(config, load_pretrained=False)
         images = torch.empty(1, 3, config.img_size, config.img_size)
     with FlopCounterMode(display=False) as counter:
         model(images)
