@@ -266,6 +266,12 @@ def test_a_full_disk_while_logging_is_one_sentence_and_leaves_no_torn_line(shard
     assert all(json.loads(line) for line in (run / METRICS_FILE).read_text().splitlines())
 
 
+def test_a_disk_full_before_training_starts_is_one_sentence(shards, small_disk):
+    fill(small_disk)
+    line = error_line(run_training(1, TINY, *micro(shards, small_disk), check=False))
+    assert f"no space left on {small_disk} for the run directory {run_dir(small_disk)}" in line
+
+
 @pytest.mark.parametrize("override", ["train.checkpoint_every=0", "train.checkpoint_every=-1", "log.every=0",
                                       "train.eval_every=0", "train.max_steps=0", "loss.temperature_halve_every=0"])
 def test_intervals_and_counts_are_checked_before_anything_starts(override):

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+from herbs.errors import HerbsError
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 NEARLY_FULL = 1 << 20  # bytes: less than this free after a failed write means the write ran out of space
@@ -34,6 +38,21 @@ def existing_parent(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+@contextmanager
+def space_for_run(run_dir: Path) -> Iterator[None]:
+    """A full disk under the run directory that no writer of its own named (the lock, the config, the
+    attempt records, ...) becomes one sentence; the checkpoints and metrics writers say more themselves."""
+    try:
+        yield
+    except HerbsError:
+        raise
+    except OSError as err:
+        if not out_of_space(err, run_dir):
+            raise
+        raise HerbsError(f"no space left on {mount_point(run_dir)} for the run directory {run_dir}; free some space there "
+                         "(or set train.output_dir to another disk) and start again: --resume auto continues from the last checkpoint") from err
 
 
 def mount_point(path: Path) -> Path:

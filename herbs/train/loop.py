@@ -42,6 +42,7 @@ from herbs.train.mixing import BatchMixer
 from herbs.train.norm_stats import NormStatistics
 from herbs.train.optim import Schedule, build_optimizer, set_lr
 from herbs.train.preemption import PreemptionWatch
+from herbs.train.diskspace import space_for_run
 from herbs.train.rundir import claim_run_directory
 from herbs.train.throughput import peak_flops, train_flops_per_image
 from herbs.train.tracking import MetricsFile, start_wandb
@@ -106,12 +107,13 @@ def train(config: Config, resume: str | None = None, overwrite: bool = False, wa
     is_main = accelerator.is_main_process
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise
-    run = claim_run_directory(run_dir, config, accelerator, resume=resume, overwrite=overwrite)
-    if is_main:
-        (run_dir / REQUEUE_MARKER).unlink(missing_ok=True)
-    with recorded_attempt(run_dir, is_main) as attempt, contextlib.nullcontext(watch) if watch else PreemptionWatch() as watch:
-        attempt["exit_code"] = _train(config, run_dir, run, accelerator, plan, watch, resume, written)
-        return attempt["exit_code"]
+    with space_for_run(run_dir):
+        run = claim_run_directory(run_dir, config, accelerator, resume=resume, overwrite=overwrite)
+        if is_main:
+            (run_dir / REQUEUE_MARKER).unlink(missing_ok=True)
+        with recorded_attempt(run_dir, is_main) as attempt, contextlib.nullcontext(watch) if watch else PreemptionWatch() as watch:
+            attempt["exit_code"] = _train(config, run_dir, run, accelerator, plan, watch, resume, written)
+            return attempt["exit_code"]
 
 
 def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: PreemptionWatch, resume: str | None,
