@@ -437,8 +437,12 @@ class Window:
         self.skipped += skipped
 
     def group_finite(self) -> bool:
-        """Whether every micro-batch since the last call was finite on every rank."""
-        (bad,) = any_rank(self.accelerator, self.group_bad.item() > 0)
+        """Whether every micro-batch since the last call was finite on every rank: the count of bad ones is
+        summed over ranks where it is, on the device, so the step waits for the device once."""
+        bad = self.group_bad
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        bad = bad.item()
         self.group_bad.zero_()
         return not bad
 
