@@ -2,12 +2,13 @@
 
 Trains `configs/demo.yaml` (a tiny Swin from random weights on `herbs shard demo`: 20 look-alike
 classes, 960 training images; one thread a run, so a run repeats exactly on one kind of machine)
-in five setups:
-  herbs_swin      the demo as it is
-  linear_swin     the same backbone with a plain linear head (model.head=linear)
-  herbs_convnext  HERBS on a tiny ConvNeXt of about the Swin's widths
-  herbs_ema       HERBS with EMA weights (train.ema_decay), best/ chosen by the average's val top-1
-  herbs_mix       HERBS with timm's usual mixup 0.8 / CutMix 1.0 and label smoothing 0.1
+in six setups:
+  herbs_swin       the demo as it is
+  linear_swin      the same backbone with a plain linear head (model.head=linear)
+  herbs_convnext   HERBS on a tiny ConvNeXt of the Swin's widths and depths
+  linear_convnext  that ConvNeXt with the linear head
+  herbs_ema        HERBS with EMA weights (train.ema_decay), best/ chosen by the average's val top-1
+  herbs_mix        HERBS with timm's usual mixup 0.8 / CutMix 1.0 and label smoothing 0.1
 and prints one JSON line: per setup, the test ensemble top-1 of each seed (in percent; chance is
 5 %), their mean and standard deviation, and the minutes a run took. Runs go `--jobs` at a time
 (each is one thread, so this changes their time, not their result). A run already finished under
@@ -18,25 +19,27 @@ Run: python benchmarks/recipe_demo.py [--seeds 0 1 2] [--jobs 2] [--out /tmp/her
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
 import statistics
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from herbs.config import load_config
 from herbs.data.manifest import MANIFEST
-from herbs.run import METRICS_FILE, read_jsonl, run_dir
+from herbs.run import METRICS_FILE, read_events, read_jsonl, run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
+CONVNEXT = ["model.backbone=convnext_atto", "model.backbone_args={dims: [32, 64, 128, 256], depths: [1, 1, 2, 1]}"]
 SETUPS = {
     "herbs_swin": [],
     "linear_swin": ["model.head=linear"],
-    "herbs_convnext": ["model.backbone=convnext_atto", "model.backbone_args={dims: [32, 64, 128, 256], depths: [1, 1, 2, 1]}"],
+    "herbs_convnext": CONVNEXT,
+    "linear_convnext": [*CONVNEXT, "model.head=linear"],
     "herbs_ema": ["train.ema_decay=0.99", "train.select_best=ema"],
     "herbs_mix": ["data.mixup_alpha=0.8", "data.cutmix_alpha=1.0", "loss.label_smoothing=0.1"],
 }
@@ -62,10 +65,21 @@ def test_top1(run: Path) -> float | None:
     return next((r[TEST_TOP1] for r in reversed(records) if TEST_TOP1 in r), None)
 
 
+def training_minutes(run: Path) -> float:
+    """Minutes the run's attempts took, from their start and end events (so a reused run reports its own time)."""
+    minutes, started = 0.0, None
+    for event in read_events(run):
+        when = datetime.datetime.fromisoformat(event["time"])
+        if event.get("event") == "start":
+            started = when
+        elif event.get("event") == "end" and started is not None:
+            minutes, started = minutes + (when - started).total_seconds() / 60, None
+    return minutes
+
+
 def train(setup: str, seed: int, args) -> dict:
     given = overrides(setup, seed, args.shards, args.out, args.set)
     run = run_dir(load_config(DEMO, given))
-    started = time.perf_counter()
     if test_top1(run) is None:
         run.mkdir(parents=True, exist_ok=True)
         with (run.parent / f"{run.name}.log").open("a") as log:
@@ -73,7 +87,7 @@ def train(setup: str, seed: int, args) -> dict:
                                   stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         if done.returncode != 0 or test_top1(run) is None:
             raise SystemExit(f"recipe_demo: {setup} seed {seed} failed (exit {done.returncode}); see {run.parent / f'{run.name}.log'}")
-    minutes = (time.perf_counter() - started) / 60
+    minutes = training_minutes(run)
     print(f"{setup} seed {seed}: test top-1 {test_top1(run):.2f}% ({minutes:.1f} min)", file=sys.stderr, flush=True)
     return {"setup": setup, "seed": seed, "top1": test_top1(run), "minutes": minutes}
 
