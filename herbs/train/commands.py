@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import sys
 
 from herbs.errors import exit_code
 from herbs.train.preemption import PreemptionWatch
@@ -51,7 +53,26 @@ def run(args: argparse.Namespace) -> int:
             import torch
 
             torch.set_num_threads(config.train.threads)
-        return train(config, resume=args.resume, overwrite=args.overwrite, watch=watch)
+        code = train(config, resume=args.resume, overwrite=args.overwrite, watch=watch)
+    return leave_distributed(code)
+
+
+def leave_distributed(code: int) -> int:
+    """End a finished process of a multi-process run here, with its exit code, without the interpreter's teardown.
+
+    The process group is already destroyed, but DDP and gloo keep C++ threads whose destructors can run
+    during finalization and abort (`terminate called without an active exception`), turning a run that
+    finished and saved everything into exit 134 and a failed job. Python's own exit handlers (loader
+    streams, logging, trackers) still run; only the C++ teardown is skipped.
+    """
+    from herbs.accel import launched_processes
+
+    if launched_processes() <= 1:
+        return code
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run_task(args: argparse.Namespace) -> int:
