@@ -1,7 +1,8 @@
 """Herbs against the original HERBS code, side by side: same config, same weights, same batches.
 
     python benchmarks/vs_original.py ORIGINAL_CHECKOUT [--size fixture|published-narrow|published]
-        [--repeats 3] [--steps 3] [--threads 2] [--device cpu|cuda] [--precision fp32|bf16|fp16] [--fused-attention]
+        [--repeats 3] [--steps 3] [--threads 2] [--device cpu|cuda] [--precision fp32|bf16|fp16]
+        [--fused-attention] [--matmul-heads]
 
 ORIGINAL_CHECKOUT is chou141253/FGVC-HERBS at f3deb47. Its code runs in a process of its own with the
 checkout first on sys.path (its vendored timm 0.4.12, tools/original_code.py); herbs runs in another,
@@ -15,7 +16,8 @@ Sizes: `fixture` is the reference fixture's model (Swin embed 32, 224 px, F 64),
 `published-narrow` the published widths (embed 192, 384 px, F 1536, num_selects 256/128/64/32,
 200 classes) with depths 2-2-2-2, batch 2, for a CPU; `published` is Swin-L/384 as published,
 batch 8, for a GPU. With --precision bf16/fp16 both sides run under autocast (fp16 with a grad
-scaler, as the original's main.py); --fused-attention switches herbs to timm's fused attention.
+scaler, as the original's main.py); --fused-attention switches herbs to timm's fused attention,
+--matmul-heads to model.matmul_heads.
 """
 
 from __future__ import annotations
@@ -126,7 +128,8 @@ def run_herbs(args) -> dict:
     config_file = args.weights.with_suffix(".yaml")
     config_file.write_text(yaml.safe_dump(args.cfg))
     config = config_from_original(config_file)
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, fused_attention=args.fused_attention))
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, fused_attention=args.fused_attention,
+                                                                   matmul_heads=args.matmul_heads))
     model, _ = load_original(args.weights, config)
     loss = HERBSLoss(config.loss)
     plain = plain_head(copy.deepcopy(model.backbone), lambda taps: taps[-1], model.backbone.channels[-1], config.model.num_classes)
@@ -137,8 +140,7 @@ def child(side: str, args, weights: Path) -> dict:
     command = [sys.executable, __file__, str(args.checkout), "--side", side, "--weights", str(weights),
                *(f"--{k}={v}" for k, v in (("size", args.size), ("steps", args.steps), ("threads", args.threads),
                                            ("device", args.device), ("precision", args.precision)))]
-    if args.fused_attention:
-        command.append("--fused-attention")
+    command += [flag for flag, on in (("--fused-attention", args.fused_attention), ("--matmul-heads", args.matmul_heads)) if on]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"the {side} process failed:\n{done.stderr[-3000:]}")
@@ -162,7 +164,8 @@ def compare(args) -> dict:
     heads = {side: med[side]["step_s"] - med[side]["plain_s"] for side in med}
     return {
         "benchmark": "vs_original", "size": args.size, "batch": args.batch, "threads": args.threads, "device": args.device,
-        "precision": args.precision, "fused_attention": args.fused_attention, "repeats": args.repeats, "steps": args.steps,
+        "precision": args.precision, "fused_attention": args.fused_attention,
+        "matmul_heads": args.matmul_heads, "repeats": args.repeats, "steps": args.steps,
         "herbs_step_s": round(med["herbs"]["step_s"], 4), "original_step_s": round(med["original"]["step_s"], 4),
         "herbs_over_original": round(med["herbs"]["step_s"] / med["original"]["step_s"], 3),
         "herbs_over_original_per_round": spread([h["step_s"] / o["step_s"] for h, o in pairs]),
@@ -185,6 +188,7 @@ def main() -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--fused-attention", action="store_true", help="herbs with timm's fused attention")
+    parser.add_argument("--matmul-heads", action="store_true", help="herbs with model.matmul_heads (per-token classifiers as matrix products)")
     parser.add_argument("--side", choices=["original", "herbs"], help=argparse.SUPPRESS)  # a child process
     parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

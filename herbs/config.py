@@ -59,6 +59,10 @@ class ModelConfig:
     # torch's scaled_dot_product_attention in the Swin windows (timm's "fused" attention): faster and
     # leaner on GPUs; outputs move by ~1e-6 (HERBS_SPEC.md §10). Off: timm's default, bit-exact with the original.
     fused_attention: bool = False
+    # The eight per-token classifiers as matrix products over the flattened tokens instead of the
+    # original's Conv1d on transposed copies (herbs.model.pyramid.TokenClassifier; the same
+    # parameters): faster steps on CPU, outputs move by ~1e-6 (HERBS_SPEC.md §10). Off: bit-exact.
+    matmul_heads: bool = False
 
 
 @dataclass

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from herbs.config import TAPS, token_counts
 from herbs.errors import CheckpointError
+from herbs.loss import HERBSLoss
 from herbs.model import HERBSModel, ensemble_scores
 from herbs.model.selector import select_tokens, select_tokens_loop
 
@@ -127,3 +130,32 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"model": {"w": torch.zeros(1)}, "obj": object()}, path)
     with pytest.raises(CheckpointError, match="weights-only"):
         HERBSModel(tiny_config(pretrained_file=str(path)).model)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_matmul_heads_compute_what_the_conv_heads_do_from_the_same_weights(precision):
+    """model.matmul_heads changes how the per-token classifiers compute, not their parameters or result:
+    the same state dict loads, train-mode outputs agree (fp32: to ~1e-6; bf16 autocast: to bf16's
+    resolution) and the loss backpropagates finite fp32 gradients."""
+    config = tiny_config()
+    conv = HERBSModel(config.model, load_pretrained=False).train()
+    matmul = HERBSModel(dataclasses.replace(config.model, matmul_heads=True), load_pretrained=False).train()
+    matmul.load_state_dict(conv.state_dict())  # strict: the same parameter names and shapes
+    images = torch.randn(4, 3, config.model.img_size, config.model.img_size, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 3])
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    outputs = []
+    for model in (conv, matmul):
+        torch.manual_seed(1)  # the same drop-path and dropout draws in both
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            out = model(images)
+            total, _ = HERBSLoss(config.loss)(out, labels, epoch=0)
+        total.backward()
+        assert all(p.grad is None or (p.grad.dtype == torch.float32 and p.grad.isfinite().all()) for p in model.parameters())
+        outputs.append(out)
+    tolerance = 1e-5 if dtype is None else 0.1
+    for tap in TAPS:
+        for key in (tap, f"FPN1_{tap}"):
+            a, b = outputs[0][key].float(), outputs[1][key].float()
+            assert outputs[1][key].dtype == outputs[0][key].dtype
+            assert (a - b).abs().max() <= tolerance * max(1.0, a.abs().max().item()), key

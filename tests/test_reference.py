@@ -20,14 +20,18 @@ def original_config(reference_fixture):
     return config_from_original(reference_fixture.config)
 
 
-def with_attention(config, fused: bool):
-    """The fixture's config with timm's default (bit-exact) or fused Swin attention."""
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, fused_attention=fused))
+# The model settings that change how (not what) the model computes: none (bit-exact with the original),
+# timm's fused Swin attention, the per-token classifiers as matrix products. All must hold the tolerances.
+SETTINGS = {"default": {}, "fused_attention": {"fused_attention": True}, "matmul_heads": {"matmul_heads": True}}
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["default_attention", "fused_attention"])
-def test_eval_outputs_match(reference_fixture, reference_checkpoint, original_config, fused):
-    model, _ = load_original(reference_checkpoint, with_attention(original_config, fused))
+def with_settings(config, setting: str):
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, **SETTINGS[setting]))
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_eval_outputs_match(reference_fixture, reference_checkpoint, original_config, setting):
+    model, _ = load_original(reference_checkpoint, with_settings(original_config, setting))
     with torch.no_grad():
         outputs = model.eval()(reference_fixture.images)
     expected = reference_fixture.outputs_eval
@@ -57,14 +61,20 @@ def _train_forward_backward(reference_fixture, checkpoint, config, epoch):
     return model, total, terms
 
 
-def _close(got: float, want: float) -> bool:
-    return abs(got - want) <= max(1e-5 * abs(want), 1e-9)
+# The refinement terms (~5e-6: KL between two nearly equal distributions) get an absolute floor
+# (HERBS_SPEC.md §10). The matmul classifiers sum in another order, BatchNorm's statistics included,
+# and move them by up to 1.01e-9 (measured: layer4 at epoch 0), more than fused attention's ~1e-10.
+ABSOLUTE_FLOOR = {"matmul_heads": 2e-9}
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["default_attention", "fused_attention"])
+def _close(got: float, want: float, floor: float = 1e-9) -> bool:
+    return abs(got - want) <= max(1e-5 * abs(want), floor)
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
 @pytest.mark.parametrize("epoch", [0, 25])
-def test_loss_terms_and_gradients_match(reference_fixture, reference_checkpoint, original_config, epoch, fused):
-    config = with_attention(original_config, fused)
+def test_loss_terms_and_gradients_match(reference_fixture, reference_checkpoint, original_config, epoch, setting):
+    config = with_settings(original_config, setting)
     expected = reference_fixture.expected["loss_terms"][f"epoch{epoch}"]
     model, total, terms = _train_forward_backward(reference_fixture, reference_checkpoint, config, epoch)
     assert _close(total.item(), expected["total_before_update_freq_division"])
@@ -80,7 +90,7 @@ def test_loss_terms_and_gradients_match(reference_fixture, reference_checkpoint,
         if config.loss.lambda_s == 0 and key.startswith("loss_s/"):
             assert name not in terms and want == 0.0  # a zero weight skips its term
             continue
-        assert _close(terms[name].item(), want), (key, terms[name].item(), want)
+        assert _close(terms[name].item(), want, ABSOLUTE_FLOOR.get(setting, 1e-9)), (key, terms[name].item(), want)
         compared += 1
     assert compared == 13
 

@@ -23,9 +23,10 @@ class HERBSModel(TappedModel):
         self.num_selects = list(config.num_selects)
         F, K, tokens = config.fpn_size, config.num_classes, self.tokens
         self.top_down = TopDownPyramid(self.backbone.channels, tokens, F)
-        self.classifier_down = nn.ModuleDict({tap: TokenClassifier(F, K) for tap in TAPS})
+        matmul = config.matmul_heads
+        self.classifier_down = nn.ModuleDict({tap: TokenClassifier(F, K, matmul) for tap in TAPS})
         self.bottom_up = BottomUpPyramid(tokens, F)
-        self.classifier_up = nn.ModuleDict({tap: TokenClassifier(F, K) for tap in TAPS})
+        self.classifier_up = nn.ModuleDict({tap: TokenClassifier(F, K, matmul) for tap in TAPS})
         self.combiner = GraphCombiner(sum(self.num_selects), F, K, dropout=config.combiner_dropout)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ count is fixed by the image size: the pyramid is built for one input resolution.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from herbs.config import TAPS
@@ -17,18 +18,30 @@ def mlp(in_dim: int, out_dim: int) -> nn.Sequential:
 
 
 class TokenClassifier(nn.Sequential):
-    """Pointwise classifier over tokens: [B, L, F] -> [B, L, K], features as Conv1d channels."""
+    """Pointwise classifier over tokens: [B, L, F] -> [B, L, K].
 
-    def __init__(self, fpn_size: int, num_classes: int):
+    The original runs it as Conv1d over features-as-channels, on transposed copies of the tokens.
+    `matmul=True` computes the same layers (the same parameters) as matrix products over the
+    flattened tokens instead: no transposes, and a GEMM is faster than the 1x1 convolution on CPU,
+    most of all in backward. The sums then run in another order, so outputs move by ~1e-6.
+    """
+
+    def __init__(self, fpn_size: int, num_classes: int, matmul: bool = False):
         super().__init__(
             nn.Conv1d(fpn_size, fpn_size, 1),
             nn.BatchNorm1d(fpn_size),
             nn.ReLU(),
             nn.Conv1d(fpn_size, num_classes, 1),
         )
+        self.matmul = matmul
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return super().forward(tokens.transpose(1, 2).contiguous()).transpose(1, 2).contiguous()
+        if not self.matmul:
+            return super().forward(tokens.transpose(1, 2).contiguous()).transpose(1, 2).contiguous()
+        hidden, norm, relu, out = self
+        h = F.linear(tokens, hidden.weight.squeeze(-1), hidden.bias)
+        h = relu(norm(h.flatten(0, 1))).view_as(h)  # BatchNorm1d on [B * L, F]: the same statistics as on [B, F, L]
+        return F.linear(h, out.weight.squeeze(-1), out.bias)
 
 
 class TopDownPyramid(nn.Module):

@@ -1,0 +1,20 @@
+"""benchmarks/vs_original.py needs a checkout of the original code, which a clone does not carry (and
+CI cannot download): without one it says in one sentence how to get it, and exits 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from helpers import REPO
+
+
+def test_without_an_original_checkout_it_says_how_to_get_one(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "vs_original.py"), str(tmp_path / "FGVC-HERBS")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    (line,) = done.stdout.strip().splitlines()
+    error = json.loads(line)["error"]
+    assert "is not a checkout of the original HERBS code" in error
+    assert "git clone https://github.com/chou141253/FGVC-HERBS" in error and "checkout f3deb47" in error
