@@ -2,13 +2,15 @@
 
 Trains `configs/demo.yaml` (a tiny Swin from random weights on `herbs shard demo`: 20 look-alike
 classes, 960 training images; one thread a run, so a run repeats exactly on one kind of machine)
-in eight setups:
+in ten setups:
   herbs_swin       the demo as it is
   linear_swin      the same backbone with a plain linear head (model.head=linear)
   herbs_convnext   HERBS on a tiny ConvNeXt of the Swin's widths and depths
   linear_convnext  that ConvNeXt with the linear head
   herbs_resnet     HERBS on a ResNet-18 with one block per stage
   herbs_vit        HERBS on a 4-block ViT (patch 8, width 64), tapped at every block
+  herbs_efficientnet  HERBS on EfficientNet-B0 as timm builds it
+  herbs_swinv2     HERBS on a Swin V2 of the demo Swin's widths and depths
   herbs_ema        HERBS with EMA weights (train.ema_decay), best/ chosen by the average's val top-1
   herbs_mix        HERBS with timm's usual mixup 0.8 / CutMix 1.0 and label smoothing 0.1
 and prints one JSON line: per setup, the test ensemble top-1 of each seed (in percent; chance is
@@ -38,6 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
 CONVNEXT = ["model.backbone=convnext_atto", "model.backbone_args={dims: [32, 64, 128, 256], depths: [1, 1, 2, 1]}"]
 RESNET = ["model.backbone=resnet18", "model.backbone_args={layers: [1, 1, 1, 1]}"]
+EFFICIENTNET = ["model.backbone=efficientnet_b0", "model.backbone_args={}"]
+SWINV2 = ["model.backbone=swinv2_tiny_window8_256",
+          "model.backbone_args={embed_dim: 32, depths: [1, 1, 2, 1], num_heads: [1, 2, 4, 8], window_size: 3}"]
 VIT = ["model.backbone=vit_tiny_patch16_224",
        "model.backbone_args={patch_size: 8, embed_dim: 64, depth: 4, num_heads: 2, out_indices: [0, 1, 2, 3]}"]
 SETUPS = {
@@ -47,6 +52,8 @@ SETUPS = {
     "linear_convnext": [*CONVNEXT, "model.head=linear"],
     "herbs_resnet": RESNET,
     "herbs_vit": VIT,
+    "herbs_efficientnet": EFFICIENTNET,
+    "herbs_swinv2": SWINV2,
     "herbs_ema": ["train.ema_decay=0.99", "train.select_best=ema"],
     "herbs_mix": ["data.mixup_alpha=0.8", "data.cutmix_alpha=1.0", "loss.label_smoothing=0.1"],
 }
