@@ -131,6 +131,7 @@ note(f"started, SIGUSR2 ignored: {signal.getsignal(signal.SIGUSR2) == signal.SIG
 time.sleep(1.0)  # start-up: a signal sent now must be held, not lost (nor kill the process)
 got = []
 signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1, signal.SIGTERM})  # as herbs train's PreemptionWatch does
 for _ in range(100):
     if got:
         note(f"got USR1 {len(got)} time(s)")
@@ -149,6 +150,15 @@ def test_a_signal_during_start_up_reaches_the_child_once_it_listens(tmp_path):
     assert child.wait() == EXIT_REQUEUE, (tmp_path / "log").read_text()
     # SIGUSR2 (submitit's, which SLURM sends to every process of the step) must not kill it
     assert out.read_text().splitlines() == ["started, SIGUSR2 ignored: True", "got USR1 1 time(s)"]
+
+
+def test_herbs_train_takes_a_stop_signal_held_during_its_start_up():
+    # what TrainingChild's blocked start leaves to herbs train: the signal is pending when the handler comes
+    script = ("import os, signal; from herbs.run import STOP_SIGNALS; from herbs.train.preemption import PreemptionWatch\n"
+              "signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS); os.kill(os.getpid(), signal.SIGUSR1)\n"
+              "with PreemptionWatch() as watch: print(watch.received)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.split() == [str(int(signal.SIGUSR1))], out.stdout + out.stderr
 
 
 def test_the_childs_exit_status_comes_back(tmp_path):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from herbs.run import EXIT_REQUEUE, job_label, log_file, merged_env, process_env, rendezvous_port
+from herbs.run import EXIT_REQUEUE, STOP_SIGNALS, job_label, log_file, merged_env, process_env, rendezvous_port
 
 if TYPE_CHECKING:
     import submitit
@@ -34,54 +34,37 @@ def train_command(config: str, overrides: list[str], resume: str | None) -> list
     return [sys.executable, "-m", "herbs", "train", "--config", config, *(["--resume", resume] if resume else []), *overrides]
 
 
-def catches(pid: int, signum: int) -> bool:
-    """Whether the process has installed a handler for the signal (its SigCgt mask in /proc)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("SigCgt:"):
-                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
-    except OSError:
-        pass
-    return False
-
-
-def _ignore_submitit_signal() -> None:  # in the child between fork and exec; an ignored signal stays ignored
+def _start_blocked() -> None:  # in the child between fork and exec: a signal mask and an ignored signal survive exec
     # SLURM sends submitit's SIGUSR2 to every process of the job step, the training child included,
     # whose default action for it is to die; the child hears SIGUSR1 from its task instead.
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # held by the kernel until training listens
 
 
 class TrainingChild:
-    """`herbs train` as a child; a signal is delivered once the child handles it, so one sent during
-    its start-up is held rather than killing it."""
+    """`herbs train` as a child, started with the stop signals blocked: one sent during its start-up
+    is held by the kernel, not fatal, until `herbs train` has its handler and unblocks them."""
 
     def __init__(self, cmd: list[str], env: dict[str, str], cwd: str, log: Path):
         self.cmd, self.env, self.cwd, self.log = cmd, env, cwd, log
         self.proc: subprocess.Popen | None = None
-        self.pending: set[int] = set()  # every signal asked for so far
-        self.delivered: set[int] = set()
+        self.sent: set[int] = set()  # every signal forwarded so far
 
     def start(self) -> "TrainingChild":
         with open(self.log, "ab", buffering=0) as out:
             self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                         preexec_fn=_ignore_submitit_signal)
+                                         preexec_fn=_start_blocked)
         return self
 
     def forward(self, signum: int) -> None:
-        self.pending.add(signum)
-        self._deliver()
-
-    def _deliver(self) -> None:
-        for signum in self.pending - self.delivered:
-            if self.proc is not None and self.proc.poll() is None and catches(self.proc.pid, signum):
-                self.proc.send_signal(signum)
-                self.delivered.add(signum)
+        self.sent.add(signum)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signum)
 
     def wait(self, interval: float = 0.25) -> int:
         """The exit status (128+N when killed by signal N). A polling loop, not Popen.wait(): submitit's
         handler may wait on the same child from a signal handler, and Popen.wait holds a lock."""
         while self.proc.poll() is None:
-            self._deliver()
             time.sleep(interval)
         return 128 - self.proc.returncode if self.proc.returncode < 0 else self.proc.returncode
 
@@ -128,7 +111,7 @@ class TrainJob:
         signal.signal(usr_sig, on_usr_sig)
         signal.signal(signal.SIGTERM, lambda signum, frame: child.forward(signal.SIGTERM))
         code = child.start().wait()
-        if code == EXIT_REQUEUE and signal.SIGTERM in child.pending:
+        if code == EXIT_REQUEUE and signal.SIGTERM in child.sent:
             # scancel, or the hard end of the job: never undo a cancel by requeueing (a SLURM
             # preemption that requeues does so itself)
             raise RuntimeError(f"training was stopped by SIGTERM (job cancelled or preempted) after writing a checkpoint; "

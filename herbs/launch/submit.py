@@ -119,20 +119,18 @@ def resources(args: argparse.Namespace) -> dict:
     if gpus is None:
         gpus = local_gpu_count() if args.local else 8
     procs = args.procs_per_node or max(gpus, 1)
+    cpus = args.cpus_per_task or 4
+    parallel = 1 if args.array_parallelism is None else args.array_parallelism
     for flag, value, low in (("--nodes", args.nodes, 1), ("--gpus-per-node", gpus, 0), ("--procs-per-node", procs, 1),
-                             ("--time", args.time, 1), ("--signal-delay", args.signal_delay, 0),
-                             ("--max-requeues", args.max_requeues, 0), ("--max-jobs", args.max_jobs, 1)):
+                             ("--cpus-per-task", cpus, 1), ("--time", args.time, 1), ("--signal-delay", args.signal_delay, 0),
+                             ("--max-requeues", args.max_requeues, 0), ("--max-jobs", args.max_jobs, 1),
+                             ("--array-parallelism", parallel, 1)):
         if value < low:
             raise LaunchError(f"{flag} must be at least {low}, got {value}")
     if args.signal_delay >= args.time * 60:
         raise LaunchError(f"--signal-delay {args.signal_delay} s must be shorter than --time {args.time} min, or training is told to stop before it starts")
-    if args.array_parallelism is not None and args.array_parallelism < 1:
-        raise LaunchError(f"--array-parallelism must be at least 1, got {args.array_parallelism}")
     if args.local and args.nodes != 1:
         raise LaunchError(f"--local runs on this machine only; use --nodes 1 (got --nodes {args.nodes})")
-    cpus = args.cpus_per_task or 4
-    if cpus < 1:
-        raise LaunchError(f"--cpus-per-task must be at least 1, got {cpus}")
     return {"gpus": gpus, "procs": procs, "cpus": cpus}
 
 
@@ -217,21 +215,10 @@ def slurm_parameters(args: argparse.Namespace, name: str, res: dict, n_jobs: int
         # failed process ends the step instead of leaving the others in a collective
         "srun_args": [f"--cpus-per-task={res['cpus']}", "--kill-on-bad-exit=1"],
     }
-    if res["gpus"]:
-        params["gpus_per_node"] = res["gpus"]
-    if args.partition:
-        params["partition"] = args.partition
-    if args.account:
-        params["account"] = args.account
-    if args.qos:
-        params["qos"] = args.qos
-    if args.constraint:
-        params["constraint"] = args.constraint
-    if args.mem_gb:
-        params["mem"] = f"{int(args.mem_gb)}GB" if args.mem_gb == int(args.mem_gb) else f"{int(args.mem_gb * 1024)}MB"
-    if n_jobs > 1:
-        params["array_parallelism"] = args.array_parallelism or n_jobs
-    return params
+    mem = args.mem_gb and (f"{int(args.mem_gb)}GB" if args.mem_gb == int(args.mem_gb) else f"{int(args.mem_gb * 1024)}MB")
+    optional = {"gpus_per_node": res["gpus"], "partition": args.partition, "account": args.account, "qos": args.qos,
+                "constraint": args.constraint, "mem": mem, "array_parallelism": n_jobs > 1 and (args.array_parallelism or n_jobs)}
+    return {**params, **{key: value for key, value in optional.items() if value}}
 
 
 def default_dir(args: argparse.Namespace, name: str) -> Path:

@@ -7,7 +7,8 @@ EXIT_REQUEUE after leaving a `requeue` marker in the run directory, so a launche
 sees `accelerate launch`'s own exit status can still tell a preemption from a failure.
 
 `herbs train` installs the handlers before anything heavy is imported, so a signal that comes
-during start-up is kept. Once a stop was asked for, SIGUSR1 and SIGTERM stay ignored until the
+during start-up is kept; then it unblocks them, so one that a launcher held blocked while Python
+started (`herbs.run.STOP_SIGNALS`) arrives now. Once a stop was asked for, SIGUSR1 and SIGTERM stay ignored until the
 process exits: the first rank to exit ends an `srun --kill-on-bad-exit` step, whose SIGTERM must
 not turn the others' exit code 75 into a death by signal.
 """
@@ -18,9 +19,11 @@ import logging
 import os
 import signal
 
+from herbs.run import STOP_SIGNALS
+
 log = logging.getLogger(__name__)
 
-SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+SIGNALS = (*STOP_SIGNALS, signal.SIGINT)
 
 
 class PreemptionWatch:
@@ -31,6 +34,7 @@ class PreemptionWatch:
     def __enter__(self) -> "PreemptionWatch":
         for sig in SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         return self
 
     def __exit__(self, *exc) -> None:
