@@ -17,7 +17,7 @@ gets the variables `torchrun` would have set (`process_env`), which Accelerate a
         metrics.jsonl    one record per logged step and evaluation
         requeue          left by a preempted run: it wrote a checkpoint and asks to be started again
         checkpoints/step-NNNNNNN/trainer_state.json   a checkpoint's position and the run's shape
-    SIGUSR1, SIGTERM     stop: finish the step, write a checkpoint, exit 75 (`STOP_SIGNALS`)
+    SIGUSR1 SIGTERM SIGINT   stop: finish the step, write a checkpoint, exit 75 (`STOP_SIGNALS`)
     exit code 75         preempted, checkpoint written, requeue me (EX_TEMPFAIL: "try again")
     exit code 2          a mistake of the user's, told in one sentence (herbs.errors.EXIT_USAGE)
 """
@@ -38,9 +38,10 @@ import yaml
 from herbs.errors import LaunchError
 
 EXIT_REQUEUE = 75
-# A launcher may start training with these blocked: the kernel holds one sent during start-up, which
-# would otherwise kill the process, until training's handler listens and unblocks them.
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+# SLURM's warning before the time limit, scancel or the hard limit, Ctrl-C: the training process's to
+# handle (loader workers ignore them). A launcher may start training with them blocked: the kernel
+# holds one sent during start-up, which would otherwise kill the process, until training listens.
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 REQUEUE_MARKER = "requeue"
 EVENTS_FILE = "launch.jsonl"
 METRICS_FILE = "metrics.jsonl"

@@ -24,8 +24,7 @@ import signal
 import threading
 
 from herbs.config import WORKER_START_METHODS
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # the training process's to handle, not its workers'
+from herbs.run import STOP_SIGNALS
 
 
 def worker_context(num_workers: int, method: str = "forkserver", preload: tuple[str, ...] = ()):

@@ -8,8 +8,8 @@ sees `accelerate launch`'s own exit status can still tell a preemption from a fa
 
 `herbs train` installs the handlers before anything heavy is imported, so a signal that comes
 during start-up is kept; then it unblocks them, so one that a launcher held blocked while Python
-started (`herbs.run.STOP_SIGNALS`) arrives now. Once a stop was asked for, SIGUSR1 and SIGTERM stay ignored until the
-process exits: the first rank to exit ends an `srun --kill-on-bad-exit` step, whose SIGTERM must
+started (`herbs.run.STOP_SIGNALS`) arrives now. Once a stop was asked for, SIGUSR1 and SIGTERM
+stay ignored until the process exits: the first rank to exit ends an `srun --kill-on-bad-exit` step, whose SIGTERM must
 not turn the others' exit code 75 into a death by signal.
 """
 
@@ -23,8 +23,6 @@ from herbs.run import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 
-SIGNALS = (*STOP_SIGNALS, signal.SIGINT)
-
 
 class PreemptionWatch:
     def __init__(self):
@@ -32,9 +30,9 @@ class PreemptionWatch:
         self._previous = {}
 
     def __enter__(self) -> "PreemptionWatch":
-        for sig in SIGNALS:
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         return self
 
     def __exit__(self, *exc) -> None:
