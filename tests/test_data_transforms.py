@@ -49,15 +49,31 @@ def test_train_transform_crops_and_flips_the_resized_image():
     assert all(never_flipped(image, random.Random(i)).numpy().tobytes() in crops for i in range(20))
 
 
+# What the train transform hands them: a decoded image (height-width-channel memory), a crop view
+# of a resized one, a flipped crop; and a channel-first tensor.
+IMAGES = {
+    "decoded": lambda: decode_image(jpeg(64, 48, seed=7)),
+    "crop": lambda: F2.resize(decode_image(jpeg(64, 48, seed=8)), [60, 60], antialias=True)[:, 5:50, 7:47],
+    "flipped crop": lambda: decode_image(jpeg(64, 48, seed=9))[:, 2:40, 3:60].flip(-1),
+    "channels first": lambda: torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)),
+}
+
+
+@pytest.mark.parametrize("layout", IMAGES)
 @pytest.mark.parametrize("sigma", [0.1, 0.7, 2.0, 5.0])
-def test_blur_is_torchvisions_within_one_level(sigma):
-    image = decode_image(jpeg(64, 48, seed=7))
-    assert (gaussian_blur(image, sigma).int() - F2.gaussian_blur(image, [5, 5], [sigma, sigma]).int()).abs().max() <= 1
+def test_blur_is_torchvisions_within_one_level(sigma, layout):
+    image = IMAGES[layout]()
+    blurred = gaussian_blur(image, sigma)
+    assert blurred.shape == image.shape and blurred.dtype == torch.uint8
+    assert (blurred.int() - F2.gaussian_blur(image, [5, 5], [sigma, sigma]).int()).abs().max() <= 1
 
 
-def test_sharpness_is_torchvisions_within_one_level():
-    image = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    assert (adjust_sharpness(image, 1.5).int() - F2.adjust_sharpness(image, 1.5).int()).abs().max() <= 1
+@pytest.mark.parametrize("layout", IMAGES)
+def test_sharpness_is_torchvisions_within_one_level(layout):
+    image = IMAGES[layout]()
+    sharpened = adjust_sharpness(image, 1.5)
+    assert sharpened.shape == image.shape and sharpened.dtype == torch.uint8
+    assert (sharpened.int() - F2.adjust_sharpness(image, 1.5).int()).abs().max() <= 1
 
 
 def test_normalize_equals_totensor_then_normalize():

@@ -10,7 +10,9 @@ the height-width-channel memory layout the decoder produces (transforms return v
 batch is channels_last), which saves two transposing copies per image. The
 resize is torch's uint8 antialiased bilinear kernel, a port of PIL's: the eval transform
 gives the pixels of the original `PIL Resize((510, 510)) -> CenterCrop(384)` chain.
-Randomness comes from the `random.Random` the caller passes, never from global state.
+Randomness comes from the `random.Random` the caller passes, never from global state. Blur and
+sharpness are OpenCV's filters (uint8 in, uint8 out, no float copies of the image); OpenCV runs
+on one thread, as torch does in a loader worker: the workers are the loader's parallelism.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode
 from torchvision.io import decode_image as tv_decode_image
 from torchvision.transforms.v2.functional import resize as tv_resize
 
 from herbs.data.decode import DEFAULT_MAX_PIXELS, DecodeError, opened
+
+cv2.setNumThreads(1)
 
 BLUR_KERNEL = 5
 BLUR_SIGMA = (0.1, 5.0)
@@ -68,35 +72,30 @@ def blur_kernel(sigma: float) -> list[float]:
     return (kernel / kernel.sum()).tolist()
 
 
+def hwc_array(image: torch.Tensor) -> np.ndarray:
+    """uint8 [3, H, W] -> a contiguous [H, W, 3] array for OpenCV (a view when the pixels already lie so)."""
+    return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+
+
 def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """torchvision's gaussian_blur (reflect padding, separable kernel) within 1 level, ~3x faster:
-    two passes of in-place shifted adds instead of a depthwise conv2d."""
-    kernel, pad = blur_kernel(sigma), BLUR_KERNEL // 2
-    _, h, w = image.shape
-    x = F.pad(image.float().unsqueeze(0), (pad, pad, pad, pad), mode="reflect")[0]
-    rows = x[:, :, 0:w] * kernel[0]
-    for i in range(1, BLUR_KERNEL):
-        rows.add_(x[:, :, i : i + w], alpha=kernel[i])
-    out = rows[:, 0:h] * kernel[0]
-    for i in range(1, BLUR_KERNEL):
-        out.add_(rows[:, i : i + h], alpha=kernel[i])
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    """torchvision's gaussian_blur (reflect padding, separable kernel) within 1 level, ~10x faster:
+    OpenCV's separable filter with the same float kernel on the pixels as they lie."""
+    kernel = np.asarray(blur_kernel(sigma), dtype=np.float32)
+    blurred = cv2.sepFilter2D(hwc_array(image), -1, kernel, kernel, borderType=cv2.BORDER_REFLECT_101)
+    return torch.from_numpy(blurred).permute(2, 0, 1)
+
+
+SMOOTHING = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], dtype=np.float32) / 13.0
 
 
 def adjust_sharpness(image: torch.Tensor, factor: float) -> torch.Tensor:
     """torchvision's adjust_sharpness (PIL's: blend with the 3x3 [1 1 1; 1 5 1; 1 1 1]/13 smoothing,
-    border pixels kept) within 1 level, with shifted adds instead of a conv2d."""
-    _, h, w = image.shape
-    x = image.float()
-    smooth = x[:, 1 : h - 1, 1 : w - 1] * 5.0
-    for dy in range(3):
-        for dx in range(3):
-            if (dy, dx) != (1, 1):
-                smooth.add_(x[:, dy : dy + h - 2, dx : dx + w - 2])
-    smooth.div_(13.0).round_()  # the smoothed image is uint8 in PIL and torchvision
-    out = x.clone()
-    out[:, 1 : h - 1, 1 : w - 1].mul_(factor).add_(smooth, alpha=1.0 - factor)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    rounded to uint8, border pixels kept) within 1 level, ~5x faster with OpenCV's filter and blend."""
+    pixels = hwc_array(image)
+    smooth = cv2.filter2D(pixels, -1, SMOOTHING, borderType=cv2.BORDER_REPLICATE)  # the border is replaced below
+    out = cv2.addWeighted(pixels, factor, smooth, 1.0 - factor, 0.0)
+    out[0], out[-1], out[:, 0], out[:, -1] = pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]
+    return torch.from_numpy(out).permute(2, 0, 1)
 
 
 @dataclass(frozen=True)
