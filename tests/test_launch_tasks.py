@@ -141,12 +141,17 @@ sys.exit(0)
 """
 
 
-def test_a_signal_during_start_up_reaches_the_child_once_it_listens(tmp_path):
+@pytest.mark.parametrize("when", ["before the child exists", "during its start-up"])
+def test_a_stop_signal_reaches_the_child_once_it_listens(tmp_path, when):
     trainer, out = tmp_path / "train.py", tmp_path / "out.txt"
     trainer.write_text(TRAINER)
-    child = TrainingChild([sys.executable, str(trainer), str(out)], dict(os.environ), str(tmp_path), tmp_path / "log").start()
-    child.forward(signal.SIGUSR1)  # at once: the child has no handler yet
-    child.forward(signal.SIGUSR1)  # asked twice, delivered once
+    child = TrainingChild([sys.executable, str(trainer), str(out)], dict(os.environ), str(tmp_path), tmp_path / "log")
+    if when == "before the child exists":  # the job's handler is installed before the child starts
+        child.forward(signal.SIGUSR1)
+        child.start()
+    else:
+        child.start().forward(signal.SIGUSR1)  # at once: the child has no handler yet
+        child.forward(signal.SIGUSR1)  # asked twice, delivered once
     assert child.wait() == EXIT_REQUEUE, (tmp_path / "log").read_text()
     # SIGUSR2 (submitit's, which SLURM sends to every process of the step) must not kill it
     assert out.read_text().splitlines() == ["started, SIGUSR2 ignored: True", "got USR1 1 time(s)"]

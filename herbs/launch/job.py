@@ -54,6 +54,8 @@ class TrainingChild:
         with open(self.log, "ab", buffering=0) as out:
             self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                          preexec_fn=_start_blocked)
+        for signum in self.sent:  # asked for before the child existed: held like the others
+            self.proc.send_signal(signum)
         return self
 
     def forward(self, signum: int) -> None:
