@@ -2,6 +2,7 @@
 
     python benchmarks/vs_original.py ORIGINAL_CHECKOUT [--size fixture|published-narrow|published]
         [--repeats 3] [--steps 3] [--threads 2] [--device cpu|cuda] [--precision fp32|bf16|fp16]
+        [--original-precision fp32|bf16|fp16]
         [--fused-attention] [--matmul-heads]
 
 ORIGINAL_CHECKOUT is chou141253/FGVC-HERBS at f3deb47. Its code runs in a process of its own with the
@@ -16,8 +17,9 @@ Sizes: `fixture` is the reference fixture's model (Swin embed 32, 224 px, F 64),
 `published-narrow` the published widths (embed 192, 384 px, F 1536, num_selects 256/128/64/32,
 200 classes) with depths 2-2-2-2, batch 2, for a CPU; `published` is Swin-L/384 as published,
 batch 8, for a GPU. With --precision bf16/fp16 both sides run under autocast (fp16 with a grad
-scaler, as the original's main.py); --fused-attention switches herbs to timm's fused attention,
---matmul-heads to model.matmul_heads.
+scaler, as the original's main.py), unless --original-precision gives the original another (herbs
+bf16 against the original's fp16 loop); --fused-attention switches herbs to timm's fused
+attention, --matmul-heads to model.matmul_heads.
 """
 
 from __future__ import annotations
@@ -137,9 +139,10 @@ def run_herbs(args) -> dict:
 
 
 def child(side: str, args, weights: Path) -> dict:
+    precision = args.original_precision if side == "original" else args.precision
     command = [sys.executable, __file__, str(args.checkout), "--side", side, "--weights", str(weights),
                *(f"--{k}={v}" for k, v in (("size", args.size), ("steps", args.steps), ("threads", args.threads),
-                                           ("device", args.device), ("precision", args.precision)))]
+                                           ("device", args.device), ("precision", precision)))]
     command += [flag for flag, on in (("--fused-attention", args.fused_attention), ("--matmul-heads", args.matmul_heads)) if on]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -164,7 +167,7 @@ def compare(args) -> dict:
     heads = {side: med[side]["step_s"] - med[side]["plain_s"] for side in med}
     return {
         "benchmark": "vs_original", "size": args.size, "batch": args.batch, "threads": args.threads, "device": args.device,
-        "precision": args.precision, "fused_attention": args.fused_attention,
+        "precision": args.precision, "original_precision": args.original_precision, "fused_attention": args.fused_attention,
         "matmul_heads": args.matmul_heads, "repeats": args.repeats, "steps": args.steps,
         "herbs_step_s": round(med["herbs"]["step_s"], 4), "original_step_s": round(med["original"]["step_s"], 4),
         "herbs_over_original": round(med["herbs"]["step_s"] / med["original"]["step_s"], 3),
@@ -187,6 +190,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--original-precision", choices=["fp32", "bf16", "fp16"], default=None,
+                        help="the original's precision when it differs from herbs' (e.g. herbs bf16 against the original's fp16 loop)")
     parser.add_argument("--fused-attention", action="store_true", help="herbs with timm's fused attention")
     parser.add_argument("--matmul-heads", action="store_true", help="herbs with model.matmul_heads (per-token classifiers as matrix products)")
     parser.add_argument("--side", choices=["original", "herbs"], help=argparse.SUPPRESS)  # a child process
@@ -197,8 +202,9 @@ def main() -> int:
     if problem:
         print(json.dumps({"benchmark": "vs_original", "error": problem}))
         return 2
-    if args.precision == "fp16" and args.device == "cpu":
-        parser.error("--precision fp16 needs --device cuda (the original trains fp16 with a CUDA grad scaler)")
+    args.original_precision = args.original_precision or args.precision
+    if "fp16" in (args.precision, args.original_precision) and args.device == "cpu":
+        parser.error("fp16 needs --device cuda (the original trains fp16 with a CUDA grad scaler)")
     args.cfg, args.batch = recipe(args.size)
     if args.side:
         print(json.dumps((run_original if args.side == "original" else run_herbs)(args)))
