@@ -9,8 +9,8 @@ sees `accelerate launch`'s own exit status can still tell a preemption from a fa
 `herbs train` installs the handlers before anything heavy is imported, so a signal that comes
 during start-up is kept; then it unblocks them, so one that a launcher held blocked while Python
 started (`herbs.run.STOP_SIGNALS`) arrives now. Once a stop was asked for, SIGUSR1 and SIGTERM
-stay ignored until the process exits: the first rank to exit ends an `srun --kill-on-bad-exit` step, whose SIGTERM must
-not turn the others' exit code 75 into a death by signal.
+stay ignored until the process exits: the first rank to exit ends an `srun --kill-on-bad-exit`
+step, whose SIGTERM must not turn the others' exit code 75 into a death by signal.
 """
 
 from __future__ import annotations
