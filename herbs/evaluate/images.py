@@ -25,7 +25,7 @@ from torchvision.transforms.v2.functional import resize as tv_resize
 from herbs.data.decode import DEFAULT_MAX_PIXELS
 from herbs.data.folder import IMAGE_SUFFIXES, images_in
 from herbs.data.stream import make_batch
-from herbs.data.transforms import DecodeError, EvalTransform, decode_image
+from herbs.data.transforms import DecodeError, EvalTransform, decode_image, hwc_array
 from herbs.data.workers import ignore_signals, worker_context
 from herbs.errors import HerbsError
 
@@ -61,7 +61,7 @@ def display_image(image: torch.Tensor, side: int) -> np.ndarray:
     scale = side / max(h, w)
     if scale != 1.0:
         image = tv_resize(image, [max(1, round(h * scale)), max(1, round(w * scale))], antialias=True)
-    return image.permute(1, 2, 0).contiguous().numpy()
+    return hwc_array(image)
 
 
 class ImageFiles(Dataset):
