@@ -1,5 +1,6 @@
 """benchmarks/vs_original.py needs a checkout of the original code, which a clone does not carry (and
-CI cannot download): without one it says in one sentence how to get it, and exits 2."""
+CI cannot download): without one it says in one sentence how to get it, and exits 2; so does fp16
+asked for on a machine without CUDA, for either side."""
 
 from __future__ import annotations
 
