@@ -27,10 +27,15 @@ def median_times(fns, steps: int, warmup: int = 2) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
-def step_fn(model, loss_fn, images, labels, precision: str = "fp32"):
+def original_sgd(model) -> torch.optim.Optimizer:
+    """The original's optimizer (its main.py): torch's SGD, Nesterov momentum 0.9, at the recipe's weight decay."""
+    return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=3e-4)
+
+
+def step_fn(model, loss_fn, images, labels, precision: str = "fp32", make_optimizer=original_sgd):
     """One training step as a function: zero grads, forward (autocast for bf16/fp16) + loss, backward,
-    SGD step (through a grad scaler for fp16). On a GPU it waits for the step to finish."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=3e-4)
+    optimizer step (through a grad scaler for fp16). On a GPU it waits for the step to finish."""
+    optimizer = make_optimizer(model)
     device = images.device.type
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")

@@ -9,9 +9,11 @@ ORIGINAL_CHECKOUT is chou141253/FGVC-HERBS at f3deb47. Its code runs in a proces
 checkout first on sys.path (its vendored timm 0.4.12, tools/original_code.py); herbs runs in another,
 from the weights the original's process saved, translated by `herbs.model.original`. The two kinds of
 process alternate `--repeats` times (the order flips every round), each timing a training step
-(forward + HERBS loss + backward + SGD step) and the same backbone with a plain head (mean-pool +
-linear), interleaved. Prints one JSON line: medians over the rounds, ratios herbs / original, the
-spread of the per-round ratios, and each side's eval-mode loss on the batch (they should agree).
+(forward + HERBS loss + backward + SGD step, each side with its own optimizer code: torch's SGD as the
+original's main.py builds it, herbs' `build_optimizer` with the same settings) and the same backbone
+with a plain head (mean-pool + linear), interleaved. Prints one JSON line: medians over the rounds,
+ratios herbs / original, the spread of the per-round ratios, and each side's eval-mode loss on the
+batch (they should agree).
 
 Sizes: `fixture` is the reference fixture's model (Swin embed 32, 224 px, F 64), batch 8;
 `published-narrow` the published widths (embed 192, 384 px, F 1536, num_selects 256/128/64/32,
@@ -89,7 +91,7 @@ def plain_head(backbone, tap_output, channels: int, num_classes: int):
     return Plain()
 
 
-def time_side(args, model, loss_fn, plain) -> dict:
+def time_side(args, model, loss_fn, plain, make_optimizer) -> dict:
     import torch
 
     from timing import median_times, step_fn
@@ -99,8 +101,9 @@ def time_side(args, model, loss_fn, plain) -> dict:
     with torch.no_grad():
         eval_loss = float(loss_fn(model(images), labels))
     plain.to(args.device)
-    full_s, plain_s = median_times([step_fn(model, loss_fn, images, labels, args.precision),
-                                    step_fn(plain, torch.nn.functional.cross_entropy, images, labels, args.precision)],
+    full_s, plain_s = median_times([step_fn(model, loss_fn, images, labels, args.precision, make_optimizer),
+                                    step_fn(plain, torch.nn.functional.cross_entropy, images, labels, args.precision,
+                                            make_optimizer)],
                                    args.steps, warmup=1)
     return {"step_s": full_s, "plain_s": plain_s, "eval_loss": eval_loss}
 
@@ -109,13 +112,15 @@ def run_original(args) -> dict:
     original_code.use_checkout(args.checkout)
     import torch
 
+    from timing import original_sgd
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
     model = original_code.build(args.cfg)
     if not args.weights.exists():
         torch.save({"model": model.state_dict()}, args.weights)
     plain = plain_head(copy.deepcopy(model.backbone), lambda taps: taps["layer4"], model.backbone.num_features, args.cfg["num_classes"])
-    return time_side(args, model, lambda outs, y: original_code.loss_terms(model, args.cfg, outs, y, 0)[1], plain)
+    return time_side(args, model, lambda outs, y: original_code.loss_terms(model, args.cfg, outs, y, 0)[1], plain, original_sgd)
 
 
 def run_herbs(args) -> dict:
@@ -123,8 +128,10 @@ def run_herbs(args) -> dict:
 
     import torch
 
+    from herbs.config import OptimConfig
     from herbs.loss import HERBSLoss
     from herbs.model.original import config_from_original, load_original
+    from herbs.train.optim import build_optimizer
 
     torch.set_num_threads(args.threads)
     config_file = args.weights.with_suffix(".yaml")
@@ -135,7 +142,8 @@ def run_herbs(args) -> dict:
     model, _ = load_original(args.weights, config)
     loss = HERBSLoss(config.loss)
     plain = plain_head(copy.deepcopy(model.backbone), lambda taps: taps[-1], model.backbone.channels[-1], config.model.num_classes)
-    return time_side(args, model, lambda outs, y: loss(outs, y, 0)[0], plain)
+    optim = OptimConfig(lr=1e-3, momentum=0.9, nesterov=True, weight_decay=3e-4)  # the original's SGD, herbs' kernel
+    return time_side(args, model, lambda outs, y: loss(outs, y, 0)[0], plain, lambda m: build_optimizer(m, optim))
 
 
 def child(side: str, args, weights: Path) -> dict:
