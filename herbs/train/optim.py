@@ -22,9 +22,21 @@ def build_optimizer(model: torch.nn.Module, config: OptimConfig) -> torch.optim.
     # update, 4x faster at the published widths (tests/test_optim.py).
     params = [p for p in model.parameters() if p.requires_grad]
     if config.name == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                               weight_decay=config.weight_decay, fused=True)
-    return torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=True)
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                                    weight_decay=config.weight_decay, fused=True)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=True)
+    optimizer.register_load_state_dict_pre_hook(keep_kernel)
+    return optimizer
+
+
+def keep_kernel(optimizer: torch.optim.Optimizer, state_dict: dict) -> dict:
+    """Resume on this optimizer's kernel, not the checkpoint's. torch takes every group setting from a
+    loaded state, `fused` included: a checkpoint of the per-tensor loop (herbs before it used the fused
+    one) would switch the loop back on, and a grad scaler that saw a fused optimizer hands the loop a
+    scale it refuses (an AssertionError at the first fp16 step)."""
+    kernel = {key: optimizer.defaults[key] for key in ("fused", "foreach")}
+    return {**state_dict, "param_groups": [{**group, **kernel} for group in state_dict["param_groups"]]}
 
 
 @dataclass(frozen=True)
