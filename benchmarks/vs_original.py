@@ -11,7 +11,10 @@ from the weights the original's process saved, translated by `herbs.model.origin
 process alternate `--repeats` times (the order flips every round), each timing a training step
 (forward + HERBS loss + backward + SGD step, each side with its own optimizer code: torch's SGD as the
 original's main.py builds it, herbs' `build_optimizer` with the same settings) and the same backbone
-with a plain head (mean-pool + linear), interleaved. Prints one JSON line: medians over the rounds,
+with a plain head (mean-pool + linear), interleaved. On CPU herbs' process keeps freed memory for
+the next step as `herbs train` does (herbs.train.host_memory); the original's runs as its main.py
+does. For both under the same malloc settings, set them for the command (herbs then leaves them):
+MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=268435456. Prints one JSON line: medians over the rounds,
 ratios herbs / original, the spread of the per-round ratios, and each side's eval-mode loss on the
 batch (they should agree).
 
@@ -131,9 +134,11 @@ def run_herbs(args) -> dict:
     from herbs.config import OptimConfig
     from herbs.loss import HERBSLoss
     from herbs.model.original import config_from_original, load_original
+    from herbs.train.host_memory import keep_freed_memory
     from herbs.train.optim import build_optimizer
 
     torch.set_num_threads(args.threads)
+    kept = args.device == "cpu" and keep_freed_memory()  # as `herbs train` does on CPU
     config_file = args.weights.with_suffix(".yaml")
     config_file.write_text(yaml.safe_dump(args.cfg))
     config = config_from_original(config_file)
@@ -143,7 +148,8 @@ def run_herbs(args) -> dict:
     loss = HERBSLoss(config.loss)
     plain = plain_head(copy.deepcopy(model.backbone), lambda taps: taps[-1], model.backbone.channels[-1], config.model.num_classes)
     optim = OptimConfig(lr=1e-3, momentum=0.9, nesterov=True, weight_decay=3e-4)  # the original's SGD, herbs' kernel
-    return time_side(args, model, lambda outs, y: loss(outs, y, 0)[0], plain, lambda m: build_optimizer(m, optim))
+    timed = time_side(args, model, lambda outs, y: loss(outs, y, 0)[0], plain, lambda m: build_optimizer(m, optim))
+    return {**timed, "keeps_freed_memory": kept}
 
 
 def child(side: str, args, weights: Path) -> dict:
@@ -186,6 +192,7 @@ def compare(args) -> dict:
         "heads_herbs_s": round(heads["herbs"], 4), "heads_original_s": round(heads["original"], 4),
         "heads_herbs_over_original": round(heads["herbs"] / heads["original"], 3) if heads["original"] > 0 else None,
         "eval_loss": {side: runs[0]["eval_loss"] for side, runs in rounds.items()},
+        "herbs_keeps_freed_memory": rounds["herbs"][0]["keeps_freed_memory"],
     }
 
 

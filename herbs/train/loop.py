@@ -38,6 +38,7 @@ from herbs.train.checkpoints import CheckpointDir, TrainerState, to_resume
 from herbs.train.faults import Faults
 from herbs.train.fit import progressing, requirements
 from herbs.train.ema import WeightAverage
+from herbs.train.host_memory import keep_freed_memory
 from herbs.train.mixing import BatchMixer
 from herbs.train.norm_stats import NormStatistics
 from herbs.train.optim import Schedule, build_optimizer, set_lr
@@ -107,6 +108,8 @@ def train(config: Config, resume: str | None = None, overwrite: bool = False, wa
     is_main = accelerator.is_main_process
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file is noise
+    if accelerator.device.type == "cpu" and keep_freed_memory():
+        log.info("CPU run: malloc keeps freed memory for the next step's tensors (herbs.train.host_memory)")
     with space_for_run(run_dir):
         run = claim_run_directory(run_dir, config, accelerator, resume=resume, overwrite=overwrite)
         if is_main:
