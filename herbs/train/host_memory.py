@@ -5,11 +5,12 @@ above its mmap threshold (32 MB at most) with a fresh mapping that the kernel ze
 page on first touch and unmaps when the block is freed, and it returns freed memory at the top of
 the heap once more than its trim threshold is free. A training step on CPU frees and re-allocates
 the same large activations and gradients every time: at the published widths (depths 2-2-2-2,
-batch 2) that is 250-430k page faults and 1.0-1.8 s of kernel time per step, a fifth of the step
-(benchmarks/vs_original.py measures the step; `getrusage` the faults). Serving them from the heap
-and keeping what is freed lets every step after the first reuse the pages of the one before. The
-cost is that the process keeps its peak memory, which a CPU run needs at every step anyway, so
-`herbs train` does this for CPU runs only.
+batch 2, 2 threads) that is 250-430k page faults and 1.0-1.8 CPU-seconds in the kernel a step
+(measured with `getrusage` around three steps). Served from the heap, which keeps what is freed,
+every step after the first reuses the pages of the one before: 4-14k faults, 0.1-0.2 s in the
+kernel, and a step a fifth shorter (4.7-4.9 s before, 3.7-3.9 s after). The cost is that the
+process keeps its peak memory, which a CPU run needs at every step anyway; a GPU run's host memory
+holds checkpoints and batches instead, so `herbs train` does this for CPU runs only.
 
 glibc only (`mallopt`); elsewhere, or where the user set any of glibc's MALLOC_* variables for the
 process, malloc is left as it is.
