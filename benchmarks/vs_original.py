@@ -14,9 +14,9 @@ original's main.py builds it, herbs' `build_optimizer` with the same settings) a
 with a plain head (mean-pool + linear), interleaved. On CPU herbs' process keeps freed memory for
 the next step as `herbs train` does (herbs.train.host_memory); the original's runs as its main.py
 does. For both under the same malloc settings, set them for the command (herbs then leaves them):
-MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=268435456. Prints one JSON line: medians over the rounds,
-ratios herbs / original, the spread of the per-round ratios, and each side's eval-mode loss on the
-batch (they should agree).
+MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=268435456. Prints one JSON
+line: medians over the rounds, ratios herbs / original, the spread of the per-round ratios, and
+each side's eval-mode loss on the batch (they should agree).
 
 Sizes: `fixture` is the reference fixture's model (Swin embed 32, 224 px, F 64), batch 8;
 `published-narrow` the published widths (embed 192, 384 px, F 1536, num_selects 256/128/64/32,
@@ -136,6 +136,7 @@ def run_herbs(args) -> dict:
     from herbs.model.original import config_from_original, load_original
     from herbs.train.host_memory import keep_freed_memory
     from herbs.train.optim import build_optimizer
+    from timing import SGD_SETTINGS
 
     torch.set_num_threads(args.threads)
     kept = args.device == "cpu" and keep_freed_memory()  # as `herbs train` does on CPU
@@ -147,7 +148,7 @@ def run_herbs(args) -> dict:
     model, _ = load_original(args.weights, config)
     loss = HERBSLoss(config.loss)
     plain = plain_head(copy.deepcopy(model.backbone), lambda taps: taps[-1], model.backbone.channels[-1], config.model.num_classes)
-    optim = OptimConfig(lr=1e-3, momentum=0.9, nesterov=True, weight_decay=3e-4)  # the original's SGD, herbs' kernel
+    optim = OptimConfig(**SGD_SETTINGS)  # the original's settings, herbs' optimizer
     timed = time_side(args, model, lambda outs, y: loss(outs, y, 0)[0], plain, lambda m: build_optimizer(m, optim))
     return {**timed, "keeps_freed_memory": kept}
 

@@ -17,9 +17,10 @@ from herbs.config import OptimConfig
 
 
 def build_optimizer(model: torch.nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    # torch optimizers, also under DeepSpeed: its fused ones would compile C++ ops on CPU runs. torch's
-    # fused kernels (CPU and CUDA) rather than its default on CPU, a loop over the tensors: the same
-    # update, 0.12 s instead of 0.78 s for the published model on 2 cores (benchmarks/optimizer_step.py).
+    # torch optimizers, also under DeepSpeed (DeepSpeed's own fused ones would compile C++ ops on CPU
+    # runs), on torch's fused kernels (CPU and CUDA) rather than torch's default on CPU, a loop over the
+    # tensors: the same update, 0.12 s instead of 0.78 s a step for the published model on 2 cores
+    # (benchmarks/optimizer_step.py).
     params = [p for p in model.parameters() if p.requires_grad]
     if config.name == "sgd":
         optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
