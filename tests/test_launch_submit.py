@@ -17,7 +17,7 @@ import yaml
 from herbs.run import EVENTS_FILE, METRICS_FILE
 from helpers import REPO, TINY_CONFIG
 from helpers.runs import micro, write_demo_shards
-from herbs.launch import status, submit
+from herbs.launch import submit
 from herbs.launch.job import TrainJob
 
 ODD = """it's a "quoted" value"""
@@ -153,8 +153,3 @@ def test_local_runs_through_submitits_local_executor(tmp_path):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["log"]["name"] == ODD
     assert (run_dir / "checkpoints" / "latest").is_file()
     assert list(run_dir.glob("local-*.log"))
-
-
-def test_array_ids_from_sacct_and_squeue():
-    assert status._expand_array("33_[0-2,5%2]") == ["33_0", "33_1", "33_2", "33_5"]
-    assert status._expand_array("33_4") == ["33_4"] and status._expand_array("34") == ["34"]

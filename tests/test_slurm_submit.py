@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from herbs.launch import status
 from herbs.run import EVENTS_FILE, METRICS_FILE, log_file
 from helpers import TINY_CONFIG, wait_for
 from helpers.runs import micro, write_demo_shards
@@ -53,6 +54,19 @@ def test_nodes_beyond_the_partition_and_refused_requests_stop_before_submitting(
     out = submit_py([*base, "--cpus-per-task", "1", "--constraint", "no-such-feature", "--dir", str(tmp / "refused")], cwd=tmp)
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr.strip().splitlines() == ["herbs submit: error: sbatch refused the job: Batch job submission failed: Invalid feature specification"]
+
+
+def test_status_reads_each_task_of_an_array_from_the_accounting(slurm):
+    """sacct shows a pending array as one line, `N_[0-2%1]`; each task's state comes out of it, and a cancel reads as CANCELLED."""
+    out = subprocess.run(["sbatch", "--parsable", "--array=0-2%1", "--begin=now+3600", "--wrap", "true"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip()
+    tasks = [f"{job}_{i}" for i in range(3)]
+    try:
+        assert wait_for(lambda: status.slurm_states(tasks) == dict.fromkeys(tasks, "PENDING"), 30, "the array to be listed as pending")
+    finally:
+        subprocess.run(["scancel", job])
+    wait_for(lambda: set(status.slurm_states(tasks).values()) == {"CANCELLED"}, 60, "the array to be listed as cancelled")
 
 
 @pytest.fixture(scope="module")

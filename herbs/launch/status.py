@@ -37,38 +37,17 @@ def read_metrics(run_dir: Path) -> tuple[int | None, float | None]:
     return last, best
 
 
-def _expand_array(job_id: str) -> list[str]:
-    """`123_[0-2,5%2]` -> 123_0 123_1 123_2 123_5; plain ids unchanged."""
-    if "_[" not in job_id:
-        return [job_id]
-    main, _, rest = job_id.partition("_[")
-    out = []
-    for part in rest.rstrip("]").split("%")[0].split(","):
-        lo, _, hi = part.partition("-")
-        out += [f"{main}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
-    return out
-
-
 def slurm_states(job_ids: Sequence[str]) -> dict[str, str]:
-    """Job id -> SLURM state, from sacct (squeue when sacct has nothing)."""
+    """Job id -> SLURM state, from sacct (squeue for what sacct has not got), array ranges read as submitit reads them."""
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    ids = ",".join(sorted({str(j).split("_")[0] for j in job_ids if j}))
     states: dict[str, str] = {}
-    mains = sorted({str(j).split("_")[0] for j in job_ids if j})
-    if not mains:
-        return states
-    if shutil.which("sacct"):
-        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(mains)], capture_output=True, text=True)
-        if out.returncode == 0:
-            for line in out.stdout.splitlines():
-                jid, _, state = line.partition("|")
-                for j in _expand_array(jid.strip()):
-                    states[j] = state.split()[0] if state.split() else "UNKNOWN"
-    if shutil.which("squeue"):
-        out = subprocess.run(["squeue", "-h", "-o", "%i|%T", "-j", ",".join(mains)], capture_output=True, text=True)
-        if out.returncode == 0:
-            for line in out.stdout.splitlines():
-                jid, _, state = line.partition("|")
-                for j in _expand_array(jid.strip()):
-                    states.setdefault(j, state.strip())
+    for command in (["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ids], ["squeue", "-h", "-o", "%i|%T", "-j", ids]):
+        out = subprocess.run(command, capture_output=True, text=True) if ids and shutil.which(command[0]) else None
+        if out is not None and out.returncode == 0:
+            for job, info in SlurmInfoWatcher().read_info("JobID|State\n" + out.stdout).items():
+                states.setdefault(job, (info["State"].split() or ["UNKNOWN"])[0])  # "CANCELLED by 0" -> CANCELLED
     return states
 
 
