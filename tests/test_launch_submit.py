@@ -71,7 +71,7 @@ def test_jobs_carry_values_with_spaces_and_quotes_as_single_arguments(tmp_path, 
     args = parser.parse_args(["--config", str(TINY_CONFIG), f"log.name={ODD}", "--sweep", str(sweep_file),
                                              "--gpus-per-node", "0"])
     name, points, run_dirs = submit.plan_jobs(args)
-    jobs = submit.make_jobs(args, points, run_dirs, submit.resources(args))
+    jobs = submit.make_jobs(args, points, run_dirs)
     assert jobs[0].overrides == [f"log.name={ODD}", "optim.lr=0.01", "train.seed=1", f"log.project={ODD}", f"log.name={ODD}/{points[0].name}"]
     cmd = jobs[0].command()
     assert cmd[-5:] == jobs[0].overrides and cmd[1:4] == ["-m", "herbs", "train"]

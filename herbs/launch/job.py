@@ -30,10 +30,6 @@ if TYPE_CHECKING:
     import submitit
 
 
-def train_command(config: str, overrides: list[str], resume: str | None) -> list[str]:
-    return [sys.executable, "-m", "herbs", "train", "--config", config, *(["--resume", resume] if resume else []), *overrides]
-
-
 def _start_blocked() -> None:  # in the child between fork and exec: a signal mask and an ignored signal survive exec
     # SLURM sends submitit's SIGUSR2 to every process of the job step, the training child included,
     # whose default action for it is to die; the child hears SIGUSR1 from its task instead.
@@ -87,7 +83,8 @@ class TrainJob:
         return {**self.__dict__, "_child": None}
 
     def command(self) -> list[str]:
-        return train_command(self.config, self.overrides, self.resume)
+        resume = ["--resume", self.resume] if self.resume else []
+        return [sys.executable, "-m", "herbs", "train", "--config", self.config, *resume, *self.overrides]
 
     def __call__(self) -> dict:
         import submitit

@@ -136,10 +136,6 @@ def columns(header: list[str], body: list[list[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *body])
 
 
-def print_status(folder: Path) -> None:
-    print(format_table(status_rows(Path(folder))))
-
-
 def run(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     if not (folder / "sweep.json").is_file() and (folder / CHECKPOINTS_DIR).is_dir():

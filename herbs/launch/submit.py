@@ -29,7 +29,7 @@ from pathlib import Path
 from herbs.config import load_config
 from herbs.errors import ConfigError, LaunchError
 from herbs.launch import sweep
-from herbs.launch.status import print_status, write_record
+from herbs.launch.status import format_table, status_rows, write_record
 from herbs.run import SUBMISSIONS, run_dir
 
 DEFAULT_MAX_JOBS = 100
@@ -230,7 +230,7 @@ def default_dir(args: argparse.Namespace, name: str) -> Path:
 # ---------------------------------------------------------------------------- submitting
 
 
-def make_jobs(args: argparse.Namespace, points: list[sweep.Point], run_dirs: dict[str, Path], res: dict):
+def make_jobs(args: argparse.Namespace, points: list[sweep.Point], run_dirs: dict[str, Path]):
     from herbs.launch.job import TrainJob
 
     config = str(Path(args.config).resolve())
@@ -265,7 +265,7 @@ def submit(args: argparse.Namespace) -> int:
     res = resources(args)
     if not args.local and (not args.dry_run or shutil.which("sbatch")):
         check_cluster(args, res)
-    jobs = make_jobs(args, points, run_dirs, res)
+    jobs = make_jobs(args, points, run_dirs)
     if args.local:
         params = {"timeout_min": args.time, "signal_delay_s": args.signal_delay, "tasks_per_node": res["procs"],
                   "gpus_per_node": res["gpus"], "stderr_to_stdout": True}
@@ -278,10 +278,7 @@ def submit(args: argparse.Namespace) -> int:
 
     folder = Path(args.dir or default_dir(args, name)).resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    if args.local:
-        executor = submitit.LocalExecutor(folder / "logs", max_num_timeout=args.max_requeues)
-    else:
-        executor = submitit.SlurmExecutor(folder / "logs", max_num_timeout=args.max_requeues)
+    executor = (submitit.LocalExecutor if args.local else submitit.SlurmExecutor)(folder / "logs", max_num_timeout=args.max_requeues)
     executor.update_parameters(**params)
     record = {
         "name": name, "created": datetime.datetime.now().isoformat(timespec="seconds"), "executor": "local" if args.local else "slurm",
@@ -294,8 +291,7 @@ def submit(args: argparse.Namespace) -> int:
         else:
             # submitit prints sbatch's complaint itself; it comes back below as one sentence instead
             with contextlib.redirect_stderr(io.StringIO()), executor.batch():
-                pending = [executor.submit(job) for job in jobs]
-            submitted = pending
+                submitted = [executor.submit(job) for job in jobs]
             for entry, job in zip(record["jobs"], submitted):
                 entry["job_id"] = job.job_id
             write_record(folder, record)
@@ -308,7 +304,7 @@ def submit(args: argparse.Namespace) -> int:
         for job in submitted:
             job.wait()
     if args.wait or args.local:
-        print_status(folder)
+        print(format_table(status_rows(folder)))
     return 0
 
 
