@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
+from herbs.train.host_memory import on_glibc
 from helpers import REPO
 
 # A step whose activations (64 MB) are larger than glibc's largest mmap threshold, as the published
@@ -33,7 +33,7 @@ for _ in range(5):
 print((faults() - start) / 5)
 """
 
-glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+glibc = pytest.mark.skipif(not on_glibc(), reason="mallopt is glibc's")
 
 
 def step_faults(mode: str, **env: str) -> tuple[str, float]:

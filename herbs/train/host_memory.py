@@ -33,9 +33,13 @@ KEEP = {
 USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
 
 
+def on_glibc() -> bool:
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_memory() -> bool:
     """Set malloc up to keep and reuse freed memory (see above); whether it was set."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or any(os.environ.get(v) for v in USER_SETTINGS):
+    if not on_glibc() or any(os.environ.get(v) for v in USER_SETTINGS):
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     return all(libc.mallopt(param, value) == 1 for param, value in KEEP.items())
