@@ -43,11 +43,15 @@ def slurm_states(job_ids: Sequence[str]) -> dict[str, str]:
 
     ids = ",".join(sorted({str(j).split("_")[0] for j in job_ids if j}))
     states: dict[str, str] = {}
+    if not ids:
+        return states
+    reader = SlurmInfoWatcher()
     for command in (["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ids], ["squeue", "-h", "-o", "%i|%T", "-j", ids]):
-        out = subprocess.run(command, capture_output=True, text=True) if ids and shutil.which(command[0]) else None
-        if out is not None and out.returncode == 0:
-            for job, info in SlurmInfoWatcher().read_info("JobID|State\n" + out.stdout).items():
-                states.setdefault(job, (info["State"].split() or ["UNKNOWN"])[0])  # "CANCELLED by 0" -> CANCELLED
+        out = subprocess.run(command, capture_output=True, text=True) if shutil.which(command[0]) else None
+        if out is None or out.returncode != 0:
+            continue
+        for job, info in reader.read_info("JobID|State\n" + out.stdout).items():
+            states.setdefault(job, (info["State"].split() or ["UNKNOWN"])[0])  # "CANCELLED by 0" -> CANCELLED
     return states
 
 
