@@ -55,6 +55,12 @@ def run_dir(config) -> Path:
     return Path(config.train.output_dir) / config.log.project / (config.log.name or "run")
 
 
+def complete_checkpoints(checkpoints: Path) -> list[Path]:
+    """The complete checkpoints under a run's `checkpoints/` (named `step-NNNNNNN` once written), lowest step first."""
+    found = [p for p in Path(checkpoints).glob("step-*") if p.name[5:].isdigit() and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
 def job_label(env: Mapping[str, str] | None = None) -> str:
     """`123`, `123_4` for an array task, `local-ID` for submitit's local executor (its job id, which
     every task and its training child share), `local-PID` otherwise: names the attempt's log file and events."""
@@ -77,11 +83,6 @@ def rendezvous_port(job_id: str | int) -> int:
     return 15000 + int(digits) % 15000
 
 
-def restart_count(env: Mapping[str, str] | None = None) -> int:
-    env = os.environ if env is None else env
-    return int(env.get("SLURM_RESTART_COUNT") or 0)
-
-
 def append_event(run_dir_: Path, **record) -> None:
     record = {"time": datetime.datetime.now().isoformat(timespec="seconds"), **record}
     with open(Path(run_dir_) / EVENTS_FILE, "a") as f:
@@ -89,8 +90,8 @@ def append_event(run_dir_: Path, **record) -> None:
 
 
 def start_event(run_dir_: Path, command: list[str]) -> None:
-    job = job_label()
-    append_event(run_dir_, event="start", job=job, restart=restart_count(), host=socket.gethostname(), command=command)
+    append_event(run_dir_, event="start", job=job_label(), restart=int(os.environ.get("SLURM_RESTART_COUNT") or 0),
+                 host=socket.gethostname(), command=command)
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from herbs.run import EVENTS_FILE, METRICS_FILE
+from herbs.run import CHECKPOINTS_DIR, EVENTS_FILE, METRICS_FILE, STATE_FILE
 from helpers import REPO, TINY_CONFIG
 from helpers.runs import micro, write_demo_shards
 from herbs.launch import submit
@@ -137,6 +137,25 @@ def test_status_table(tmp_path):
     assert rows[3] == ["c", "-", "NOT", "SUBMITTED", "0", "-", "-", str(fresh)]
     assert one_error(run(["status", str(tmp_path / "nowhere")], tmp_path)).startswith(f"'{tmp_path / 'nowhere'}' holds no sweep.json")
 
+
+
+def test_status_of_a_run_directory_lists_its_complete_checkpoints(tmp_path):
+    """The checkpoints a resume would consider, each with the run shape that wrote it ('-' where an older herbs did not say)."""
+    checkpoints = tmp_path / "run" / CHECKPOINTS_DIR
+    states = {"step-0000010": {"step": 10, "epoch": 1, "batch": 0, "processes": 2, "per_process_batch": 4, "accumulation": 1,
+                               "global_batch": 8, "lanes": 2},
+              "step-0000005": {"step": 5, "epoch": 0, "batch": 10},  # before the shape was recorded
+              "step-backup": {"step": 7}, ".step-0000015.tmp": {"step": 15}}  # not checkpoints a resume would take
+    for name, state in states.items():
+        (checkpoints / name).mkdir(parents=True)
+        (checkpoints / name / STATE_FILE).write_text(json.dumps(state))
+    (checkpoints / "step-0000020").mkdir()  # being written: no trainer_state.json yet
+    out = run(["status", str(tmp_path / "run")], tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert rows[0] == ["CHECKPOINT", "STEP", "EPOCH", "BATCH", "PROCESSES", "PER-PROCESS", "BATCH", "ACCUMULATION", "GLOBAL", "BATCH", "LANES"]
+    assert rows[1:] == [["step-0000005", "5", "0", "10", "-", "-", "-", "-", "-"],
+                        ["step-0000010", "10", "1", "0", "2", "4", "1", "8", "2"]]
 
 @pytest.mark.slow
 def test_local_runs_through_submitits_local_executor(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from herbs.errors import LaunchError
-from herbs.run import CHECKPOINTS_DIR, METRICS_FILE, STATE_FILE, read_events, read_jsonl
+from herbs.run import CHECKPOINTS_DIR, METRICS_FILE, STATE_FILE, complete_checkpoints, read_events, read_jsonl
 
 
 def write_record(folder: Path, record: dict) -> None:
@@ -111,12 +111,12 @@ CHECKPOINT_COLUMNS = {**POSITION_COLUMNS, **SHAPE_COLUMNS}
 def checkpoint_rows(run_dir: Path) -> list[dict]:
     """One row per complete checkpoint of the run, lowest step first."""
     rows = []
-    for state_file in sorted((run_dir / CHECKPOINTS_DIR).glob(f"step-*/{STATE_FILE}")):
+    for checkpoint in complete_checkpoints(run_dir / CHECKPOINTS_DIR):
         try:
-            state = json.loads(state_file.read_text())
+            state = json.loads((checkpoint / STATE_FILE).read_text())
         except (OSError, ValueError):
-            continue  # being written or damaged: a resume names it
-        rows.append({"checkpoint": state_file.parent.name, **{key: state.get(key) for key in POSITION_COLUMNS.values()},
+            continue  # damaged: a resume names it
+        rows.append({"checkpoint": checkpoint.name, **{key: state.get(key) for key in POSITION_COLUMNS.values()},
                      **{key: state.get(key) or None for key in SHAPE_COLUMNS.values()}})
     return rows
 

@@ -32,7 +32,7 @@ from accelerate.utils import broadcast_object_list
 
 from herbs.data.tario import sha256_file
 from herbs.errors import CheckpointError, HerbsError
-from herbs.run import CHECKPOINTS_DIR, STATE_FILE
+from herbs.run import CHECKPOINTS_DIR, STATE_FILE, complete_checkpoints
 from herbs.train.diskspace import mount_point, out_of_space
 from herbs.train.fit import check_fit
 
@@ -68,10 +68,6 @@ def step_name(step: int) -> str:
     return f"step-{step:07d}"
 
 
-def step_of(path: Path) -> int:
-    return int(path.name.split("-", 1)[1])
-
-
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -91,10 +87,7 @@ class CheckpointDir:
 
     def complete(self) -> list[Path]:
         """Complete checkpoints, lowest step first."""
-        if not self.root.is_dir():
-            return []
-        found = [p for p in self.root.glob("step-*") if p.is_dir() and p.name[5:].isdigit() and (p / STATE_FILE).is_file()]
-        return sorted(found, key=step_of)
+        return complete_checkpoints(self.root)
 
     def latest(self, say: bool = True) -> Path | None:
         """The newest complete checkpoint; unfinished ones are ignored (with a warning if `say`)."""
