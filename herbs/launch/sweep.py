@@ -43,36 +43,25 @@ class Point:
 
 
 def yaml_text(value: Any) -> str:
-    """The YAML text that parses back to `value` (what `section.key=<text>` must carry)."""
-    if isinstance(value, str) and "\n" not in value:
-        try:
-            if yaml.safe_load(value) == value and value.strip() == value and value:
-                return value  # plain strings stay readable: spaces and quotes are fine as they are
-        except yaml.YAMLError:
-            pass
-    if isinstance(value, str):
-        text = json.dumps(value, ensure_ascii=False)  # a JSON string is a YAML double-quoted scalar, escapes and all
-    else:
-        text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, allow_unicode=True).strip()
-    if text.endswith("\n..."):
-        text = text[: -len("\n...")].strip()
-    elif text.endswith("..."):
-        text = text[:-3].strip()
-    if "\n" in text or yaml.safe_load(text) != value:
+    """The one-line YAML text that parses back to `value` (what `section.key=<text>` must carry)."""
+    if isinstance(value, str):  # plain strings stay readable (spaces and quotes are fine); a JSON string is YAML too
+        text = value if reads_back(value, value) else json.dumps(value, ensure_ascii=False)
+    else:  # dumped inside a list: a lone scalar would end in YAML's document marker '...'
+        text = yaml.safe_dump([value], default_flow_style=True, width=1 << 30, allow_unicode=True).strip()[1:-1]
+    if "\n" in text or not reads_back(text, value):
         raise LaunchError(f"sweep value {value!r} cannot be passed as a one-line override; use a simpler value")
     return text
 
 
+def reads_back(text: str, value: Any) -> bool:
+    try:
+        return yaml.safe_load(text) == value
+    except yaml.YAMLError:
+        return False
+
+
 def override(key: str, value: Any) -> str:
     return f"{key}={yaml_text(value)}"
-
-
-def _check_values(key: Any, values: Any, where: str) -> list:
-    if not isinstance(key, str) or key.count(".") != 1:
-        raise LaunchError(f"sweep key {key!r} under '{where}' must be a config key of the form section.key (e.g. optim.lr)")
-    if not isinstance(values, list) or not values:
-        raise LaunchError(f"sweep key '{key}' under '{where}' must map to a non-empty list of values, e.g. {key}: [a, b]")
-    return values
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -106,7 +95,10 @@ def parse_sweep(data: Any, source: str = "the sweep") -> dict:
     seen: set[str] = set()
     for where, group in [("grid", grid)] + [("zip", z) for z in zips]:
         for key, values in group.items():
-            _check_values(key, values, where)
+            if not isinstance(key, str) or key.count(".") != 1:
+                raise LaunchError(f"sweep key {key!r} under '{where}' must be a config key of the form section.key (e.g. optim.lr)")
+            if not isinstance(values, list) or not values:
+                raise LaunchError(f"sweep key '{key}' under '{where}' must map to a non-empty list of values, e.g. {key}: [a, b]")
             if key in seen:
                 raise LaunchError(f"sweep key '{key}' appears twice in {source}; list it once")
             seen.add(key)
@@ -120,17 +112,9 @@ def parse_sweep(data: Any, source: str = "the sweep") -> dict:
 
 def expand(sweep: dict) -> list[Point]:
     """All points: the grid's product crossed with each zipped group's positions, in file order."""
-    axes: list[list[dict]] = [[{key: v} for v in values] for key, values in sweep["grid"].items()]
-    for group in sweep["zip"]:
-        keys = list(group)
-        axes.append([dict(zip(keys, row)) for row in zip(*group.values())])
-    points = []
-    for combo in itertools.product(*axes):
-        values: dict[str, Any] = {}
-        for part in combo:
-            values.update(part)
-        points.append(Point(values))
-    return points
+    axes = [[{key: v} for v in values] for key, values in sweep["grid"].items()]
+    axes += [[dict(zip(group, row)) for row in zip(*group.values())] for group in sweep["zip"]]
+    return [Point({key: v for part in combo for key, v in part.items()}) for combo in itertools.product(*axes)]
 
 
 def _slug(value: Any) -> str:
