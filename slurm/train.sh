@@ -83,13 +83,11 @@ if [ -n "$early" ]; then  # came before srun: pass it on once the processes are 
     echo "=== SIG$early came before training started; passing it on in 10 s"
     (sleep 10; kill -s "$early" "$srun_pid" 2>/dev/null) &
 fi
-# `wait` returns early (>128) whenever a trapped signal arrives; keep waiting for srun itself.
-while :; do
-    wait "$srun_pid"; rc=$?
-    if [ "$rc" -gt 128 ] && kill -0 "$srun_pid" 2>/dev/null; then continue; fi
-    break
-done
-if [ "$rc" -gt 128 ]; then wait "$srun_pid" 2>/dev/null; rc2=$?; [ "$rc2" -ne 127 ] && rc=$rc2; fi
+# `wait` returns early (>128) whenever a trapped signal arrives: wait again while srun runs, then once
+# more for the status of an srun that ended in between (127: none left, so the one we have is srun's).
+wait "$srun_pid"; rc=$?
+while [ "$rc" -gt 128 ] && kill -0 "$srun_pid" 2>/dev/null; do wait "$srun_pid"; rc=$?; done
+if [ "$rc" -gt 128 ]; then wait "$srun_pid" 2>/dev/null; next=$?; [ "$next" -ne 127 ] && rc=$next; fi
 echo "=== $(date '+%F %T') training exited with $rc"
 
 if [ "$rc" -eq 75 ] && [ "$terminated" = 0 ]; then
