@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import pickle
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -157,14 +158,18 @@ def test_status_of_a_run_directory_lists_its_complete_checkpoints(tmp_path):
     assert rows[1:] == [["step-0000005", "5", "0", "10", "-", "-", "-", "-", "-"],
                         ["step-0000010", "10", "1", "0", "2", "4", "1", "8", "2"]]
 
+
 @pytest.mark.slow
 def test_local_runs_through_submitits_local_executor(tmp_path):
     shards = tmp_path / "shards"
     write_demo_shards(shards)
     out = run(["--config", str(TINY_CONFIG), *micro(shards, tmp_path / "runs", "data.num_workers=0", "train.max_steps=4"),
-               f"log.name={ODD}", "--local", "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "10",
-               "--dir", str(tmp_path / "sub")], tmp_path, timeout=300)
+               f"log.name={ODD}", "--local", "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "10"], tmp_path, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
+    # without --dir the submission's files go to <output_dir>/<project>/submitit/<name>-<time>
+    [folder] = (tmp_path / "runs" / "herbs-tiny" / "submitit").iterdir()
+    assert folder.name.startswith(f"{ODD}-") and (folder / "sweep.json").is_file()
+    assert f"status: herbs status {shlex.quote(str(folder))}" in out.stdout
     table = out.stdout.splitlines()[-2:]
     assert table[0].startswith("NAME") and table[1].startswith(ODD), out.stdout
     assert table[1][len(ODD):].split()[1:4] == ["COMPLETED", "0", "4"], out.stdout

@@ -80,11 +80,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def plan_jobs(args: argparse.Namespace) -> tuple[str, list[sweep.Point], dict[str, Path]]:
-    """Validate the config and the sweep; return the base name, the named points and their run directories."""
+    """Validate the config and the sweep; return the base name, the named points and their run directories
+    (and name the submission's directory, `args.dir`, when the user did not)."""
     base = load_config(args.config, args.overrides)
     name = args.name or base.log.name or Path(args.config).stem
     if any(ord(c) < 32 for c in name):
         raise LaunchError(f"the job name {name!r} holds control characters (a newline?); pass a plain --name")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    args.dir = args.dir or str(Path(base.train.output_dir) / base.log.project / SUBMISSIONS / f"{name.replace('/', '-')}-{stamp}")
     points = sweep.expand(sweep.load_sweep(args.sweep)) if args.sweep else [sweep.Point({})]
     if not points or (len(points) == 1 and args.sweep and not points[0].values):
         raise LaunchError(f"sweep file '{args.sweep}' expands to no jobs; give at least one key with values under 'grid' or 'zip'")
@@ -221,12 +224,6 @@ def slurm_parameters(args: argparse.Namespace, name: str, res: dict, n_jobs: int
     return {**params, **{key: value for key, value in optional.items() if value}}
 
 
-def default_dir(args: argparse.Namespace, name: str) -> Path:
-    cfg = load_config(args.config, args.overrides)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(cfg.train.output_dir) / cfg.log.project / SUBMISSIONS / f"{name.replace('/', '-')}-{stamp}"
-
-
 # ---------------------------------------------------------------------------- submitting
 
 
@@ -276,7 +273,7 @@ def submit(args: argparse.Namespace) -> int:
         print("dry run: nothing submitted")
         return 0
 
-    folder = Path(args.dir or default_dir(args, name)).resolve()
+    folder = Path(args.dir).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     executor = (submitit.LocalExecutor if args.local else submitit.SlurmExecutor)(folder / "logs", max_num_timeout=args.max_requeues)
     executor.update_parameters(**params)
