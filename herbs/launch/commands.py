@@ -6,7 +6,7 @@ import argparse
 
 
 def register(subparsers) -> None:
-    from herbs.launch import submit
+    from herbs.launch import status, submit
 
     p = subparsers.add_parser("submit", help="submit training or a sweep to SLURM through submitit (same as python launch/submit.py)",
                               description=submit.DESCRIPTION)
@@ -19,19 +19,13 @@ def register(subparsers) -> None:
                                           "processes, per-process batch, accumulation and global batch that wrote each.")
     p.add_argument("dir", metavar="DIR", help="the submission directory that herbs submit printed, or a run directory")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
-    p.set_defaults(func=show_status)
+    p.set_defaults(func=status.run)
 
     p = subparsers.add_parser("run-dir", help="print the run directory of CONFIG + overrides (validates them)")
     p.add_argument("config", metavar="CONFIG")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     p.add_argument("--log", action="store_true", help="print this attempt's log file in the run directory instead")
     p.set_defaults(func=print_run_dir)
-
-
-def show_status(args: argparse.Namespace) -> int:
-    from herbs.launch.status import run
-
-    return run(args)
 
 
 def print_run_dir(args: argparse.Namespace) -> int:
