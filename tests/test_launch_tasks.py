@@ -22,7 +22,7 @@ from herbs.errors import LaunchError
 from herbs.launch.job import TrainingChild
 from herbs.run import accelerate_env, merged_env, slurm_task_env
 from herbs.run import EXIT_REQUEUE, job_label, log_file
-from helpers import REPO, TINY_CONFIG
+from helpers import REPO, TINY_CONFIG, wait_for
 
 
 FOUR_NODES = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "4", "SLURM_NTASKS": "32", "SLURM_NTASKS_PER_NODE": "8",
@@ -62,11 +62,12 @@ def test_accelerate_configs_become_what_accelerate_launch_would_export(tmp_path)
 # ---------------------------------------------------------------------------- slurm/train.sh
 
 
-def fake_bin(tmp_path: Path, srun_exit: int) -> Path:
-    """`srun` that records its arguments and exits with `srun_exit`; `scontrol` for hostnames and requeue."""
+def fake_bin(tmp_path: Path, srun_exit: int, srun: str | None = None) -> Path:
+    """`srun` that records its arguments and exits with `srun_exit` (or runs the script `srun`); `scontrol`
+    for hostnames and requeue."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "srun").write_text(textwrap.dedent(f"""\
+    (bin_dir / "srun").write_text(srun or textwrap.dedent(f"""\
         #!/usr/bin/env python3
         import json, os, sys
         print(json.dumps({{"argv": sys.argv[1:], "MASTER_ADDR": os.environ.get("MASTER_ADDR")}}))
@@ -84,12 +85,18 @@ def fake_bin(tmp_path: Path, srun_exit: int) -> Path:
     return bin_dir
 
 
-def run_train_sh(tmp_path: Path, args: list[str], srun_exit: int = 0) -> subprocess.CompletedProcess:
+def start_train_sh(tmp_path: Path, args: list[str], srun_exit: int = 0, srun: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "4", "SLURM_JOB_NODELIST": "gpu[017-020]",
            "SLURM_GPUS_ON_NODE": "8", "SLURM_CPUS_PER_TASK": "64", "HERBS_PYTHON": sys.executable,
-           "PATH": f"{fake_bin(tmp_path, srun_exit)}{os.pathsep}{os.environ['PATH']}", "FAKE_CALLS": str(tmp_path / "calls")}
-    return subprocess.run(["bash", str(REPO / "slurm" / "train.sh"), *args], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+           "PATH": f"{fake_bin(tmp_path, srun_exit, srun)}{os.pathsep}{os.environ['PATH']}", "FAKE_CALLS": str(tmp_path / "calls")}
+    return subprocess.Popen(["bash", str(REPO / "slurm" / "train.sh"), *args], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_train_sh(tmp_path: Path, args: list[str], srun_exit: int = 0) -> subprocess.CompletedProcess:
+    proc = start_train_sh(tmp_path, args, srun_exit)
+    stdout, stderr = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 @pytest.mark.parametrize("srun_exit, requeued", [(0, False), (EXIT_REQUEUE, True), (1, False)])
@@ -107,6 +114,40 @@ def test_train_sh_runs_one_srun_task_per_gpu_and_requeues_on_75(tmp_path, srun_e
     assert argv[:6] == ["--nodes=4", "--ntasks=32", "--ntasks-per-node=8", "--cpus-per-task=8", "--kill-on-bad-exit=1", sys.executable]
     # the overrides arrive as one argument each, quotes and all
     assert argv[6:] == ["-m", "herbs", "task", "--resume", "auto", "--config", str(TINY_CONFIG), f"train.output_dir={out}", odd]
+    calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
+    assert ("scontrol requeue 4242" in calls) == requeued
+
+
+# An srun that writes its pid, then either checkpoints on SIGUSR1 (exit 75) or ignores it until it is killed.
+WAITING_SRUN = """\
+#!/usr/bin/env python3
+import os, signal, sys, time
+signal.signal(signal.SIGUSR1, {on_usr1})
+with open(os.environ["FAKE_CALLS"] + ".srun-pid", "w") as f:
+    f.write(str(os.getpid()))
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("srun_ends, rc, requeued", [("checkpoints", 0, True), ("is killed", 128 + signal.SIGKILL, False)])
+def test_train_sh_waits_through_the_signal_for_sruns_own_status(tmp_path, srun_ends, rc, requeued):
+    """The time-limit signal interrupts the script's `wait`; the status it acts on is still srun's."""
+    on_usr1 = "lambda signum, frame: sys.exit(75)" if srun_ends == "checkpoints" else "signal.SIG_IGN"
+    proc = start_train_sh(tmp_path, [str(TINY_CONFIG), f"train.output_dir={tmp_path}", "log.name=w"],
+                          srun=WAITING_SRUN.format(on_usr1=on_usr1))
+    pid_file, log_path = tmp_path / "calls.srun-pid", tmp_path / "herbs-tiny" / "w" / "slurm-4242.log"
+    srun_pid = int(wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 60, "srun to start", proc))
+    proc.send_signal(signal.SIGUSR1)
+    if srun_ends == "is killed":
+        wait_for(lambda: "received SIGUSR1" in log_path.read_text(), 30, "the script to forward SIGUSR1", proc)
+        os.kill(srun_pid, signal.SIGKILL)
+    try:
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # a script that never ends must not outlive the test
+    log = log_path.read_text()
+    assert proc.returncode == rc, log
+    assert f"training exited with {75 if requeued else rc}" in log
     calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
     assert ("scontrol requeue 4242" in calls) == requeued
 
