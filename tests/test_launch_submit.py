@@ -114,6 +114,42 @@ def test_mistakes_end_in_one_sentence_before_anything_is_submitted(tmp_path, ext
     assert not (tmp_path / "sub").exists()
 
 
+# What `sinfo -h -N -o %P|%N|%c|%m|%G` says on a cluster with two partitions, GPU counts written three ways.
+SINFO = """\
+gpu*|g1|64|512000|gpu:a100:4(S:0-1)
+gpu*|g2|64|512000|gpu:4
+gpu*|g3|32|256000|gpu:a100:8,gpu:t4:0
+cpu|c1|128|1024000|(null)
+"""
+
+
+@pytest.mark.parametrize("sinfo, extra, message", [
+    (SINFO, ["--nodes", "3", "--gpus-per-node", "4"], None),
+    (SINFO, ["--nodes", "2", "--gpus-per-node", "8"], "only 1 node(s) of partition 'gpu' have 8 GPUs, fewer than --nodes 2; ask for fewer nodes or less"),
+    (SINFO, ["--gpus-per-node", "16"], "--gpus-per-node 16 is more than any node of partition 'gpu' has (at most 8 GPUs); ask for less"),
+    (SINFO, ["--mem-gb", "600"], "--mem-gb 600 is more than any node of partition 'gpu' has (at most 512000 MB of memory); ask for less"),
+    (SINFO, ["--partition", "cpu", "--gpus-per-node", "0", "--procs-per-node", "4", "--cpus-per-task", "64"],
+     "--cpus-per-task 64 (x 4 processes per node) is more than any node of partition 'cpu' has (at most 128 CPUs); ask for less"),
+    (SINFO, ["--partition", "nope"], "partition 'nope' does not exist; sinfo lists: cpu, gpu"),
+    (SINFO.replace("*", ""), [], "the cluster has no default partition; name one with --partition"),
+])
+def test_requests_no_node_of_the_partition_can_meet_are_refused(tmp_path, sinfo, extra, message):
+    """SLURM would leave such a job pending forever (PartitionConfig): herbs reads the nodes' sizes from sinfo first."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "sinfo.txt").write_text(sinfo)
+    for name, body in (("sinfo", f"print(open({str(tmp_path / 'sinfo.txt')!r}).read(), end='')"), ("sbatch", "raise SystemExit(1)")):
+        (bin_dir / name).write_text(f"#!{sys.executable}\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}"}
+    out = subprocess.run([sys.executable, str(REPO / "launch" / "submit.py"), "--config", str(TINY_CONFIG), *extra, "--dry-run"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    if message is None:
+        assert out.returncode == 0 and "dry run: nothing submitted" in out.stdout, out.stderr
+    else:
+        assert one_error(out) == message
+
+
 def write_run(run_dir: Path, events: list[dict], metrics: list[dict]) -> None:
     run_dir.mkdir(parents=True)
     (run_dir / EVENTS_FILE).write_text("".join(json.dumps(e) + "\n" for e in events))

@@ -159,22 +159,14 @@ def partition_nodes(partition: str | None) -> tuple[str, list[dict]]:
     out = subprocess.run(["sinfo", "-h", "-N", "-o", "%P|%N|%c|%m|%G"], capture_output=True, text=True)
     if out.returncode != 0:
         raise LaunchError(f"sinfo failed ({out.stderr.strip() or out.returncode}); is the SLURM controller reachable?")
-    nodes: dict[str, dict[str, dict]] = {}
-    default = None
-    for line in out.stdout.splitlines():
-        fields = line.strip().split("|")
-        if len(fields) != 5:
-            continue
-        name, host, cpus, mem, gres = fields
-        if name.endswith("*"):
-            name = name[:-1]
-            default = name
-        nodes.setdefault(name, {})[host] = {"cpus": int(cpus) if cpus.isdigit() else 0,
-                                            "mem_mb": int(mem) if mem.isdigit() else 0, "gpus": gres_gpus(gres)}
+    rows = [fields for fields in (line.strip().split("|") for line in out.stdout.splitlines()) if len(fields) == 5]
+    nodes: dict[str, dict[str, dict]] = {}  # partition -> host -> size (a node may be in several partitions)
+    for name, host, cpus, mem, gres in rows:
+        nodes.setdefault(name.rstrip("*"), {})[host] = {"cpus": int(cpus) if cpus.isdigit() else 0,
+                                                        "mem_mb": int(mem) if mem.isdigit() else 0, "gpus": gres_gpus(gres)}
+    partition = partition or next((name[:-1] for name, *_ in rows if name.endswith("*")), None)  # sinfo stars the default
     if partition is None:
-        if default is None:
-            raise LaunchError("the cluster has no default partition; name one with --partition")
-        partition = default
+        raise LaunchError("the cluster has no default partition; name one with --partition")
     if partition not in nodes:
         raise LaunchError(f"partition '{partition}' does not exist; sinfo lists: {', '.join(sorted(nodes)) or 'none'}")
     return partition, list(nodes[partition].values())
