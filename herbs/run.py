@@ -47,6 +47,7 @@ EVENTS_FILE = "launch.jsonl"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
+STEP_PREFIX = "step-"  # checkpoints/step-NNNNNNN (`step_name`)
 SUBMISSIONS = "submitit"  # <output_dir>/<project>/submitit/<name>-<time>: a submission's own files
 
 
@@ -55,10 +56,16 @@ def run_dir(config) -> Path:
     return Path(config.train.output_dir) / config.log.project / (config.log.name or "run")
 
 
+def step_name(step: int) -> str:
+    """A checkpoint's directory name under `checkpoints/`, given once it is completely written."""
+    return f"{STEP_PREFIX}{step:07d}"
+
+
 def complete_checkpoints(checkpoints: Path) -> list[Path]:
-    """The complete checkpoints under a run's `checkpoints/` (named `step-NNNNNNN` once written), lowest step first."""
-    found = [p for p in Path(checkpoints).glob("step-*") if p.name[5:].isdigit() and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
+    """The complete checkpoints under a run's `checkpoints/`, lowest step first."""
+    start = len(STEP_PREFIX)  # where the step number begins
+    found = [p for p in Path(checkpoints).glob(f"{STEP_PREFIX}*") if p.name[start:].isdigit() and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[start:]))
 
 
 def job_label(env: Mapping[str, str] | None = None) -> str:

@@ -175,7 +175,6 @@ def test_status_table(tmp_path):
     assert one_error(run(["status", str(tmp_path / "nowhere")], tmp_path)).startswith(f"'{tmp_path / 'nowhere'}' holds no sweep.json")
 
 
-
 def test_status_of_a_run_directory_lists_its_complete_checkpoints(tmp_path):
     """The checkpoints a resume would consider, each with the run shape that wrote it ('-' where an older herbs did not say)."""
     checkpoints = tmp_path / "run" / CHECKPOINTS_DIR

@@ -32,7 +32,7 @@ from accelerate.utils import broadcast_object_list
 
 from herbs.data.tario import sha256_file
 from herbs.errors import CheckpointError, HerbsError
-from herbs.run import CHECKPOINTS_DIR, STATE_FILE, complete_checkpoints
+from herbs.run import CHECKPOINTS_DIR, STATE_FILE, complete_checkpoints, step_name
 from herbs.train.diskspace import mount_point, out_of_space
 from herbs.train.fit import check_fit
 
@@ -62,10 +62,6 @@ class TrainerState:
     global_batch: int = 0
     lanes: int = 0  # the training data plan's lanes (herbs.data.plan)
     zero_stage: int = 0  # DeepSpeed ZeRO's stage; 0: not DeepSpeed (Accelerate's own checkpoint layout)
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:07d}"
 
 
 def write_atomic(path: Path, text: str) -> None:
