@@ -8,9 +8,9 @@ One SLURM task per training process (as open_clip runs), rather than one task pe
 and SIGTERM reach each process directly (torch elastic does not forward SIGUSR1, so a per-node
 launcher has to find the training processes below it and signal them), and `srun
 --kill-on-bad-exit` ends the whole step when one process fails instead of leaving the others in
-a collective until its timeout. Each process reads its place from its task -- SLURM's variables
-for `slurm/train.sh` (`slurm_task_env`), submitit's `JobEnvironment` for `herbs submit` -- and
-gets the variables `torchrun` would have set (`process_env`), which Accelerate and DeepSpeed read.
+a collective until its timeout. Each process reads its place from its task through submitit's
+`JobEnvironment` (`slurm_task` for slurm/train.sh's tasks) and gets the variables `torchrun` would
+have set (`task_env`), which Accelerate and DeepSpeed read.
 
     <train.output_dir>/<log.project>/<log.name>/     the run directory (`run_dir`)
         launch.jsonl     one record per start and end of an attempt (`append_event`, `read_events`)
@@ -121,24 +121,19 @@ def read_events(run_dir_: Path) -> list[dict]:
 # ---------------------------------------------------------------------------- rendezvous
 
 
-def process_env(*, rank: int, local_rank: int, world_size: int, local_world_size: int, head: str, port: int,
-                cpus: int | None = None, accelerate_config: str | None = None) -> dict[str, str]:
-    """The environment one training process needs, as `torchrun` / `accelerate launch` would set it."""
-    env = {"RANK": str(rank), "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(world_size),
-           "LOCAL_WORLD_SIZE": str(local_world_size), "MASTER_ADDR": head, "MASTER_PORT": str(port)}
-    if cpus:
+def task_env(task, cpus: int | None = None, accelerate_config: str | None = None) -> dict[str, str]:
+    """The variables one training process needs, as `torchrun` / `accelerate launch` would set them, from its
+    task's place: submitit's `JobEnvironment` (ranks, nodes, hosts, job id), which submitit's tasks have and
+    `slurm_task` gives an srun task of slurm/train.sh. A thread count the user set stays."""
+    env = {"RANK": str(task.global_rank), "LOCAL_RANK": str(task.local_rank), "WORLD_SIZE": str(task.num_tasks),
+           "LOCAL_WORLD_SIZE": str(task.num_tasks // task.num_nodes), "MASTER_ADDR": task.hostnames[0],
+           "MASTER_PORT": str(rendezvous_port(task.job_id))}
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or cpus or 0)
+    if cpus and "OMP_NUM_THREADS" not in os.environ:
         # what `accelerate launch --num_cpu_threads_per_process` did: without it every process
         # spins one OpenMP thread per core of the node
         env["OMP_NUM_THREADS"] = str(cpus)
     return {**env, **accelerate_env(accelerate_config)}
-
-
-def merged_env(process: dict[str, str], base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`base` (this process's environment) with the process variables; a thread count the user set stays."""
-    base = dict(os.environ if base is None else base)
-    if "OMP_NUM_THREADS" in base:
-        process = {k: v for k, v in process.items() if k != "OMP_NUM_THREADS"}
-    return {**base, **process}
 
 
 def accelerate_env(path: str | None) -> dict[str, str]:
@@ -164,16 +159,11 @@ def accelerate_env(path: str | None) -> dict[str, str]:
             "ACCELERATE_DEEPSPEED_ZERO3_INIT": str(bool(ds.get("zero3_init_flag", False))).lower()}
 
 
-def slurm_task_env(env: Mapping[str, str] | None = None, accelerate_config: str | None = None) -> dict[str, str]:
-    """This srun task's process environment, from SLURM's task variables (MASTER_ADDR: set by slurm/train.sh)."""
-    env = os.environ if env is None else env
-    missing = [name for name in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS") if name not in env]
+def slurm_task():
+    """This srun task's place in its job, read from SLURM's variables by submitit, as for its own jobs."""
+    missing = [name for name in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS") if name not in os.environ]
     if missing:
         raise LaunchError(f"not inside an srun task ({', '.join(missing)} unset); start it with srun, as slurm/train.sh does")
-    world = int(env["SLURM_NTASKS"])
-    per_node = int(env.get("SLURM_NTASKS_PER_NODE") or world // int(env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES") or 1))
-    return process_env(rank=int(env["SLURM_PROCID"]), local_rank=int(env["SLURM_LOCALID"]), world_size=world,
-                       local_world_size=per_node, head=env.get("MASTER_ADDR") or "127.0.0.1",
-                       port=int(env.get("MASTER_PORT") or rendezvous_port(env["SLURM_JOB_ID"])),
-                       cpus=int(env["SLURM_CPUS_PER_TASK"]) if env.get("SLURM_CPUS_PER_TASK") else None,
-                       accelerate_config=accelerate_config)
+    from submitit.slurm.slurm import SlurmJobEnvironment  # submitit's own picks it only for jobs that submitit started
+
+    return SlurmJobEnvironment()

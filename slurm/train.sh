@@ -70,10 +70,7 @@ cpus=$(( ${SLURM_CPUS_PER_TASK:-$procs} / procs ))
 share=(--cpus-per-task="$cpus")
 [ "$cpus" -ge 1 ] || share=(--cpus-per-task=1 --overcommit)  # more processes than CPUs: they share them
 nodes=$SLURM_JOB_NUM_NODES
-# The rendezvous address; each process reads its rank from its task, the port from the job id.
-MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
-export MASTER_ADDR
-echo "=== $(date '+%F %T') job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}: $nodes node(s) x $procs process(es), ${share[*]}, head $MASTER_ADDR"
+echo "=== $(date '+%F %T') job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}: $nodes node(s) x $procs process(es), ${share[*]}, on $SLURM_JOB_NODELIST"
 
 [ "$terminated" = 1 ] && { echo "=== terminated before training started"; exit 143; }
 srun --nodes="$nodes" --ntasks=$((nodes * procs)) --ntasks-per-node="$procs" "${share[@]}" --kill-on-bad-exit=1 \

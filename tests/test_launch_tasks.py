@@ -20,21 +20,32 @@ import pytest
 
 from herbs.errors import LaunchError
 from herbs.launch.job import TrainingChild
-from herbs.run import accelerate_env, merged_env, slurm_task_env
+from herbs.run import accelerate_env, slurm_task, task_env
 from herbs.run import EXIT_REQUEUE, job_label, log_file
 from helpers import REPO, TINY_CONFIG, wait_for
 
 
-FOUR_NODES = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "4", "SLURM_NTASKS": "32", "SLURM_NTASKS_PER_NODE": "8",
-              "SLURM_CPUS_PER_TASK": "8", "MASTER_ADDR": "gpu017"}
+FOUR_NODES = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "4", "SLURM_JOB_NODELIST": "gpu[017-020]", "SLURM_NTASKS": "32",
+              "SLURM_CPUS_PER_TASK": "8"}
+
+
+def set_task_vars(monkeypatch, variables: dict[str, str]) -> None:
+    """An srun task's SLURM variables, and none of an allocation the tests may run in."""
+    for name in list(os.environ):
+        if name.startswith("SLURM_") or name == "OMP_NUM_THREADS":
+            monkeypatch.delenv(name)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.mark.parametrize("procid", [0, 9, 31])
-def test_each_task_is_one_process_of_four_nodes_of_eight(procid):
-    env = slurm_task_env({**FOUR_NODES, "SLURM_PROCID": str(procid), "SLURM_LOCALID": str(procid % 8)})
+def test_each_task_is_one_process_of_four_nodes_of_eight(monkeypatch, procid):
+    set_task_vars(monkeypatch, {**FOUR_NODES, "SLURM_PROCID": str(procid), "SLURM_LOCALID": str(procid % 8), "SLURM_NODEID": str(procid // 8)})
+    env = task_env(slurm_task())
     assert env == {"RANK": str(procid), "LOCAL_RANK": str(procid % 8), "WORLD_SIZE": "32", "LOCAL_WORLD_SIZE": "8",
                    "MASTER_ADDR": "gpu017", "MASTER_PORT": str(15000 + 4242 % 15000), "OMP_NUM_THREADS": "8"}
-    assert merged_env(env, {"OMP_NUM_THREADS": "2"})["OMP_NUM_THREADS"] == "2"  # a thread count the user set stays
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert "OMP_NUM_THREADS" not in task_env(slurm_task())  # a thread count the user set stays
 
 
 def test_a_local_submitit_job_names_its_log_and_events_the_same_in_every_process(tmp_path):
@@ -43,9 +54,10 @@ def test_a_local_submitit_job_names_its_log_and_events_the_same_in_every_process
     assert log_file(tmp_path, job_label({"SLURM_ARRAY_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "2", "SLURM_JOB_ID": "9"})) == tmp_path / "slurm-5_2.log"
 
 
-def test_outside_an_srun_task_is_one_sentence():
+def test_outside_an_srun_task_is_one_sentence(monkeypatch):
+    set_task_vars(monkeypatch, {"SLURM_JOB_ID": "1", "SLURM_NTASKS": "2"})
     with pytest.raises(LaunchError, match=r"not inside an srun task \(SLURM_PROCID, SLURM_LOCALID unset\)"):
-        slurm_task_env({"SLURM_JOB_ID": "1", "SLURM_NTASKS": "2"})
+        slurm_task()
 
 
 def test_accelerate_configs_become_what_accelerate_launch_would_export(tmp_path):
@@ -64,21 +76,18 @@ def test_accelerate_configs_become_what_accelerate_launch_would_export(tmp_path)
 
 def fake_bin(tmp_path: Path, srun_exit: int, srun: str | None = None) -> Path:
     """`srun` that records its arguments and exits with `srun_exit` (or runs the script `srun`); `scontrol`
-    for hostnames and requeue."""
+    that records a requeue."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text(srun or textwrap.dedent(f"""\
         #!/usr/bin/env python3
         import json, os, sys
-        print(json.dumps({{"argv": sys.argv[1:], "MASTER_ADDR": os.environ.get("MASTER_ADDR")}}))
+        print(json.dumps({{"argv": sys.argv[1:]}}))
         sys.exit({srun_exit})
         """))
     (bin_dir / "scontrol").write_text(textwrap.dedent("""\
         #!/bin/bash
-        case "$1 $2" in
-            "show hostnames") printf 'gpu017\\ngpu018\\ngpu019\\ngpu020\\n' ;;
-            *) echo "scontrol $*" >> "$FAKE_CALLS" ;;
-        esac
+        echo "scontrol $*" >> "$FAKE_CALLS"
         """))
     for f in bin_dir.iterdir():
         f.chmod(0o755)
@@ -109,7 +118,6 @@ def test_train_sh_runs_one_srun_task_per_gpu_and_requeues_on_75(tmp_path, srun_e
     assert result.returncode == (0 if srun_exit == EXIT_REQUEUE else srun_exit), result.stderr + log
     assert f"output goes to {log_path}" in result.stdout
     step = json.loads(next(line for line in log.splitlines() if line.startswith("{")))
-    assert step["MASTER_ADDR"] == "gpu017"
     argv = step["argv"]
     assert argv[:6] == ["--nodes=4", "--ntasks=32", "--ntasks-per-node=8", "--cpus-per-task=8", "--kill-on-bad-exit=1", sys.executable]
     # the overrides arrive as one argument each, quotes and all

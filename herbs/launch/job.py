@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from herbs.run import EXIT_REQUEUE, STOP_SIGNALS, job_label, log_file, merged_env, process_env, rendezvous_port
+from herbs.run import EXIT_REQUEUE, STOP_SIGNALS, job_label, log_file, task_env
 
 if TYPE_CHECKING:
     import submitit
@@ -90,10 +90,7 @@ class TrainJob:
         import submitit
 
         task = submitit.JobEnvironment()
-        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or self.cpus_per_task or 0) or None
-        env = merged_env(process_env(rank=task.global_rank, local_rank=task.local_rank, world_size=task.num_tasks,
-                                     local_world_size=task.num_tasks // task.num_nodes, head=task.hostnames[0],
-                                     port=rendezvous_port(task.job_id), cpus=cpus, accelerate_config=self.accelerate_config))
+        env = {**os.environ, **task_env(task, self.cpus_per_task, self.accelerate_config)}
         Path(self.run_dir).mkdir(parents=True, exist_ok=True)
         log = log_file(Path(self.run_dir), job_label())
         print(f"{self.name or 'job'}: process {task.global_rank}/{task.num_tasks} on {task.hostnames[task.node]}, "

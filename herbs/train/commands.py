@@ -76,9 +76,9 @@ def leave_distributed(code: int) -> int:
 
 
 def run_task(args: argparse.Namespace) -> int:
-    from herbs.run import merged_env, slurm_task_env
+    from herbs.run import slurm_task, task_env
 
-    os.environ.update(merged_env(slurm_task_env(accelerate_config=args.accelerate_config)))  # before torch loads
+    os.environ.update(task_env(slurm_task(), accelerate_config=args.accelerate_config))  # before torch loads
     return run(args)
 
 
