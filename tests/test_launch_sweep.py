@@ -68,6 +68,8 @@ def test_plain_strings_stay_readable():
     ("grid: {optim.lr: [1]}\nzip: {optim.lr: [2]}", "appears twice"),
     ("grids: {optim.lr: [1]}", "unknown section 'grids'"),
     ("[1, 2]", "must be a mapping"),
+    ("grid: {}\nzip: []", "s.yaml expands to no jobs; give at least one key with values under 'grid' or 'zip'"),
+    ("", "s.yaml expands to no jobs"),
 ])
 def test_bad_sweeps_say_what_is_wrong(text, message):
     with pytest.raises(LaunchError) as err:
@@ -82,6 +84,10 @@ def test_missing_and_broken_files(tmp_path):
     bad.write_text("grid: [unclosed\n")
     with pytest.raises(LaunchError, match="is not valid YAML"):
         sweep.load_sweep(bad)
+    bad.write_text("grid: {}\n")
+    with pytest.raises(LaunchError) as err:
+        sweep.load_sweep(bad)
+    assert str(err.value).startswith(f"sweep file '{bad}' expands to no jobs")
 
 
 def test_long_names_are_cut_but_stay_unique():

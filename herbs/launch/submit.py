@@ -89,8 +89,6 @@ def plan_jobs(args: argparse.Namespace) -> tuple[str, list[sweep.Point], dict[st
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     args.dir = args.dir or str(Path(base.train.output_dir) / base.log.project / SUBMISSIONS / f"{name.replace('/', '-')}-{stamp}")
     points = sweep.expand(sweep.load_sweep(args.sweep)) if args.sweep else [sweep.Point({})]
-    if not points or (len(points) == 1 and args.sweep and not points[0].values):
-        raise LaunchError(f"sweep file '{args.sweep}' expands to no jobs; give at least one key with values under 'grid' or 'zip'")
     if len(points) > args.max_jobs:
         raise LaunchError(f"the sweep expands to {len(points)} jobs, more than --max-jobs {args.max_jobs}; shrink the sweep or raise --max-jobs")
     sweep.name_points(points)

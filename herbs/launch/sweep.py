@@ -73,7 +73,7 @@ def load_sweep(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise LaunchError(f"sweep file '{path}' is not valid YAML ({err.__class__.__name__}); fix its syntax") from err
-    return parse_sweep(data, str(path))
+    return parse_sweep(data, f"sweep file '{path}'")
 
 
 def parse_sweep(data: Any, source: str = "the sweep") -> dict:
@@ -107,6 +107,8 @@ def parse_sweep(data: Any, source: str = "the sweep") -> dict:
         if len(set(lengths.values())) > 1:
             detail = ", ".join(f"{k} has {n}" for k, n in lengths.items())
             raise LaunchError(f"the lists under 'zip' in {source} must have one length ({detail})")
+    if not seen:
+        raise LaunchError(f"{source} expands to no jobs; give at least one key with values under 'grid' or 'zip'")
     return {"grid": grid, "zip": [z for z in zips if z]}
 
 
