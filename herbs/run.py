@@ -17,6 +17,7 @@ have set (`task_env`), which Accelerate and DeepSpeed read.
         metrics.jsonl    one record per logged step and evaluation
         requeue          left by a preempted run: it wrote a checkpoint and asks to be started again
         checkpoints/step-NNNNNNN/trainer_state.json   a checkpoint's position and the run's shape
+        best/            the model of the best evaluation, as herbs eval and predict read it
     SIGUSR1 SIGTERM SIGINT   stop: finish the step, write a checkpoint, exit 75 (`STOP_SIGNALS`)
     exit code 75         preempted, checkpoint written, requeue me (EX_TEMPFAIL: "try again")
     exit code 2          a mistake of the user's, told in one sentence (herbs.errors.EXIT_USAGE)
@@ -48,6 +49,7 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
 STEP_PREFIX = "step-"  # checkpoints/step-NNNNNNN (`step_name`)
+BEST_MODEL = "best"
 SUBMISSIONS = "submitit"  # <output_dir>/<project>/submitit/<name>-<time>: a submission's own files
 
 

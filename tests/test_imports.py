@@ -21,7 +21,7 @@ from helpers import REPO
 
 # Lowest first. Units of one layer do not import each other.
 LAYERS = (
-    ("herbs", "errors", "progress", "lockfile"),  # the package root, the error types, progress bars, file locks: nothing of herbs
+    ("herbs", "errors", "progress", "lockfile", "atomic"),  # the package root, error types, progress bars, file locks and atomic writes: nothing of herbs
     ("run",),  # the run contract: its directory, exit codes, markers (torch-free)
     ("config",),
     ("data",),
@@ -34,7 +34,7 @@ LAYERS = (
     ("__main__",),  # `python -m herbs`: the command line
 )
 # Units a login node or a launcher imports: no torch, at any depth, nor any unit that has it.
-TORCH_FREE = {"herbs", "errors", "progress", "lockfile", "run", "config", "launch"}
+TORCH_FREE = {"herbs", "errors", "progress", "lockfile", "atomic", "run", "config", "launch"}
 TORCH_HEAVY = {"torch", "torchvision", "accelerate", "deepspeed", "timm", "safetensors"}
 
 

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -208,6 +209,39 @@ def test_resuming_a_finished_run_does_nothing(shards, copy):
     result = run_training(1, TINY, *micro(shards, copy, *TEN), "--resume", "auto")
     assert "already finished at step 10; nothing to do" in result.stderr
     assert (run / METRICS_FILE).read_text() == before and len([r for r in metrics(run) if "test/samples" in r]) == 1
+
+
+# Writes to a run directory, each killed at its rename (as a SIGKILL or a node failure could): argv[1] is the run.
+KILLED_AT_RENAME = """
+import os, pathlib, signal, sys
+import torch
+from herbs.atomic import write_atomic
+from herbs.config import load_config
+from herbs.model.checkpoint import save_model
+run = pathlib.Path(sys.argv[1])
+def killed(*args):
+    os.kill(os.getpid(), signal.SIGKILL)
+os.replace = pathlib.Path.rename = pathlib.Path.replace = killed
+{write}
+"""
+KILLED_WRITES = ["write_atomic(run / 'run.json', '{}')", "write_atomic(run / 'checkpoints' / 'latest', 'step-0000099')",
+                 f"save_model({{'w': torch.zeros(2)}}, load_config({TINY!r}), run / 'best')"]
+
+
+@pytest.mark.slow
+def test_writes_killed_before_their_rename_leave_only_temporaries_that_the_next_start_removes(shards, copy):
+    run = run_dir(copy)
+    written = ["run.json", "checkpoints/latest", "best/model.safetensors"]
+    kept = [(run / path).read_bytes() for path in written]
+    for write in KILLED_WRITES:
+        killed = subprocess.run([sys.executable, "-c", KILLED_AT_RENAME.format(write=write), str(run)], capture_output=True)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = sorted(p.relative_to(run).as_posix() for p in run.rglob(".*.tmp*"))
+    assert [re.sub(r"-\d+$", "", name) for name in left] == [".best.tmp", ".run.json.tmp", "checkpoints/.latest.tmp"], left
+    assert [(run / path).read_bytes() for path in written] == kept  # what was there before each write is whole
+    result = run_training(1, TINY, *micro(shards, copy, *TEN), "--resume", "auto")
+    assert "already finished at step 10" in result.stderr
+    assert not list(run.rglob(".*.tmp*")) and all(f"removing {run / name}" in result.stderr for name in left)
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
+from herbs.atomic import write_atomic
 from herbs.data.manifest import Manifest
 from herbs.data.source import ClassGroup, suffix_groups
 from herbs.errors import HerbsError
@@ -63,12 +63,6 @@ def choose_groups(how: str, class_names: list[str], manifest: Optional[Manifest]
     return groups, f"manifest hierarchy, level {level}"
 
 
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def csv_text(header: list[str], rows: list[list]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
@@ -101,12 +95,12 @@ def write_report(out_dir: Path, preds: Predictions, class_names: list[str], grou
     out_dir.mkdir(parents=True, exist_ok=True)
     report = build_report(preds, class_names, groups, info)
     files = {"report": "report.json", "per_class": "per_class.csv", "predictions": "predictions.csv"}
-    write_text(out_dir / files["per_class"], csv_text(
+    write_atomic(out_dir / files["per_class"], csv_text(
         ["index", "class", "samples", "correct", "top1", "top5", "most_confused_with", "confused_count"],
         [[r["index"], r["name"], r["samples"], r["correct"], fmt(r["top1"]), fmt(r["top5"]), r["most_confused_with"] or "", r["confused_count"]]
          for r in report["per_class"]]))
     k = len(preds.scores[0]) if len(preds) else 0
-    write_text(out_dir / files["predictions"], csv_text(
+    write_atomic(out_dir / files["predictions"], csv_text(
         ["key", "label", "class", *[f"{f}_{i}" for i in range(1, k + 1) for f in ("pred", "score")]],
         [[key, label, class_names[label], *[v for c, s in zip(top, scores) for v in (class_names[c], f"{s:.6f}")]]
          for key, label, top, scores in zip(preds.keys, preds.labels, preds.topk.get(ENSEMBLE, []), preds.scores)]))
@@ -116,5 +110,5 @@ def write_report(out_dir: Path, preds: Predictions, class_names: list[str], grou
         pictures = plot_confusion(matrix, class_names, complete_groups(groups, class_names) if groups else [], out_dir, title)
         files["confusion"] = [str(p.relative_to(out_dir)) for p in pictures]
     report["files"] = files
-    write_text(out_dir / files["report"], json.dumps(report, indent=1) + "\n")
+    write_atomic(out_dir / files["report"], json.dumps(report, indent=1) + "\n")
     return report

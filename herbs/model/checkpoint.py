@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from herbs.atomic import in_progress
 from herbs.config import Config, load_config
 from herbs.data.tario import sha256_file
 from herbs.errors import CheckpointError
@@ -32,7 +33,7 @@ def save_model(state_dict: dict, config: Config, out_dir: str | Path, **meta) ->
     """Write a model's state dict (on any device) with its config; `meta` adds JSON fields such as class_names."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    tmp = in_progress(out_dir, str(os.getpid()))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     state = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}

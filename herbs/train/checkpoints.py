@@ -32,7 +32,8 @@ from accelerate.utils import broadcast_object_list
 
 from herbs.data.tario import sha256_file
 from herbs.errors import CheckpointError, HerbsError
-from herbs.run import CHECKPOINTS_DIR, STATE_FILE, complete_checkpoints, step_name
+from herbs.atomic import in_progress, write_atomic
+from herbs.run import CHECKPOINTS_DIR, STATE_FILE, STEP_PREFIX, complete_checkpoints, step_name
 from herbs.train.diskspace import mount_point, out_of_space
 from herbs.train.fit import check_fit
 
@@ -64,15 +65,6 @@ class TrainerState:
     zero_stage: int = 0  # DeepSpeed ZeRO's stage; 0: not DeepSpeed (Accelerate's own checkpoint layout)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class CheckpointDir:
     def __init__(self, root: str | Path, keep: int, run_id: str | None = None, requires: dict | None = None):
         """`run_id`: the run that saves here (only its checkpoints are pruned); `requires`: what a
@@ -92,7 +84,7 @@ class CheckpointDir:
 
     def newest_first(self, say: bool = True) -> list[Path]:
         """Complete checkpoints to resume from, best first: the one `latest` names, then by step."""
-        for tmp in sorted(self.root.glob(".step-*.tmp")) if self.root.is_dir() and say else []:
+        for tmp in sorted(self.root.glob(in_progress(Path(f"{STEP_PREFIX}*")).name)) if self.root.is_dir() and say else []:
             log.warning("ignoring incomplete checkpoint %s (its writing was interrupted)", tmp)
         done = self.complete()[::-1]
         pointer = self.root / LATEST
@@ -107,7 +99,7 @@ class CheckpointDir:
     def save(self, accelerator, state: TrainerState) -> Path:
         """Collective: every rank calls it. Returns the checkpoint directory."""
         final = self.root / step_name(state.step)
-        tmp = self.root / f".{final.name}.tmp"
+        tmp = in_progress(final)
         is_main = accelerator.is_main_process
         if is_main:
             self.root.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from herbs.model import build_model
 from herbs.model.checkpoint import WEIGHTS, save_model
 from herbs.predictions import gather, predict_batches
 from herbs.progress import Progress
-from herbs.run import CHECKPOINTS_DIR, EXIT_REQUEUE, METRICS_FILE, REQUEUE_MARKER, append_event, job_label, run_dir as run_dir_of, start_event
+from herbs.run import BEST_MODEL, CHECKPOINTS_DIR, EXIT_REQUEUE, METRICS_FILE, REQUEUE_MARKER, append_event, job_label, run_dir as run_dir_of, start_event
 from herbs.train.batch import plan_batch, warmup_steps
 from herbs.train.checkpoints import CheckpointDir, TrainerState, to_resume
 from herbs.train.faults import Faults
@@ -211,8 +211,8 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
         with ema.applied() if t.select_best == "ema" else contextlib.nullcontext():
             weights = accelerator.get_state_dict(model)  # collective: gathers ZeRO-3 shards
             if is_main:
-                with checkpoints.guard_space(run_dir / "best"):
-                    save_model(weights, config, run_dir / "best", class_names=manifest.class_names,
+                with checkpoints.guard_space(run_dir / BEST_MODEL):
+                    save_model(weights, config, run_dir / BEST_MODEL, class_names=manifest.class_names,
                                val_ensemble_top1=score, step=state.step, epoch=state.epoch)
 
     log.info("%d processes x batch %d x %d accumulated = global batch %d; peak lr %.3g, %d warmup steps; "
@@ -337,7 +337,7 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
             if is_main:
                 save_model(weights, config, run_dir / "ema", class_names=manifest.class_names, step=state.step, epoch=state.epoch)
     if d.test_split in manifest.splits:
-        weights = use_best_weights(accelerator, model, run_dir / "best")
+        weights = use_best_weights(accelerator, model, run_dir / BEST_MODEL)
         final = evaluate(d.test_split) | {f"{d.test_split}/weights": weights}
         record(final)
         if is_main:

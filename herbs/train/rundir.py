@@ -29,16 +29,19 @@ from accelerate.utils import broadcast_object_list
 from herbs import lockfile
 from herbs.config import Config
 from herbs.errors import HerbsError
-from herbs.run import METRICS_FILE
-from herbs.train.checkpoints import write_atomic
+from herbs.atomic import in_progress, write_atomic
+from herbs.run import BEST_MODEL, CHECKPOINTS_DIR, METRICS_FILE, STEP_PREFIX
+from herbs.train.checkpoints import LATEST
 
 log = logging.getLogger(__name__)
 
 RUN_FILE, LOCK_FILE = "run.json", "run.lock"
 # What a run leaves behind that a second, fresh run in the same directory would mix with its own.
-RUN_TRACES = ("checkpoints/step-*", METRICS_FILE, "best")
-# Temporaries of interrupted writes; only the lock holder writes here, so none of them is in use.
-TEMPORARIES = ("checkpoints/.step-*.tmp", "checkpoints/.latest.tmp-*", ".best.tmp-*", f".{RUN_FILE}.tmp-*")
+CHECKPOINTS = f"{CHECKPOINTS_DIR}/{STEP_PREFIX}*"
+RUN_TRACES = (CHECKPOINTS, METRICS_FILE, BEST_MODEL)
+# Temporaries of interrupted writes (herbs.atomic); only the lock holder writes here, so none of them is in use.
+TEMPORARIES = tuple(str(in_progress(Path(name), writer)) for name, writer in
+                    ((CHECKPOINTS, ""), (f"{CHECKPOINTS_DIR}/{LATEST}", "*"), (BEST_MODEL, "*"), (RUN_FILE, "*")))
 
 
 @dataclass
