@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from herbs.config import Config, load_config
 from herbs.errors import ConfigError
+from helpers import REPO
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = REPO / "configs"
 
 
 @pytest.mark.parametrize("name", ["cub200", "nabirds", "tiny"])

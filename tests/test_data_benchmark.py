@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from helpers import REPO
+
+BENCHMARKS = REPO / "benchmarks"
 SCRIPT = BENCHMARKS / "data_pipeline.py"
 
 

@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+from helpers import REPO
+
+SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 
 
 @pytest.mark.slow
