@@ -13,7 +13,8 @@ import torchvision.transforms.v2.functional as F2
 from PIL import Image
 
 from helpers.data import bomb_png, jpeg, photo
-from herbs.data.transforms import DecodeError, EvalTransform, TrainTransform, adjust_sharpness, decode_image, gaussian_blur, normalize
+from herbs.data.decode import DecodeError
+from herbs.data.transforms import EvalTransform, TrainTransform, adjust_sharpness, decode_image, gaussian_blur, normalize
 
 ORIGINAL_EVAL = T.Compose([T.Resize((510, 510), interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(384)])
 

@@ -52,12 +52,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from herbs.config import DataConfig
 from herbs.errors import DataError
-from herbs.data.decode import DEFAULT_MAX_PIXELS
+from herbs.data.decode import DEFAULT_MAX_PIXELS, DecodeError
 from herbs.data.fetch import FetchPolicy, read_piece
 from herbs.data.manifest import Manifest, load_manifest
 from herbs.data.plan import EpochOrder, Lanes, Piece, default_lanes, eval_pieces, loader_workers, samples_per_lane
 from herbs.data.tario import Fields
-from herbs.data.transforms import DecodeError, EvalTransform, TrainTransform, decode_image
+from herbs.data.transforms import EvalTransform, TrainTransform, decode_image
 from herbs.data.workers import ignore_signals, worker_context
 
 log = logging.getLogger(__name__)

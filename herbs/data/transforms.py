@@ -28,7 +28,7 @@ from torchvision.io import ImageReadMode
 from torchvision.io import decode_image as tv_decode_image
 from torchvision.transforms.v2.functional import resize as tv_resize
 
-from herbs.data.decode import DEFAULT_MAX_PIXELS, DecodeError, opened
+from herbs.data.decode import DEFAULT_MAX_PIXELS, opened
 
 cv2.setNumThreads(1)
 

@@ -22,10 +22,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2.functional import resize as tv_resize
 
-from herbs.data.decode import DEFAULT_MAX_PIXELS
+from herbs.data.decode import DEFAULT_MAX_PIXELS, DecodeError
 from herbs.data.folder import IMAGE_SUFFIXES, images_in
 from herbs.data.stream import make_batch
-from herbs.data.transforms import DecodeError, EvalTransform, decode_image, hwc_array
+from herbs.data.transforms import EvalTransform, decode_image, hwc_array
 from herbs.data.workers import ignore_signals, worker_context
 from herbs.errors import HerbsError
 
