@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import re
 import signal
 import socket
 from pathlib import Path
@@ -87,9 +86,9 @@ def log_file(run_dir_: Path, job: str) -> Path:
 
 
 def rendezvous_port(job_id: str | int) -> int:
-    """The processes' meeting port, derived from the job id: 15000-29999, below Linux's ephemeral range."""
-    digits = re.sub(r"\D", "", str(job_id)) or "0"
-    return 15000 + int(digits) % 15000
+    """The processes' meeting port, derived from the job's own number (an array task's SLURM_JOB_ID, not
+    `ARRAY_TASK`, whose digits run together): 15000-29999, below Linux's ephemeral range."""
+    return 15000 + int(job_id) % 15000
 
 
 def append_event(run_dir_: Path, **record) -> None:
@@ -129,7 +128,7 @@ def task_env(task, cpus: int | None = None, accelerate_config: str | None = None
     `slurm_task` gives an srun task of slurm/train.sh. A thread count the user set stays."""
     env = {"RANK": str(task.global_rank), "LOCAL_RANK": str(task.local_rank), "WORLD_SIZE": str(task.num_tasks),
            "LOCAL_WORLD_SIZE": str(task.num_tasks // task.num_nodes), "MASTER_ADDR": task.hostnames[0],
-           "MASTER_PORT": str(rendezvous_port(task.job_id))}
+           "MASTER_PORT": str(rendezvous_port(task.raw_job_id))}
     cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or cpus or 0)
     if cpus and "OMP_NUM_THREADS" not in os.environ:
         # what `accelerate launch --num_cpu_threads_per_process` did: without it every process

@@ -48,6 +48,18 @@ def test_each_task_is_one_process_of_four_nodes_of_eight(monkeypatch, procid):
     assert "OMP_NUM_THREADS" not in task_env(slurm_task())  # a thread count the user set stays
 
 
+def test_array_tasks_on_one_node_meet_on_ports_of_their_own_job_ids(monkeypatch):
+    # task 11 of array 100 and task 1 of array 1001, both one-node jobs on gpu017: `100_11` and `1001_1`
+    # have the same digits, their own job ids do not
+    ports = []
+    for array, task, job in (("100", "11", "4300"), ("1001", "1", "4400")):
+        set_task_vars(monkeypatch, {"SLURM_JOB_ID": job, "SLURM_ARRAY_JOB_ID": array, "SLURM_ARRAY_TASK_ID": task,
+                                    "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu017", "SLURM_NTASKS": "1",
+                                    "SLURM_PROCID": "0", "SLURM_LOCALID": "0"})
+        ports.append(task_env(slurm_task())["MASTER_PORT"])
+    assert ports == [str(15000 + 4300), str(15000 + 4400)]
+
+
 def test_a_local_submitit_job_names_its_log_and_events_the_same_in_every_process(tmp_path):
     # the task and its training child have different pids but one submitit job id
     assert job_label({"SUBMITIT_LOCAL_JOB_ID": "77"}) == "local-77"
