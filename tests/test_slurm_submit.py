@@ -148,24 +148,28 @@ def measured_step_time(run_dir: Path, timeout: float = 180) -> float:
 
 @pytest.fixture(scope="module")
 def timeout_job(data, sweep_submission):
-    """A job with a one-minute time limit, running beside the sweep.
+    """A job with a two-minute time limit, running beside the sweep.
 
-    The signal comes 30 s before the limit, and SLURM sends it at its first time check after the
-    start: within 30 s (it checks every 30 s and may signal up to a minute early). Training is
-    sized from the sweep's measured step time to take 45 s, so it is still going then; it
-    checkpoints and submitit requeues the job. The requeued attempt would be signalled just as
-    early again, so its time limit is raised while it waits in the queue: the one thing done by hand."""
+    The signal is asked for 30 s before the limit. SLURM checks every 30 s and signals at the first
+    check that finds less than 60 s left (measured here: 83 s after the start), so it comes 60 to 90 s
+    after the start, and at least 30 s after it even as early as its man page allows (a minute). So it
+    never comes before the task's handler is in place: with a one-minute limit the first check could
+    fall in the task's first second, and SIGUSR2 then killed it. Training is sized from the sweep's
+    measured step time to take 135 s, so it is still going then; it checkpoints and submitit requeues the job. The requeued attempt would be signalled
+    as early again, so its time limit is raised while it waits in the queue: the one thing done by hand."""
     tmp, shards = data
     sweep_folder, _ = sweep_submission
     first_point = Path(json.loads((sweep_folder / "sweep.json").read_text())["jobs"][0]["run_dir"])
-    # 45 s at the measured pace: past SLURM's first check (<= 30 s after the start) even if this
-    # machine got a third faster meanwhile; it usually gets slower, running beside the sweep
-    steps = min(3000, max(300, math.ceil(45 / measured_step_time(first_point))))
+    # 135 s at the measured pace: past the signal (< 90 s after the start) even if this machine got
+    # a third faster meanwhile; it usually gets slower, running beside the sweep
+    steps = min(9000, max(900, math.ceil(135 / measured_step_time(first_point))))
     folder = tmp / "timeout-submission"
     args = ["--config", str(TINY_CONFIG),
             *micro(shards, tmp / "runs", "data.num_workers=0", f"train.max_steps={steps}", "train.epochs=1000", "train.eval_every=1000",
-                  "train.checkpoint_every=10000", "log.every=20", "log.name=timeout"),
-            "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "1", "--signal-delay", "30", "--dir", str(folder)]
+                  "train.checkpoint_every=10000", "log.every=20", "log.name=timeout",
+                  # thousands of steps of the tiny model: at the usual lr 0.01 its loss may blow up
+                  "optim.lr=0.001", "optim.max_grad_norm=1"),
+            "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "2", "--signal-delay", "30", "--dir", str(folder)]
     out = submit_py(args, cwd=tmp)
     assert out.returncode == 0, out.stderr
     entry = json.loads((folder / "sweep.json").read_text())["jobs"][0]
