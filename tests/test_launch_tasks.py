@@ -93,7 +93,7 @@ def fake_bin(tmp_path: Path, srun_exit: int, srun: str | None = None) -> Path:
     bin_dir.mkdir()
     (bin_dir / "srun").write_text(srun or textwrap.dedent(f"""\
         #!/usr/bin/env python3
-        import json, os, sys
+        import json, sys
         print(json.dumps({{"argv": sys.argv[1:]}}))
         sys.exit({srun_exit})
         """))
