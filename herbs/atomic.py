@@ -1,12 +1,20 @@
 """Files and directories that a reader sees whole or not at all: each is written under its
 in-progress name beside its place, then renamed into place in one step. A writer killed midway
 leaves only the in-progress name, which the next start of its owner removes.
+
+A directory cannot be renamed over another one, so replacing one takes two renames: the old
+directory goes aside, the new one comes in (`replace_dir`). A writer killed between them leaves
+the old one aside and nothing in place; `restore_replaced` puts it back.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def in_progress(path: Path, writer: str = "") -> Path:
@@ -22,3 +30,34 @@ def write_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def set_aside(path: Path, writer: str) -> Path:
+    """Where `replace_dir` keeps the directory it replaces until the new one is in place: `.NAME.old-WRITER`."""
+    return path.with_name(f".{path.name}.old-{writer}")
+
+
+def replace_dir(tmp: Path, path: Path) -> None:
+    """Rename the complete directory `tmp` to `path`, replacing the directory there; `path` is never missing
+    except between two renames, and a kill there is undone by the next `restore_replaced(path)`."""
+    restore_replaced(path)
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = set_aside(path, str(os.getpid()))
+    os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old)
+
+
+def restore_replaced(path: Path) -> None:
+    """Finish the replaces of `path` (its name may be a glob pattern) whose writers were killed: a directory set
+    aside with nothing in its place goes back; one whose successor is in place is removed."""
+    for old in sorted(path.parent.glob(set_aside(path, "*").name)):
+        target = old.with_name(old.name[1:].rsplit(".old-", 1)[0])
+        if target.exists():
+            log.warning("removing %s, the old copy of %s left by an interrupted replace", old, target)
+            shutil.rmtree(old)
+        else:
+            log.warning("restoring %s from %s: the write that was replacing it was interrupted", target, old)
+            os.replace(old, target)

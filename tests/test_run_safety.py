@@ -244,6 +244,75 @@ def test_writes_killed_before_their_rename_leave_only_temporaries_that_the_next_
     assert not list(run.rglob(".*.tmp*")) and all(f"removing {run / name}" in result.stderr for name in left)
 
 
+# A directory that replaces an older one (best/, a checkpoint saved again at its step), its writer
+# killed at one moment of the replace: argv[1] is the directory being replaced.
+KILLED_REPLACING = """
+import os, pathlib, shutil, signal, sys
+import torch
+from accelerate import Accelerator
+from herbs.config import load_config
+from herbs.model.checkpoint import save_model
+from herbs.train.checkpoints import CheckpointDir, TrainerState
+target = pathlib.Path(sys.argv[1])
+real_replace, real_rmtree = os.replace, shutil.rmtree
+def replace(src, dst):
+    if {at_rename} and pathlib.Path(dst) == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+def rmtree(path, *args, **kwargs):
+    if not {at_rename} and ".old-" in str(path):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_rmtree(path, *args, **kwargs)
+os.replace = pathlib.Path.rename = pathlib.Path.replace = replace
+shutil.rmtree = rmtree
+if target.name == "best":
+    save_model({{"w": torch.zeros(2)}}, load_config({tiny!r}), target)
+else:
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(torch.nn.Linear(2, 2))
+    CheckpointDir(target.parent, keep=5).save(accelerator, TrainerState(step=10))
+"""
+
+
+def tree(directory) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def kill_replacing(target, at_rename: bool) -> dict[str, bytes]:
+    """Replace `target` in a process killed at the new directory's rename, or while removing the old one;
+    returns what `target` held before."""
+    before = tree(target)
+    script = KILLED_REPLACING.format(at_rename=at_rename, tiny=TINY)
+    killed = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    return before
+
+
+REPLACED = ["best", "checkpoints/step-0000010"]  # best/, and a checkpoint saved again at its step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("replaced", REPLACED)
+def test_a_directory_replace_killed_between_its_renames_is_put_back_by_the_next_start(shards, copy, replaced):
+    target = run_dir(copy) / replaced
+    before = kill_replacing(target, at_rename=True)
+    result = run_training(1, TINY, *micro(shards, copy, *TEN), "--resume", "auto")
+    assert "already finished at step 10" in result.stderr and f"restoring {target}" in result.stderr
+    assert tree(target) == before  # the directory that was there before the replace, whole
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("replaced", REPLACED)
+def test_a_directory_replace_killed_after_its_renames_leaves_an_old_copy_that_the_next_start_removes(shards, copy, replaced):
+    target = run_dir(copy) / replaced
+    before = kill_replacing(target, at_rename=False)
+    [old] = [p for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.old-")]
+    assert tree(target) != before  # the new directory is in place
+    # the killed writer's checkpoint is not this model's, so the resume may refuse it after the clean-up
+    result = run_training(1, TINY, *micro(shards, copy, *TEN), "--resume", "auto", check=False)
+    assert f"removing {old}" in result.stderr and not old.exists()
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A real full disk: a 32 MiB tmpfs, mounted for the test (needs root); skipped where mount is not allowed."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from herbs.atomic import in_progress
+from herbs.atomic import in_progress, replace_dir
 from herbs.config import Config, load_config
 from herbs.data.tario import sha256_file
 from herbs.errors import CheckpointError
@@ -44,13 +44,7 @@ def save_model(state_dict: dict, config: Config, out_dir: str | Path, **meta) ->
     except BaseException:  # e.g. a full disk: leave nothing half-written behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out_dir)
+    replace_dir(tmp, out_dir)
     return out_dir
 
 

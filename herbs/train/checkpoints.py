@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from accelerate.utils import broadcast_object_list
 
 from herbs.data.tario import sha256_file
 from herbs.errors import CheckpointError, HerbsError
-from herbs.atomic import in_progress, write_atomic
+from herbs.atomic import in_progress, replace_dir, write_atomic
 from herbs.run import CHECKPOINTS_DIR, STATE_FILE, STEP_PREFIX, complete_checkpoints, step_name
 from herbs.train.diskspace import mount_point, out_of_space
 from herbs.train.fit import check_fit
@@ -123,9 +122,7 @@ class CheckpointDir:
                 raise self.no_space(final) from err
             raise
         if is_main:
-            if final.exists():  # the same step saved again (e.g. preempted right after a periodic save)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            replace_dir(tmp, final)  # final exists when a step is saved again (preempted right after a periodic save)
             with self.guard_space(self.root / LATEST):
                 write_atomic(self.root / LATEST, final.name + "\n")
             self.prune(keep_also=final)

@@ -29,7 +29,7 @@ from accelerate.utils import broadcast_object_list
 from herbs import lockfile
 from herbs.config import Config
 from herbs.errors import HerbsError
-from herbs.atomic import in_progress, write_atomic
+from herbs.atomic import in_progress, restore_replaced, write_atomic
 from herbs.run import BEST_MODEL, CHECKPOINTS_DIR, METRICS_FILE, STEP_PREFIX
 from herbs.train.checkpoints import LATEST
 
@@ -96,6 +96,8 @@ def _claim(run_dir: Path, config: Config, resume: str | None, overwrite: bool) -
         old.close()
         log.warning("--overwrite: moved the earlier run in %s to %s", run_dir, aside)
         previous = {}
+    for replaced in (BEST_MODEL, CHECKPOINTS):
+        restore_replaced(run_dir / replaced)
     for pattern in TEMPORARIES:
         for leftover in run_dir.glob(pattern):
             log.warning("removing %s, left by an interrupted write", leftover)
