@@ -15,14 +15,16 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
+from herbs.atomic import write_atomic
 from herbs.errors import LaunchError
 from herbs.run import CHECKPOINTS_DIR, METRICS_FILE, STATE_FILE, complete_checkpoints, read_events, read_jsonl
 
 
+RECORD = "sweep.json"  # in a submission's directory: what `herbs submit` submitted, and the job ids
+
+
 def write_record(folder: Path, record: dict) -> None:
-    tmp = folder / "sweep.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(folder / "sweep.json")
+    write_atomic(folder / RECORD, json.dumps(record, indent=2) + "\n")
 
 
 def read_metrics(run_dir: Path) -> tuple[int | None, float | None]:
@@ -76,9 +78,9 @@ def event_state(events: list[dict]) -> str | None:
 
 
 def status_rows(folder: Path) -> list[dict]:
-    path = folder / "sweep.json"
+    path = folder / RECORD
     if not path.is_file():
-        raise LaunchError(f"'{folder}' holds no sweep.json; pass the directory that herbs submit printed")
+        raise LaunchError(f"'{folder}' holds no {RECORD}; pass the directory that herbs submit printed")
     record = json.loads(path.read_text())
     slurm = record.get("executor") == "slurm"
     states = slurm_states([j["job_id"] for j in record["jobs"] if j.get("job_id")]) if slurm else {}
@@ -142,7 +144,7 @@ def columns(header: list[str], body: list[list[str]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
-    if not (folder / "sweep.json").is_file() and (folder / CHECKPOINTS_DIR).is_dir():
+    if not (folder / RECORD).is_file() and (folder / CHECKPOINTS_DIR).is_dir():
         rows, table = checkpoint_rows(folder), format_checkpoints
     else:
         rows, table = status_rows(folder), format_table
