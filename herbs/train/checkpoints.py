@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.json"
 LATEST = "latest"
+BEING_WRITTEN = in_progress(Path(f"{STEP_PREFIX}*")).name  # under checkpoints/: a checkpoint whose writing has not finished
 
 
 @dataclass
@@ -83,7 +84,7 @@ class CheckpointDir:
 
     def newest_first(self, say: bool = True) -> list[Path]:
         """Complete checkpoints to resume from, best first: the one `latest` names, then by step."""
-        for tmp in sorted(self.root.glob(in_progress(Path(f"{STEP_PREFIX}*")).name)) if self.root.is_dir() and say else []:
+        for tmp in sorted(self.root.glob(BEING_WRITTEN)) if self.root.is_dir() and say else []:
             log.warning("ignoring incomplete checkpoint %s (its writing was interrupted)", tmp)
         done = self.complete()[::-1]
         pointer = self.root / LATEST

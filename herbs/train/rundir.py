@@ -31,7 +31,7 @@ from herbs.config import Config
 from herbs.errors import HerbsError
 from herbs.atomic import in_progress, restore_replaced, write_atomic
 from herbs.run import BEST_MODEL, CHECKPOINTS_DIR, METRICS_FILE, STEP_PREFIX
-from herbs.train.checkpoints import LATEST
+from herbs.train.checkpoints import BEING_WRITTEN, LATEST
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ RUN_FILE, LOCK_FILE = "run.json", "run.lock"
 CHECKPOINTS = f"{CHECKPOINTS_DIR}/{STEP_PREFIX}*"
 RUN_TRACES = (CHECKPOINTS, METRICS_FILE, BEST_MODEL)
 # Temporaries of interrupted writes (herbs.atomic); only the lock holder writes here, so none of them is in use.
-TEMPORARIES = tuple(str(in_progress(Path(name), writer)) for name, writer in
-                    ((CHECKPOINTS, ""), (f"{CHECKPOINTS_DIR}/{LATEST}", "*"), (BEST_MODEL, "*"), (RUN_FILE, "*")))
+TEMPORARIES = (f"{CHECKPOINTS_DIR}/{BEING_WRITTEN}", *(str(in_progress(Path(name), "*")) for name in
+                                                       (f"{CHECKPOINTS_DIR}/{LATEST}", BEST_MODEL, RUN_FILE)))
 
 
 @dataclass
