@@ -99,6 +99,9 @@ def test_checkpoint_requeues_the_same_call_with_resume_auto(tmp_path):
     (["--sweep", "SWEEP:zip: {optim.lr: [1, 2], train.seed: [1]}"], "must have one length"),
     (["--local", "--nodes", "2"], "--local runs on this machine only; use --nodes 1"),
     (["--time", "1", "--signal-delay", "60"], "--signal-delay 60 s must be shorter than --time 1 min"),
+    # SLURM may signal up to 60 s early: a delay this close to --time could kill a task before submitit listens
+    (["--time", "2", "--signal-delay", "60"], "--time 2 min with --signal-delay 60 s leaves 60 s before SLURM's checkpoint signal"),
+    (["--time", "1"], "--time 1 min with --signal-delay 15 s leaves 45 s before SLURM's checkpoint signal"),
     ([], "sbatch is not on the PATH, so there is no SLURM to submit to"),
 ])
 def test_mistakes_end_in_one_sentence_before_anything_is_submitted(tmp_path, extra, message):

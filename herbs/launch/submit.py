@@ -33,6 +33,9 @@ from herbs.launch.status import format_table, status_rows, write_record
 from herbs.run import SUBMISSIONS, run_dir
 
 DEFAULT_MAX_JOBS = 100
+# SLURM checks time limits every 30 s and may signal up to 60 s before the delay asked for; a task
+# signalled before submitit has installed its handler dies of SIGUSR2 and is not requeued.
+SIGNAL_SLACK_S = 90
 DESCRIPTION = ("Submit HERBS training (one run or a sweep as a job array) to SLURM through submitit; "
                "jobs are requeued on timeout and preemption and continue from their last checkpoint. "
                "`herbs status DIR` shows a submission's jobs.")
@@ -130,6 +133,10 @@ def resources(args: argparse.Namespace) -> dict:
             raise LaunchError(f"{flag} must be at least {low}, got {value}")
     if args.signal_delay >= args.time * 60:
         raise LaunchError(f"--signal-delay {args.signal_delay} s must be shorter than --time {args.time} min, or training is told to stop before it starts")
+    if not args.local and args.time * 60 < args.signal_delay + SIGNAL_SLACK_S:
+        raise LaunchError(f"--time {args.time} min with --signal-delay {args.signal_delay} s leaves {args.time * 60 - args.signal_delay} s "
+                          f"before SLURM's checkpoint signal, which may come 60 s early and kill a task still starting; "
+                          f"give at least {SIGNAL_SLACK_S} s (a longer --time or a shorter --signal-delay)")
     if args.local and args.nodes != 1:
         raise LaunchError(f"--local runs on this machine only; use --nodes 1 (got --nodes {args.nodes})")
     return {"gpus": gpus, "procs": procs, "cpus": cpus}
