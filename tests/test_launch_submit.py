@@ -89,6 +89,15 @@ def test_checkpoint_requeues_the_same_call_with_resume_auto(tmp_path):
     assert delayed.args == () and delayed.kwargs == {}
 
 
+@pytest.mark.parametrize("resume", [None, "/runs/other/checkpoints/step-0000100"])
+def test_a_start_that_slurm_requeued_itself_continues_the_run_whatever_resume_was_submitted(monkeypatch, resume):
+    job = TrainJob(config="/c.yaml", overrides=["a.b=1"], run_dir="/r", cwd="/", resume=resume)
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    assert job.command()[3:] == ["train", "--config", "/c.yaml", *(["--resume", resume] if resume else []), "a.b=1"]
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert job.command()[3:] == ["train", "--config", "/c.yaml", "--resume", "auto", "a.b=1"]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--config", "missing.yaml"], "config file 'missing.yaml' does not exist; pass an existing YAML file (see configs/)"),
     (["optim.lrr=1"], "unknown config key 'optim.lrr' (did you mean 'lr'?)"),

@@ -1,4 +1,4 @@
-"""`launch/submit.py` (submitit) on the real local SLURM cluster: a sweep, the status table, a time limit."""
+"""`launch/submit.py` (submitit) on the real local SLURM cluster: a sweep, the status table, a time limit, a requeue by SLURM."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import yaml
 from herbs.launch import status
 from herbs.run import EVENTS_FILE, METRICS_FILE, log_file
 from helpers import TINY_CONFIG, wait_for
-from helpers.runs import micro, write_demo_shards
+from helpers.runs import latest_step, micro, write_demo_shards
 from helpers.slurm import in_queue, read_jsonl, sacct_states, slurm, submit_py, tail, wait_job_done  # noqa: F401
 
 pytestmark = pytest.mark.slurm
@@ -201,3 +201,33 @@ def test_submitit_job_that_hits_its_time_limit_is_requeued_and_finishes(timeout_
     assert max(r["step"] for r in metrics if "step" in r) == steps and "test/ensemble_top1" in metrics[-1]
     status = json.loads(submit_py(["status", str(folder), "--json"], cwd=tmp).stdout)
     assert (status[0]["state"], status[0]["restarts"], status[0]["last_step"]) == ("COMPLETED", 1, steps)
+
+
+@pytest.mark.slow
+def test_a_job_that_slurm_requeues_itself_continues_from_its_checkpoint_whatever_resume_it_was_submitted_with(data):
+    """`scontrol requeue` does to a running job what a preemption with PreemptMode=REQUEUE does: SIGTERM, then
+    the same batch script again, which reruns the call submitit pickled at submission (here `--resume none`)."""
+    tmp, shards = data
+    folder = tmp / "requeued-submission"
+    args = ["--config", str(TINY_CONFIG),
+            *micro(shards, tmp / "runs", "data.num_workers=0", "train.max_steps=400", "train.epochs=1000", "train.eval_every=1000",
+                   "train.checkpoint_every=10", "log.every=1", "log.name=requeued"),
+            "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "10", "--resume", "none", "--dir", str(folder)]
+    out = submit_py(args, cwd=tmp)
+    assert out.returncode == 0, out.stderr
+    entry = json.loads((folder / "sweep.json").read_text())["jobs"][0]
+    job, run_dir = entry["job_id"], Path(entry["run_dir"])
+    show = lambda: logs(folder) + "\n" + tail(log_file(run_dir, job))  # noqa: E731
+    try:
+        wait_for(lambda: latest_step(run_dir) >= 10, 180, "the first checkpoint", on_timeout=show)
+        requeue = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+        assert requeue.returncode == 0, requeue.stderr
+        assert wait_job_done(job, 300, on_timeout=show) == "COMPLETED", show()
+    finally:
+        cancel_leftovers(folder)
+    events = read_jsonl(run_dir / EVENTS_FILE)
+    assert [(e["event"], e.get("exit_code")) for e in events] == [("start", None), ("end", 75), ("start", None), ("end", 0)], show()
+    second = events[2]
+    assert second["command"][second["command"].index("--resume") + 1] == "auto" and second["restart"] == 1
+    # every step trained once: the second attempt starts from the checkpoint the first wrote on SIGTERM
+    assert [r["step"] for r in read_jsonl(run_dir / METRICS_FILE) if "loss" in r] == list(range(1, 401))

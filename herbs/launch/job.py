@@ -83,7 +83,10 @@ class TrainJob:
         return {**self.__dict__, "_child": None}
 
     def command(self) -> list[str]:
-        resume = ["--resume", self.resume] if self.resume else []
+        # A start that SLURM requeued itself (preemption, `scontrol requeue`) reruns the call pickled at
+        # submission: it continues the run, whatever the first start was told to do.
+        restarted = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+        resume = ["--resume", "auto" if restarted else self.resume] if self.resume or restarted else []
         return [sys.executable, "-m", "herbs", "train", "--config", self.config, *resume, *self.overrides]
 
     def __call__(self) -> dict:
@@ -111,7 +114,7 @@ class TrainJob:
             # scancel, or the hard end of the job: never undo a cancel by requeueing (a SLURM
             # preemption that requeues does so itself)
             raise RuntimeError(f"training was stopped by SIGTERM (job cancelled or preempted) after writing a checkpoint; "
-                               f"resubmit the same command to continue from it ({self.run_dir})")
+                               f"a job that SLURM requeues continues from it, or resubmit with --resume auto ({self.run_dir})")
         if code == EXIT_REQUEUE:
             if task.global_rank == 0:
                 # Stopped by a SIGUSR1 that submitit did not see (`scancel --signal=USR1 JOBID`):
