@@ -107,6 +107,9 @@ def test_a_start_that_slurm_requeued_itself_continues_the_run_whatever_resume_wa
     (["--sweep", "SWEEP:grid: {log.name: [same, same]}"], "would share the run directory"),
     (["--sweep", "SWEEP:zip: {optim.lr: [1, 2], train.seed: [1]}"], "must have one length"),
     (["--local", "--nodes", "2"], "--local runs on this machine only; use --nodes 1"),
+    # read by the jobs on their nodes, maybe hours later: checked before they are queued
+    (["--accelerate-config", "missing.yaml"], "the accelerate config 'missing.yaml' cannot be read"),
+    (["--resume", "runs/missing/checkpoints/step-0000100"], "--resume runs/missing/checkpoints/step-0000100 does not exist;"),
     (["--time", "1", "--signal-delay", "60"], "--signal-delay 60 s must be shorter than --time 1 min"),
     # SLURM may signal up to 60 s early: a delay this close to --time could kill a task before submitit listens
     (["--time", "2", "--signal-delay", "60"], "--time 2 min with --signal-delay 60 s leaves 60 s before SLURM's checkpoint signal"),

@@ -30,7 +30,7 @@ from herbs.config import load_config
 from herbs.errors import ConfigError, LaunchError
 from herbs.launch import sweep
 from herbs.launch.status import format_table, status_rows, write_record
-from herbs.run import SUBMISSIONS, run_dir
+from herbs.run import SUBMISSIONS, accelerate_env, run_dir
 
 DEFAULT_MAX_JOBS = 100
 # SLURM checks time limits every 30 s and may signal up to 60 s before the delay asked for; a task
@@ -83,9 +83,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def plan_jobs(args: argparse.Namespace) -> tuple[str, list[sweep.Point], dict[str, Path]]:
-    """Validate the config and the sweep; return the base name, the named points and their run directories
+    """Validate the config, the sweep and the files the jobs will read; return the base name, the named points and their run directories
     (and name the submission's directory, `args.dir`, when the user did not)."""
     base = load_config(args.config, args.overrides)
+    # read by the jobs on their nodes, maybe hours from now: a mistake is told before they are queued
+    accelerate_env(args.accelerate_config)
+    if args.resume not in ("auto", "none") and not Path(args.resume).exists():
+        raise LaunchError(f"--resume {args.resume} does not exist; pass a checkpoint directory, 'auto' or 'none'")
     name = args.name or base.log.name or Path(args.config).stem
     if any(ord(c) < 32 for c in name):
         raise LaunchError(f"the job name {name!r} holds control characters (a newline?); pass a plain --name")
