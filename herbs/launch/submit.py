@@ -83,8 +83,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def plan_jobs(args: argparse.Namespace) -> tuple[str, list[sweep.Point], dict[str, Path]]:
-    """Validate the config, the sweep and the files the jobs will read; return the base name, the named points and their run directories
-    (and name the submission's directory, `args.dir`, when the user did not)."""
+    """Validate the config, the sweep and the files the jobs will read; return the base name, the named points
+    and their run directories (and name the submission's directory, `args.dir`, when the user did not)."""
     base = load_config(args.config, args.overrides)
     # read by the jobs on their nodes, maybe hours from now: a mistake is told before they are queued
     accelerate_env(args.accelerate_config)
