@@ -292,26 +292,26 @@ REPLACED = ["best", "checkpoints/step-0000010"]  # best/, and a checkpoint saved
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("replaced", REPLACED)
-def test_a_directory_replace_killed_between_its_renames_is_put_back_by_the_next_start(shards, copy, replaced):
-    target = run_dir(copy) / replaced
-    before = kill_replacing(target, at_rename=True)
+def test_directory_replaces_killed_between_their_renames_are_put_back_by_the_next_start(shards, copy):
+    targets = [run_dir(copy) / name for name in REPLACED]
+    before = [kill_replacing(target, at_rename=True) for target in targets]
     result = run_training(1, TINY, *micro(shards, copy, *TEN), "--resume", "auto")
-    assert "already finished at step 10" in result.stderr and f"restoring {target}" in result.stderr
-    assert tree(target) == before  # the directory that was there before the replace, whole
-    assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]
+    assert "already finished at step 10" in result.stderr
+    for target, was in zip(targets, before):
+        assert f"restoring {target}" in result.stderr
+        assert tree(target) == was  # the directory that was there before the replace, whole
+        assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("replaced", REPLACED)
-def test_a_directory_replace_killed_after_its_renames_leaves_an_old_copy_that_the_next_start_removes(shards, copy, replaced):
-    target = run_dir(copy) / replaced
-    before = kill_replacing(target, at_rename=False)
-    [old] = [p for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.old-")]
-    assert tree(target) != before  # the new directory is in place
+def test_directory_replaces_killed_after_their_renames_leave_old_copies_that_the_next_start_removes(shards, copy):
+    targets = [run_dir(copy) / name for name in REPLACED]
+    before = [kill_replacing(target, at_rename=False) for target in targets]
+    olds = [p for target in targets for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.old-")]
+    assert len(olds) == 2 and all(tree(target) != was for target, was in zip(targets, before))  # the new ones are in place
     # the killed writer's checkpoint is not this model's, so the resume may refuse it after the clean-up
     result = run_training(1, TINY, *micro(shards, copy, *TEN), "--resume", "auto", check=False)
-    assert f"removing {old}" in result.stderr and not old.exists()
+    assert all(f"removing {old}" in result.stderr and not old.exists() for old in olds)
 
 @pytest.fixture
 def small_disk(tmp_path):
