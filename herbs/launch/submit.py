@@ -83,13 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def plan_jobs(args: argparse.Namespace) -> tuple[str, list[sweep.Point], dict[str, Path]]:
-    """Validate the config, the sweep and the files the jobs will read; return the base name, the named points
-    and their run directories (and name the submission's directory, `args.dir`, when the user did not)."""
+    """Validate the config and the sweep; return the base name, the named points and their run directories
+    (and name the submission's directory, `args.dir`, when the user did not)."""
     base = load_config(args.config, args.overrides)
-    # read by the jobs on their nodes, maybe hours from now: a mistake is told before they are queued
-    accelerate_env(args.accelerate_config)
-    if args.resume not in ("auto", "none") and not Path(args.resume).exists():
-        raise LaunchError(f"--resume {args.resume} does not exist; pass a checkpoint directory, 'auto' or 'none'")
     name = args.name or base.log.name or Path(args.config).stem
     if any(ord(c) < 32 for c in name):
         raise LaunchError(f"the job name {name!r} holds control characters (a newline?); pass a plain --name")
@@ -229,12 +225,16 @@ def slurm_parameters(args: argparse.Namespace, name: str, res: dict, n_jobs: int
 
 
 def make_jobs(args: argparse.Namespace, points: list[sweep.Point], run_dirs: dict[str, Path]):
+    """One job per point. The files they read on their nodes, maybe hours from now, are checked here, before they are queued."""
     from herbs.launch.job import TrainJob
 
     config = str(Path(args.config).resolve())
     resume = None if args.resume == "none" else args.resume
     if resume not in (None, "auto"):
+        if not Path(resume).exists():
+            raise LaunchError(f"--resume {resume} does not exist; pass a checkpoint directory, 'auto' or 'none'")
         resume = str(Path(resume).resolve())
+    accelerate_env(args.accelerate_config)
     accel = str(Path(args.accelerate_config).resolve()) if args.accelerate_config else None
     return [TrainJob(config=config, overrides=[*args.overrides, *p.overrides()], run_dir=str(run_dirs[p.name]),
                      cwd=os.getcwd(), resume=resume, accelerate_config=accel, name=p.name,
@@ -261,9 +261,9 @@ def submit(args: argparse.Namespace) -> int:
 
     name, points, run_dirs = plan_jobs(args)
     res = resources(args)
+    jobs = make_jobs(args, points, run_dirs)
     if not args.local and (not args.dry_run or shutil.which("sbatch")):
         check_cluster(args, res)
-    jobs = make_jobs(args, points, run_dirs)
     if args.local:
         params = {"timeout_min": args.time, "signal_delay_s": args.signal_delay, "tasks_per_node": res["procs"],
                   "gpus_per_node": res["gpus"], "stderr_to_stdout": True}
