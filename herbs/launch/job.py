@@ -85,9 +85,8 @@ class TrainJob:
     def command(self) -> list[str]:
         # A start that SLURM requeued itself (preemption, `scontrol requeue`) reruns the call pickled at
         # submission: it continues the run, whatever the first start was told to do.
-        restarted = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
-        resume = ["--resume", "auto" if restarted else self.resume] if self.resume or restarted else []
-        return [sys.executable, "-m", "herbs", "train", "--config", self.config, *resume, *self.overrides]
+        resume = "auto" if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 else self.resume
+        return [sys.executable, "-m", "herbs", "train", "--config", self.config, *(["--resume", resume] if resume else []), *self.overrides]
 
     def __call__(self) -> dict:
         import submitit
