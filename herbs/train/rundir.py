@@ -96,7 +96,7 @@ def _claim(run_dir: Path, config: Config, resume: str | None, overwrite: bool) -
         old.close()
         log.warning("--overwrite: moved the earlier run in %s to %s", run_dir, aside)
         previous = {}
-    for replaced in (BEST_MODEL, CHECKPOINTS):
+    for replaced in ("*", CHECKPOINTS):  # every directory replaced here (best/, ema/), and the checkpoints
         restore_replaced(run_dir / replaced)
     for pattern in TEMPORARIES:
         for leftover in run_dir.glob(pattern):
