@@ -155,8 +155,9 @@ def timeout_job(data, sweep_submission):
     after the start, and at least 30 s after it even as early as its man page allows (a minute). So it
     never comes before the task's handler is in place: with a one-minute limit the first check could
     fall in the task's first second, and SIGUSR2 then killed it. Training is sized from the sweep's
-    measured step time to take 135 s, so it is still going then; it checkpoints and submitit requeues the job. The requeued attempt would be signalled
-    as early again, so its time limit is raised while it waits in the queue: the one thing done by hand."""
+    measured step time to take 135 s, so it is still going then; it checkpoints and submitit requeues
+    the job. The requeued attempt would be signalled as early again, so its time limit is raised while
+    it waits in the queue: the one thing done by hand."""
     tmp, shards = data
     sweep_folder, _ = sweep_submission
     first_point = Path(json.loads((sweep_folder / "sweep.json").read_text())["jobs"][0]["run_dir"])
