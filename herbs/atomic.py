@@ -4,7 +4,8 @@ leaves only the in-progress name, which the next start of its owner removes.
 
 A directory cannot be renamed over another one, so replacing one takes two renames: the old
 directory goes aside, the new one comes in (`replace_dir`). A writer killed between them leaves
-the old one aside and nothing in place; `restore_replaced` puts it back.
+the old one aside and nothing in place; `restore_replaced` puts it back. A directory is removed
+the other way round (`remove_dir`): it leaves its name in one rename, then is deleted.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ def write_atomic(path: Path, text: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_dir(path: Path) -> None:
+    """Delete a directory that no reader may see half deleted: a kill midway leaves only its in-progress name."""
+    doomed = in_progress(path)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed)
 
 
 def set_aside(path: Path, writer: str) -> Path:

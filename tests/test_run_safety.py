@@ -247,30 +247,38 @@ def test_writes_killed_before_their_rename_leave_only_temporaries_that_the_next_
 # A directory that replaces an older one (best/, a checkpoint saved again at its step), its writer
 # killed at one moment of the replace: argv[1] is the directory being replaced.
 KILLED_REPLACING = """
-import os, pathlib, shutil, signal, sys
+import json, os, pathlib, shutil, signal, sys
 import torch
 from accelerate import Accelerator
 from herbs.config import load_config
 from herbs.model.checkpoint import save_model
 from herbs.train.checkpoints import CheckpointDir, TrainerState
-target = pathlib.Path(sys.argv[1])
-real_replace, real_rmtree = os.replace, shutil.rmtree
+target, kill_at = pathlib.Path(sys.argv[1]), sys.argv[2]
+real_replace, real_rmtree, real_unlink = os.replace, shutil.rmtree, os.unlink
+def kill():
+    os.kill(os.getpid(), signal.SIGKILL)
 def replace(src, dst):
-    if {at_rename} and pathlib.Path(dst) == target:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if kill_at == "rename" and pathlib.Path(dst) == target:
+        kill()
     real_replace(src, dst)
+def unlink_one_then_kill(path, *args, **kwargs):
+    real_unlink(path, *args, **kwargs)
+    kill()
 def rmtree(path, *args, **kwargs):
-    if not {at_rename} and ".old-" in str(path):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if kill_at == "old" and ".old-" in str(path):
+        kill()
+    if kill_at == "prune" and "step-0000005" in str(path):
+        os.unlink = unlink_one_then_kill
     real_rmtree(path, *args, **kwargs)
 os.replace = pathlib.Path.rename = pathlib.Path.replace = replace
 shutil.rmtree = rmtree
 if target.name == "best":
     save_model({{"w": torch.zeros(2)}}, load_config({tiny!r}), target)
-else:
+else:  # step 10 saved again; keeping one checkpoint, the save then prunes step 5
     accelerator = Accelerator(cpu=True)
     accelerator.prepare(torch.nn.Linear(2, 2))
-    CheckpointDir(target.parent, keep=5).save(accelerator, TrainerState(step=10))
+    run_id = json.loads((target.parent.parent / "run.json").read_text())["id"]
+    CheckpointDir(target.parent, keep=1 if kill_at == "prune" else 5, run_id=run_id).save(accelerator, TrainerState(step=10))
 """
 
 
@@ -278,12 +286,11 @@ def tree(directory) -> dict[str, bytes]:
     return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-def kill_replacing(target, at_rename: bool) -> dict[str, bytes]:
-    """Replace `target` in a process killed at the new directory's rename, or while removing the old one;
-    returns what `target` held before."""
+def kill_replacing(target, kill_at: str) -> dict[str, bytes]:
+    """Replace `target` in a process killed at the new directory's rename ("rename"), while removing the old
+    one ("old"), or while pruning the checkpoint before it ("prune"); returns what `target` held before."""
     before = tree(target)
-    script = KILLED_REPLACING.format(at_rename=at_rename, tiny=TINY)
-    killed = subprocess.run([sys.executable, "-c", script, str(target)], capture_output=True)
+    killed = subprocess.run([sys.executable, "-c", KILLED_REPLACING.format(tiny=TINY), str(target), kill_at], capture_output=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     return before
 
@@ -294,7 +301,7 @@ REPLACED = ["best", "checkpoints/step-0000010"]  # best/, and a checkpoint saved
 @pytest.mark.slow
 def test_directory_replaces_killed_between_their_renames_are_put_back_by_the_next_start(shards, copy):
     targets = [run_dir(copy) / name for name in REPLACED]
-    before = [kill_replacing(target, at_rename=True) for target in targets]
+    before = [kill_replacing(target, "rename") for target in targets]
     result = run_training(1, TINY, *micro(shards, copy, *TEN), "--resume", "auto")
     assert "already finished at step 10" in result.stderr
     for target, was in zip(targets, before):
@@ -306,12 +313,25 @@ def test_directory_replaces_killed_between_their_renames_are_put_back_by_the_nex
 @pytest.mark.slow
 def test_directory_replaces_killed_after_their_renames_leave_old_copies_that_the_next_start_removes(shards, copy):
     targets = [run_dir(copy) / name for name in REPLACED]
-    before = [kill_replacing(target, at_rename=False) for target in targets]
+    before = [kill_replacing(target, "old") for target in targets]
     olds = [p for target in targets for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.old-")]
     assert len(olds) == 2 and all(tree(target) != was for target, was in zip(targets, before))  # the new ones are in place
     # the killed writer's checkpoint is not this model's, so the resume may refuse it after the clean-up
     result = run_training(1, TINY, *micro(shards, copy, *TEN), "--resume", "auto", check=False)
     assert all(f"removing {old}" in result.stderr and not old.exists() for old in olds)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_pruned_by_a_killed_writer_is_never_listed_half_removed_and_the_next_start_removes_it(shards, copy):
+    checkpoints = run_dir(copy) / "checkpoints"
+    kill_replacing(checkpoints / "step-0000010", "prune")
+    listed = json.loads(subprocess.run([sys.executable, "-m", "herbs", "status", str(run_dir(copy)), "--json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    assert [row["checkpoint"] for row in listed] == ["step-0000010"]  # step 5 lost a file: not a checkpoint any more
+    # as above, the killed writer's step 10 is not this model's: the resume may refuse it after the clean-up
+    result = run_training(1, TINY, *micro(shards, copy, *TEN), "--resume", "auto", check=False)
+    assert f"removing {checkpoints / '.step-0000005.tmp'}, left by an interrupted write" in result.stderr
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", "step-0000010"]
 
 @pytest.fixture
 def small_disk(tmp_path):

@@ -31,7 +31,7 @@ from accelerate.utils import broadcast_object_list
 
 from herbs.data.tario import sha256_file
 from herbs.errors import CheckpointError, HerbsError
-from herbs.atomic import in_progress, replace_dir, write_atomic
+from herbs.atomic import in_progress, remove_dir, replace_dir, write_atomic
 from herbs.run import CHECKPOINTS_DIR, STATE_FILE, STEP_PREFIX, complete_checkpoints, step_name
 from herbs.train.diskspace import mount_point, out_of_space
 from herbs.train.fit import check_fit
@@ -134,8 +134,12 @@ class CheckpointDir:
         """Keep this run's newest `keep` checkpoints (by step) and `keep_also`; never touch another run's."""
         mine = [p for p in self.complete() if self.written_by(p) in (self.run_id, None)]
         for old in mine[: -self.keep]:
-            if old != keep_also:
-                shutil.rmtree(old, ignore_errors=True)
+            if old == keep_also:
+                continue
+            try:
+                remove_dir(old)  # never a partial step-N that still reads as complete
+            except OSError as err:  # a checkpoint kept too many is no reason to stop training
+                log.warning("could not remove the old checkpoint %s (%s); training goes on", old, err)
 
     @staticmethod
     def written_by(path: Path) -> str | None:
