@@ -1,16 +1,10 @@
-"""Submit HERBS training to SLURM with submitit: single jobs and sweeps (job arrays), requeued on timeout.
+"""`herbs submit` (also `python launch/submit.py`): HERBS training on SLURM through submitit, one job or a
+sweep as a job array, requeued on timeout and preemption.
 
-    herbs submit --config CONFIG [section.key=value ...] [--sweep SWEEP.yaml]      (or python launch/submit.py ...)
-        [--nodes N] [--gpus-per-node G] [--partition P] [--time MIN] [--array-parallelism K]
-        [--dry-run] [--local]
-    herbs status DIR                                                             (or python launch/submit.py status DIR)
-
-Every point of a sweep (see launch/sweep.py) becomes one task of a job array with its own run
-directory (`log.name` = `<name>/<point>`, the point named after its values). Everything about
-the submission is written to DIR (`<output_dir>/<project>/submitit/<name>-<time>` unless
---dir says otherwise): `sweep.json` and submitit's logs; `status DIR` reads it back. Mistakes
-(a missing config, an unknown sweep key, too many jobs, more nodes than the partition has, no
-sbatch) end in one sentence and exit code 2 before anything is submitted.
+Every point of a sweep (herbs.launch.sweep) is one task of the array with its own run directory
+(`log.name` = `<name>/<point>`, the point named after its values). The submission's directory (`--dir`) keeps `sweep.json` and
+submitit's logs, which `herbs status DIR` reads. Mistakes end in one sentence and exit code 2
+before anything is submitted.
 """
 
 from __future__ import annotations
