@@ -2,9 +2,9 @@
 sweep as a job array, requeued on timeout and preemption.
 
 Every point of a sweep (herbs.launch.sweep) is one task of the array with its own run directory
-(`log.name` = `<name>/<point>`, the point named after its values). The submission's directory (`--dir`) keeps `sweep.json` and
-submitit's logs, which `herbs status DIR` reads. Mistakes end in one sentence and exit code 2
-before anything is submitted.
+(`log.name` = `<name>/<point>`, the point named after its values). The submission's directory
+(`--dir`) keeps `sweep.json` and submitit's logs, which `herbs status DIR` reads. Mistakes end
+in one sentence and exit code 2 before anything is submitted.
 """
 
 from __future__ import annotations
