@@ -245,7 +245,8 @@ def test_writes_killed_before_their_rename_leave_only_temporaries_that_the_next_
 
 
 # A directory that replaces an older one (best/, a checkpoint saved again at its step), its writer
-# killed at one moment of the replace: argv[1] is the directory being replaced.
+# killed at one moment of the replace or of the prune after it: argv[1] is the directory being
+# replaced, argv[2] the moment (see `kill_replacing`).
 KILLED_REPLACING = """
 import json, os, pathlib, shutil, signal, sys
 import torch
