@@ -309,6 +309,8 @@ def read_yaml_mapping(path: str | Path, hint: str = "pass an existing YAML file 
         raise ConfigError(f"config file '{path}' does not exist; {hint}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text; pass a YAML file (see configs/)") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file '{path}' is not valid YAML ({err.__class__.__name__}); fix its syntax") from err
     if not isinstance(data, dict):
@@ -441,6 +443,9 @@ def validate(config: Config) -> None:
         raise ConfigError("train.keep_checkpoints must be at least 1")
     if t.threads is not None and t.threads < 1:
         raise ConfigError(f"train.threads must be at least 1 or null (torch's default), got {t.threads}")
+    for key, value in (("log.project", log.project), ("log.name", log.name)):  # the run directory's <project>/<name>
+        if value is not None and any(part in ("", ".", "..") for part in str(value).split("/")):
+            raise ConfigError(f"{key} must be a relative path inside train.output_dir (names joined by '/', no '.' or '..'), got {value!r}")
     if log.wandb_mode not in ("auto", "online", "offline"):
         raise ConfigError(f"log.wandb_mode must be auto, online or offline, got '{log.wandb_mode}'")
     # Intervals and counts: 0 would divide by zero mid-run, a negative value silently never fires.

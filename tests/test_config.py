@@ -48,6 +48,11 @@ def test_overrides_are_typed():
     (["train.mixed_precision=fp8"], "no, bf16 or fp16"),
     (["data.worker_start=thread"], "data.worker_start must be one of forkserver, spawn, fork"),
     (["lr=1"], "section.key=value"),
+    # the run directory is <output_dir>/<project>/<name>: neither may lead out of it
+    (["log.name=.."], "log.name must be a relative path inside train.output_dir"),
+    (["log.name=/etc"], "log.name must be a relative path inside train.output_dir"),
+    (["log.name=a/../../x"], "log.name must be a relative path inside train.output_dir"),
+    (["log.project=."], "log.project must be a relative path inside train.output_dir"),
 ])
 def test_bad_settings_name_the_key(override, message):
     with pytest.raises(ConfigError) as err:
@@ -64,4 +69,7 @@ def test_missing_and_broken_files(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_bytes(b"model: {head: \xff}\n")  # saved in Latin-1
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
         load_config(bad)
