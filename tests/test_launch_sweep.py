@@ -93,3 +93,15 @@ def test_missing_and_broken_files(tmp_path):
 def test_long_names_are_cut_but_stay_unique():
     points = expand_text("grid: {log.project: ['" + "x" * 100 + "a', '" + "x" * 100 + "b']}")
     assert all(len(p.name) <= 80 for p in points) and points[0].name != points[1].name
+
+
+def test_names_made_unique_never_take_a_name_another_point_has():
+    names = [p.name for p in expand_text("grid: {log.name: ['a b', 'a-b', 'a-b-1']}")]
+    assert len(set(names)) == 3 and "name-a-b-1" in names
+
+
+def test_broken_text_is_one_sentence(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_bytes(b"grid: {train.seed: [\xff]}\n")
+    with pytest.raises(LaunchError, match="is not UTF-8 text"):
+        sweep.load_sweep(bad)

@@ -71,6 +71,8 @@ def load_sweep(path: str | Path) -> dict:
         raise LaunchError(f"sweep file '{path}' does not exist; pass an existing YAML file")
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise LaunchError(f"sweep file '{path}' is not UTF-8 text; pass a YAML file") from None
     except yaml.YAMLError as err:
         raise LaunchError(f"sweep file '{path}' is not valid YAML ({err.__class__.__name__}); fix its syntax") from err
     return parse_sweep(data, f"sweep file '{path}'")
@@ -136,6 +138,11 @@ def name_points(points: list[Point]) -> list[Point]:
         if len(name) > 80:  # keep directory and job names manageable, still unique
             name = name[:70] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
         names.append(name)
+    taken = {name for name in names if names.count(name) == 1}
     for i, p in enumerate(points):
-        p.name = names[i] if names.count(names[i]) == 1 else f"{names[i]}-{i}"
+        p.name = names[i]
+        if names.count(p.name) > 1:  # several points, one name: number them, past any name a point has already
+            while p.name in taken or p.name == names[i]:
+                p.name = f"{p.name}-{i}"
+            taken.add(p.name)
     return points
