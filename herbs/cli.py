@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    for command in subparsers.choices.values():  # after the command too (python launch/submit.py --debug ...)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks for every error")
     return parser
 
 
