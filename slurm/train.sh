@@ -66,6 +66,7 @@ exec >>"$log" 2>&1
 gpus=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-0}}
 gpus=${gpus##*:}  # "a100:8" -> 8
 procs=${HERBS_PROCS_PER_NODE:-$(( gpus > 0 ? gpus : 1 ))}
+[[ "$procs" =~ ^[1-9][0-9]*$ ]] || die "HERBS_PROCS_PER_NODE must be a whole number of at least 1, got '$procs'"
 cpus=$(( ${SLURM_CPUS_PER_TASK:-$procs} / procs ))
 share=(--cpus-per-task="$cpus")
 [ "$cpus" -ge 1 ] || share=(--cpus-per-task=1 --overcommit)  # more processes than CPUs: they share them

@@ -106,16 +106,16 @@ def fake_bin(tmp_path: Path, srun_exit: int, srun: str | None = None) -> Path:
     return bin_dir
 
 
-def start_train_sh(tmp_path: Path, args: list[str], srun_exit: int = 0, srun: str | None = None) -> subprocess.Popen:
-    env = {**os.environ, "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "4", "SLURM_JOB_NODELIST": "gpu[017-020]",
+def start_train_sh(tmp_path: Path, args: list[str], srun_exit: int = 0, srun: str | None = None, **extra_env: str) -> subprocess.Popen:
+    env = {**os.environ, **extra_env, "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "4", "SLURM_JOB_NODELIST": "gpu[017-020]",
            "SLURM_GPUS_ON_NODE": "8", "SLURM_CPUS_PER_TASK": "64", "HERBS_PYTHON": sys.executable,
            "PATH": f"{fake_bin(tmp_path, srun_exit, srun)}{os.pathsep}{os.environ['PATH']}", "FAKE_CALLS": str(tmp_path / "calls")}
     return subprocess.Popen(["bash", str(REPO / "slurm" / "train.sh"), *args], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def run_train_sh(tmp_path: Path, args: list[str], srun_exit: int = 0) -> subprocess.CompletedProcess:
-    proc = start_train_sh(tmp_path, args, srun_exit)
+def run_train_sh(tmp_path: Path, args: list[str], srun_exit: int = 0, **extra_env: str) -> subprocess.CompletedProcess:
+    proc = start_train_sh(tmp_path, args, srun_exit, **extra_env)
     stdout, stderr = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
@@ -170,6 +170,14 @@ def test_train_sh_waits_through_the_signal_for_sruns_own_status(tmp_path, srun_e
     assert f"training exited with {75 if requeued else rc}" in log
     calls = (tmp_path / "calls").read_text() if (tmp_path / "calls").exists() else ""
     assert ("scontrol requeue 4242" in calls) == requeued
+
+
+@pytest.mark.parametrize("procs", ["0", "two"])
+def test_train_sh_stops_on_a_process_count_that_is_not_one_or_more(tmp_path, procs):
+    result = run_train_sh(tmp_path, [str(TINY_CONFIG), f"train.output_dir={tmp_path}", "log.name=p"], HERBS_PROCS_PER_NODE=procs)
+    log = (tmp_path / "herbs-tiny" / "p" / "slurm-4242.log").read_text()
+    assert result.returncode == 2 and not (tmp_path / "calls").exists(), log  # srun never ran
+    assert f"slurm/train.sh: error: HERBS_PROCS_PER_NODE must be a whole number of at least 1, got '{procs}'" in log
 
 
 def test_train_sh_stops_on_a_bad_config(tmp_path):
