@@ -62,6 +62,14 @@ def step_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:07d}"
 
 
+CHECKPOINTS = f"{CHECKPOINTS_DIR}/{STEP_PREFIX}*"  # under a run directory: every checkpoint, complete or not
+
+
+def run_traces(run_dir_: Path) -> list[Path]:
+    """What a run leaves behind that a second, fresh run in the same directory would mix with its own."""
+    return [found for pattern in (CHECKPOINTS, METRICS_FILE, BEST_MODEL) for found in sorted(Path(run_dir_).glob(pattern))]
+
+
 def complete_checkpoints(checkpoints: Path) -> list[Path]:
     """The complete checkpoints under a run's `checkpoints/`, lowest step first."""
     start = len(STEP_PREFIX)  # where the step number begins
@@ -147,8 +155,10 @@ def accelerate_env(path: str | None) -> dict[str, str]:
         return {}
     try:
         config = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise LaunchError(f"the accelerate config '{path}' cannot be read ({err}); pass a file like configs/accelerate/zero2.yaml") from None
+    if not isinstance(config, dict):
+        raise LaunchError(f"the accelerate config '{path}' must hold a mapping of keys to values; pass a file like configs/accelerate/zero2.yaml")
     kind = config.get("distributed_type", "NO")
     if kind in ("NO", "MULTI_GPU", "MULTI_CPU"):
         return {}

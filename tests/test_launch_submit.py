@@ -115,13 +115,27 @@ def test_a_start_that_slurm_requeued_itself_continues_the_run_whatever_resume_wa
     (["--time", "2", "--signal-delay", "60"], "--time 2 min with --signal-delay 60 s leaves 60 s before SLURM's checkpoint signal"),
     (["--time", "1"], "--time 1 min with --signal-delay 15 s leaves 45 s before SLURM's checkpoint signal"),
     ([], "sbatch is not on the PATH, so there is no SLURM to submit to"),
+    # values that would be replaced by a default or passed on to SLURM as nonsense
+    (["--procs-per-node", "0"], "--procs-per-node must be at least 1, got 0"),
+    (["--cpus-per-task", "0"], "--cpus-per-task must be at least 1, got 0"),
+    (["--max-jobs", "0"], "--max-jobs must be at least 1, got 0"),
+    (["--mem-gb", "0.0001"], "--mem-gb must be a number of GB, at least 0.001 (1 MB), got 0.0001"),
+    (["--mem-gb", "-1"], "--mem-gb must be a number of GB, at least 0.001 (1 MB), got -1"),
+    (["--mem-gb", "nan"], "--mem-gb must be a number of GB, at least 0.001 (1 MB), got nan"),
+    (["--mem-gb", "inf"], "--mem-gb must be a number of GB, at least 0.001 (1 MB), got inf"),
+    (["--name", ".."], "log.name must be a relative path inside train.output_dir"),
+    (["--accelerate-config", "FILE:- a list"], "the accelerate config 'f.yaml' must hold a mapping"),
+    (["--accelerate-config", "FILE:distributed_type: \xff"], "the accelerate config 'f.yaml' cannot be read"),
+    (["--sweep", "FILE:grid: {train.seed: [\xff]}"], "is not UTF-8 text"),
+    (["--dir", "FILE:"], "is not a directory; pass a directory for the submission's files"),
 ])
 def test_mistakes_end_in_one_sentence_before_anything_is_submitted(tmp_path, extra, message):
     args = ["--config", str(TINY_CONFIG), "--gpus-per-node", "0", "--dir", str(tmp_path / "sub")]
     for i, value in enumerate(extra):
-        if value.startswith("SWEEP:"):
-            (tmp_path / "s.yaml").write_text(value[len("SWEEP:"):])
-            extra = [*extra[:i], str(tmp_path / "s.yaml"), *extra[i + 1:]]
+        if value.startswith(("SWEEP:", "FILE:")):  # a file of that text (bytes as Latin-1 writes them), passed by name
+            name = "s.yaml" if value.startswith("SWEEP:") else "f.yaml"
+            (tmp_path / name).write_bytes(value.split(":", 1)[1].encode("latin-1"))
+            extra = [*extra[:i], name, *extra[i + 1:]]
     if "--config" in extra:
         args = args[2:]
     error = one_error(run([*args, *extra], tmp_path))
@@ -173,9 +187,13 @@ def write_run(run_dir: Path, events: list[dict], metrics: list[dict]) -> None:
 
 def test_status_table(tmp_path):
     done, requeued, fresh = tmp_path / "runs" / "a", tmp_path / "runs" / "b", tmp_path / "runs" / "c"
-    write_run(done, [{"event": "start"}, {"event": "end", "exit_code": 75, "requeue": True}, {"event": "start"}, {"event": "end", "exit_code": 0}],
+    earlier = [{"event": "start", "job": "local-7"}, {"event": "end", "job": "local-7", "exit_code": 0}]  # an earlier submission's job
+    write_run(done, [{"event": "start", "job": "local-1"}, {"event": "end", "job": "local-1", "exit_code": 75, "requeue": True},
+                     {"event": "start", "job": "local-1"}, {"event": "end", "job": "local-1", "exit_code": 0}],
               [{"step": 5, "loss": 1.0}, {"step": 5, "val/ensemble_top1": 40.0}, {"step": 8, "val/ensemble_top1": 37.5}, {"step": 8, "test/ensemble_top1": 30.0}])
-    write_run(requeued, [{"event": "start"}, {"event": "end", "exit_code": 75, "requeue": True}], [{"step": 3, "loss": 2.0}])
+    write_run(requeued, [*earlier, {"event": "start", "job": "local-2"}, {"event": "end", "job": "local-2", "exit_code": 75, "requeue": True}],
+              [{"step": 3, "loss": 2.0}])
+    write_run(fresh, earlier, [])
     record = {"executor": "local", "jobs": [{"name": "a", "job_id": "1", "run_dir": str(done)},
                                             {"name": "b", "job_id": "2", "run_dir": str(requeued)},
                                             {"name": "c", "job_id": None, "run_dir": str(fresh)}]}
@@ -188,6 +206,9 @@ def test_status_table(tmp_path):
     assert rows[2] == ["b", "2", "REQUEUED", "0", "3", "-", str(requeued)]
     assert rows[3] == ["c", "-", "NOT", "SUBMITTED", "0", "-", "-", str(fresh)]
     assert one_error(run(["status", str(tmp_path / "nowhere")], tmp_path)).startswith(f"'{tmp_path / 'nowhere'}' holds no sweep.json")
+    for damaged in ('{"jobs": [', '{"jobs": [{"name": "a"}]}', "[]"):
+        (tmp_path / "sweep.json").write_text(damaged)
+        assert one_error(run(["status", str(tmp_path)], tmp_path)).startswith(f"'{tmp_path / 'sweep.json'}' is not a submission record")
 
 
 def test_status_of_a_run_directory_lists_its_complete_checkpoints(tmp_path):
@@ -196,7 +217,8 @@ def test_status_of_a_run_directory_lists_its_complete_checkpoints(tmp_path):
     states = {"step-0000010": {"step": 10, "epoch": 1, "batch": 0, "processes": 2, "per_process_batch": 4, "accumulation": 1,
                                "global_batch": 8, "lanes": 2},
               "step-0000005": {"step": 5, "epoch": 0, "batch": 10},  # before the shape was recorded
-              "step-backup": {"step": 7}, ".step-0000015.tmp": {"step": 15}}  # not checkpoints a resume would take
+              "step-backup": {"step": 7}, ".step-0000015.tmp": {"step": 15},  # not checkpoints a resume would take
+              "step-0000003": []}  # damaged: a resume names it and passes it over
     for name, state in states.items():
         (checkpoints / name).mkdir(parents=True)
         (checkpoints / name / STATE_FILE).write_text(json.dumps(state))
@@ -207,6 +229,58 @@ def test_status_of_a_run_directory_lists_its_complete_checkpoints(tmp_path):
     assert rows[0] == ["CHECKPOINT", "STEP", "EPOCH", "BATCH", "PROCESSES", "PER-PROCESS", "BATCH", "ACCUMULATION", "GLOBAL", "BATCH", "LANES"]
     assert rows[1:] == [["step-0000005", "5", "0", "10", "-", "-", "-", "-", "-"],
                         ["step-0000010", "10", "1", "0", "2", "4", "1", "8", "2"]]
+
+
+def fake_slurm(tmp_path, sbatch: str) -> dict[str, str]:
+    """An environment whose sbatch runs the shell text `sbatch`, and whose sinfo lists one 2-CPU node."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("sinfo", "echo 'debug*|vm|2|24000|(null)'"), ("sbatch", sbatch)):
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}/usr/bin:/bin"}
+
+
+def submit_py(args: list[str], tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "launch" / "submit.py"), "--config", str(TINY_CONFIG), "--gpus-per-node", "0",
+                           "--cpus-per-task", "1", *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+
+
+def test_a_submission_directory_is_never_written_over(tmp_path):
+    env = fake_slurm(tmp_path, "echo 'Submitted batch job 41'")
+    mine = tmp_path / "sub" / "sweep.json"  # e.g. the user's own sweep file
+    mine.parent.mkdir()
+    mine.write_text("grid: {train.seed: [1, 2]}\n")
+    for args in (["--dir", "sub"], ["--dir", "sub", "--dry-run"]):
+        assert one_error(submit_py(args, tmp_path, env)) == (
+            f"--dir sub already holds a submission ({mine.name}); choose another --dir, or leave it out for a new directory")
+    assert mine.read_text() == "grid: {train.seed: [1, 2]}\n"
+    # two submissions in the same second without --dir each get their own directory
+    for _ in range(2):
+        assert submit_py(["train.output_dir=runs"], tmp_path, env).returncode == 0
+    folders = sorted((tmp_path / "runs" / "herbs-tiny" / "submitit").iterdir())
+    assert len(folders) == 2 and all((f / "sweep.json").is_file() for f in folders)
+
+
+def test_jobs_that_sbatch_accepted_are_on_record_even_if_herbs_submit_is_killed_right_after(tmp_path):
+    env = fake_slurm(tmp_path, "echo 'Submitted batch job 42'; kill -KILL $PPID")
+    out = submit_py(["--dir", "sub", "train.output_dir=runs"], tmp_path, env)
+    assert out.returncode == -9
+    record = json.loads((tmp_path / "sub" / "sweep.json").read_text())
+    assert [job["name"] for job in record["jobs"]] == ["tiny"]  # `herbs status sub` shows it (NOT SUBMITTED: sbatch's answer was lost)
+
+
+def test_resume_none_on_a_run_directory_that_holds_a_run_is_refused_at_submission(tmp_path):
+    write_run(tmp_path / "runs" / "herbs-tiny" / "tiny", [], [{"step": 3, "loss": 2.0}])
+    env = fake_slurm(tmp_path, "echo 'Submitted batch job 43'")
+    error = one_error(submit_py(["--resume", "none", "train.output_dir=runs"], tmp_path, env))
+    assert error == (f"run directory '{tmp_path / 'runs' / 'herbs-tiny' / 'tiny'}' already holds a run, and --resume none would "
+                     "start a new one there; continue it with --resume auto, or choose another --name")
+
+
+def test_debug_shows_the_traceback_through_launch_submit_py(tmp_path):
+    out = submit_py(["--debug", "--max-jobs", "0"], tmp_path, fake_slurm(tmp_path, "exit 1"))
+    assert "Traceback" in out.stderr and "LaunchError: --max-jobs must be at least 1" in out.stderr
 
 
 @pytest.mark.slow

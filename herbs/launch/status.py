@@ -77,19 +77,30 @@ def event_state(events: list[dict]) -> str | None:
     return "REQUEUED" if last.get("requeue") else "FAILED"
 
 
-def status_rows(folder: Path) -> list[dict]:
+def read_record(folder: Path) -> dict:
     path = folder / RECORD
     if not path.is_file():
         raise LaunchError(f"'{folder}' holds no {RECORD}; pass the directory that herbs submit printed")
-    record = json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+        if all(isinstance(job["name"], str) and isinstance(job["run_dir"], str) for job in record["jobs"]):
+            return record
+    except (ValueError, TypeError, KeyError):
+        pass
+    raise LaunchError(f"'{path}' is not a submission record that herbs submit wrote (damaged or edited); submit again with another --dir")
+
+
+def status_rows(folder: Path) -> list[dict]:
+    record = read_record(folder)
     slurm = record.get("executor") == "slurm"
     states = slurm_states([j["job_id"] for j in record["jobs"] if j.get("job_id")]) if slurm else {}
     rows = []
     for entry in record["jobs"]:
         run_dir = Path(entry["run_dir"])
-        events = read_events(run_dir)
-        last, best = read_metrics(run_dir)
         jid = str(entry.get("job_id") or "")
+        # this job's attempts only: the run directory also holds those of earlier submissions that trained it
+        events = [e for e in read_events(run_dir) if jid and e.get("job") == (jid if slurm else f"local-{jid}")]
+        last, best = read_metrics(run_dir)
         if slurm:
             state = states.get(jid) or event_state(events) or ("UNKNOWN" if jid else "NOT SUBMITTED")
         else:
@@ -118,6 +129,8 @@ def checkpoint_rows(run_dir: Path) -> list[dict]:
             state = json.loads((checkpoint / STATE_FILE).read_text())
         except (OSError, ValueError):
             continue  # damaged: a resume names it
+        if not isinstance(state, dict):
+            continue
         rows.append({"checkpoint": checkpoint.name, **{key: state.get(key) for key in POSITION_COLUMNS.values()},
                      **{key: state.get(key) or None for key in SHAPE_COLUMNS.values()}})
     return rows

@@ -13,6 +13,8 @@ import argparse
 import contextlib
 import datetime
 import io
+import itertools
+import math
 import os
 import shlex
 import shutil
@@ -23,8 +25,8 @@ from pathlib import Path
 from herbs.config import load_config
 from herbs.errors import ConfigError, LaunchError
 from herbs.launch import sweep
-from herbs.launch.status import format_table, status_rows, write_record
-from herbs.run import SUBMISSIONS, accelerate_env, run_dir
+from herbs.launch.status import RECORD, format_table, status_rows, write_record
+from herbs.run import SUBMISSIONS, accelerate_env, run_dir, run_traces
 
 DEFAULT_MAX_JOBS = 100
 # SLURM checks time limits every 30 s and may signal up to 60 s before the delay asked for; a task
@@ -83,8 +85,11 @@ def plan_jobs(args: argparse.Namespace) -> tuple[str, list[sweep.Point], dict[st
     name = args.name or base.log.name or Path(args.config).stem
     if any(ord(c) < 32 for c in name):
         raise LaunchError(f"the job name {name!r} holds control characters (a newline?); pass a plain --name")
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    args.dir = args.dir or str(Path(base.train.output_dir) / base.log.project / SUBMISSIONS / f"{name.replace('/', '-')}-{stamp}")
+    args.dir = args.dir or new_submission_dir(Path(base.train.output_dir) / base.log.project / SUBMISSIONS, name)
+    if Path(args.dir).exists() and not Path(args.dir).is_dir():
+        raise LaunchError(f"--dir {args.dir} is not a directory; pass a directory for the submission's files")
+    if (Path(args.dir) / RECORD).exists():
+        raise LaunchError(f"--dir {args.dir} already holds a submission ({RECORD}); choose another --dir, or leave it out for a new directory")
     points = sweep.expand(sweep.load_sweep(args.sweep)) if args.sweep else [sweep.Point({})]
     if len(points) > args.max_jobs:
         raise LaunchError(f"the sweep expands to {len(points)} jobs, more than --max-jobs {args.max_jobs}; shrink the sweep or raise --max-jobs")
@@ -106,8 +111,17 @@ def plan_jobs(args: argparse.Namespace) -> tuple[str, list[sweep.Point], dict[st
         clash = [n for n, d in run_dirs.items() if d == directory]
         if clash:
             raise LaunchError(f"sweep points '{clash[0]}' and '{point.name}' would share the run directory {directory}; vary log.name in the sweep")
+        if args.resume == "none" and run_traces(directory):  # the node would refuse it, after the wait in the queue
+            raise LaunchError(f"run directory '{directory}' already holds a run, and --resume none would start a new one there; "
+                              "continue it with --resume auto, or choose another --name")
         run_dirs[point.name] = directory
     return name, points, run_dirs
+
+
+def new_submission_dir(parent: Path, name: str) -> str:
+    """`<parent>/<name>-<time>`, numbered when a submission of the same second has it already."""
+    stem = f"{name.replace('/', '-')}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    return str(next(d for d in (parent / (f"{stem}-{i}" if i else stem) for i in itertools.count()) if not d.exists()))
 
 
 def resources(args: argparse.Namespace) -> dict:
@@ -116,8 +130,8 @@ def resources(args: argparse.Namespace) -> dict:
     gpus = args.gpus_per_node
     if gpus is None:
         gpus = local_gpu_count() if args.local else 8
-    procs = args.procs_per_node or max(gpus, 1)
-    cpus = args.cpus_per_task or 4
+    procs = max(gpus, 1) if args.procs_per_node is None else args.procs_per_node
+    cpus = 4 if args.cpus_per_task is None else args.cpus_per_task
     parallel = 1 if args.array_parallelism is None else args.array_parallelism
     for flag, value, low in (("--nodes", args.nodes, 1), ("--gpus-per-node", gpus, 0), ("--procs-per-node", procs, 1),
                              ("--cpus-per-task", cpus, 1), ("--time", args.time, 1), ("--signal-delay", args.signal_delay, 0),
@@ -125,6 +139,8 @@ def resources(args: argparse.Namespace) -> dict:
                              ("--array-parallelism", parallel, 1)):
         if value < low:
             raise LaunchError(f"{flag} must be at least {low}, got {value}")
+    if args.mem_gb is not None and not 1 <= args.mem_gb * 1024 < math.inf:  # nan too
+        raise LaunchError(f"--mem-gb must be a number of GB, at least 0.001 (1 MB), got {args.mem_gb:g}")
     if args.signal_delay >= args.time * 60:
         raise LaunchError(f"--signal-delay {args.signal_delay} s must be shorter than --time {args.time} min, or training is told to stop before it starts")
     if not args.local and args.time * 60 < args.signal_delay + SIGNAL_SLACK_S:
@@ -253,8 +269,8 @@ def print_plan(name: str, points: list[sweep.Point], run_dirs: dict[str, Path], 
 def submit(args: argparse.Namespace) -> int:
     import submitit
 
-    name, points, run_dirs = plan_jobs(args)
     res = resources(args)
+    name, points, run_dirs = plan_jobs(args)
     jobs = make_jobs(args, points, run_dirs)
     if not args.local and (not args.dry_run or shutil.which("sbatch")):
         check_cluster(args, res)
@@ -269,7 +285,10 @@ def submit(args: argparse.Namespace) -> int:
         return 0
 
     folder = Path(args.dir).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise LaunchError(f"cannot create --dir {args.dir} ({err.strerror}); pass a directory you can write") from None
     executor = (submitit.LocalExecutor if args.local else submitit.SlurmExecutor)(folder / "logs", max_num_timeout=args.max_requeues)
     executor.update_parameters(**params)
     record = {
@@ -277,6 +296,7 @@ def submit(args: argparse.Namespace) -> int:
         "config": str(Path(args.config).resolve()), "overrides": args.overrides, "sweep": args.sweep, "parameters": params,
         "jobs": [{"name": p.name, "overrides": p.overrides(), "run_dir": str(run_dirs[p.name]), "job_id": None} for p in points],
     }
+    write_record(folder, record)  # before any job starts: a kill after that leaves the jobs named, if not their ids
     try:
         if args.local:
             submitted = run_local(executor, jobs, record, folder, args.array_parallelism or 1)

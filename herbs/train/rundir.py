@@ -30,15 +30,12 @@ from herbs import lockfile
 from herbs.config import Config
 from herbs.errors import HerbsError
 from herbs.atomic import in_progress, restore_replaced, write_atomic
-from herbs.run import BEST_MODEL, CHECKPOINTS_DIR, METRICS_FILE, STEP_PREFIX
+from herbs.run import BEST_MODEL, CHECKPOINTS, CHECKPOINTS_DIR, run_traces
 from herbs.train.checkpoints import BEING_WRITTEN, LATEST
 
 log = logging.getLogger(__name__)
 
 RUN_FILE, LOCK_FILE = "run.json", "run.lock"
-# What a run leaves behind that a second, fresh run in the same directory would mix with its own.
-CHECKPOINTS = f"{CHECKPOINTS_DIR}/{STEP_PREFIX}*"
-RUN_TRACES = (CHECKPOINTS, METRICS_FILE, BEST_MODEL)
 # Temporaries of interrupted writes (herbs.atomic); only the lock holder writes here, so none of them is in use.
 TEMPORARIES = (f"{CHECKPOINTS_DIR}/{BEING_WRITTEN}", *(str(in_progress(Path(name), "*")) for name in
                                                        (f"{CHECKPOINTS_DIR}/{LATEST}", BEST_MODEL, RUN_FILE)))
@@ -80,7 +77,7 @@ def claim_run_directory(run_dir: Path, config: Config, accelerator, *, resume: s
 def _claim(run_dir: Path, config: Config, resume: str | None, overwrite: bool) -> tuple[IO, dict]:
     lock = _lock(run_dir)
     previous = _read_json(run_dir / RUN_FILE)
-    traces = [name for pattern in RUN_TRACES for name in sorted(run_dir.glob(pattern))]
+    traces = run_traces(run_dir)
     if not resume and traces:
         if not overwrite:
             lock.close()
