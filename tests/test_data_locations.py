@@ -26,7 +26,7 @@ from herbs.data.stream import EvalStream, TrainStream
 from herbs.data.tario import sample_members
 from herbs.data.transforms import EvalTransform, TrainTransform
 
-from helpers.data import write_tiny_shards
+from helpers.data import rewrite_shard, write_tiny_shards
 from helpers import REPO
 from helpers.runs import checkpoint_weights, error_line, metrics, micro, run_dir, run_training, write_demo_shards
 
@@ -305,12 +305,27 @@ def test_cache_dir_keeps_verified_shards_for_later_epochs(shards, tmp_path):
     with serve(shards) as url:
         first = eval_keys(url, fetch, world_size=1)
         manifest = load_manifest(url)
-    cached = sorted(p.name for p in (tmp_path / "cache").rglob("*.tar"))
+    cached = sorted(p.name.split("-", 1)[1] for p in (tmp_path / "cache").rglob("*.tar"))  # <sha256>-<name>
     assert cached == ["test-000000.tar", "test-000001.tar"]
     assert not list((tmp_path / "cache").rglob("*.part"))
     # The server is gone: the second pass reads the cache alone.
     assert same(first, eval_keys(manifest, fetch, world_size=1))
     assert same(first, eval_keys(shards, FetchPolicy(), world_size=1))
+
+
+def test_a_cached_shard_is_never_served_for_a_shard_rewritten_at_its_location(shards, tmp_path):
+    """Same name and size, other samples (here one label changed): the manifest's sha256 tells them apart."""
+    site = tmp_path / "site"
+    shutil.copytree(shards, site)
+    fetch = FetchPolicy(cache_dir=str(tmp_path / "cache"))
+    with serve(site) as url:
+        before = eval_keys(url, fetch, world_size=1)
+        size = (site / "test-000000.tar").stat().st_size
+        rewrite_shard(site, "test-000000.tar", {"test_000000": {"cls": b"0" if before[0][0][1][0] else b"1"}})
+        assert (site / "test-000000.tar").stat().st_size == size
+        after = eval_keys(url, fetch, world_size=1)
+    assert after[0][0][1][0] != before[0][0][1][0] and same(after, eval_keys(site, FetchPolicy(), world_size=1))
+    assert len(list((tmp_path / "cache").rglob("*-test-000000.tar"))) == 1  # the old contents' copy is gone
 
 
 def test_herbs_shard_verify_reads_a_url(shards, server, capsys):

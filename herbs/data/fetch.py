@@ -12,7 +12,8 @@ A piece (samples `start` .. `stop - 1` of a shard) is read in one of two ways:
   - fetched whole (with `verify` or a `cache_dir`): the shard is copied to a local file while
     its sha256 and size are computed, checked against the manifest, and then read from that file.
     A shard that does not match gives no samples. With `cache_dir` the file is kept (under a
-    directory named by the location) and later epochs read it without the network.
+    directory named by the location, the file named by its sha256) and later epochs read it
+    without the network.
 
 Either way a piece gives exactly `stop - start` items, and samples that could not be had come
 back as ("<shard>#<index>", None), to be counted and named as skipped like a damaged local shard's.
@@ -244,8 +245,9 @@ def sample_index(location: Location, shard: ShardInfo, policy: FetchPolicy) -> O
 
 
 def cache_path(location: Location, shard: ShardInfo, cache_dir: str) -> Path:
-    # One directory per location: two datasets whose shards share names never share cache files.
-    return Path(cache_dir) / hashlib.sha256(location.text.encode()).hexdigest()[:16] / shard.name
+    # One directory per location: two datasets whose shards share names never share cache files;
+    # and one file per content: a shard written again at its location is fetched again, whatever its size.
+    return Path(cache_dir) / hashlib.sha256(location.text.encode()).hexdigest()[:16] / f"{shard.sha256[:16]}-{shard.name}"
 
 
 def fetched(location: Location, shard: ShardInfo, policy: FetchPolicy) -> tuple[Optional[Path], bool]:
@@ -273,6 +275,9 @@ def fetched(location: Location, shard: ShardInfo, policy: FetchPolicy) -> tuple[
                             url, size, digest.hexdigest()[:12], shard.bytes, shard.sha256[:12])
                 return None, False
             os.replace(part, target)
+            if policy.cache_dir:  # the copies of this shard's earlier contents are of no use any more
+                for stale in set(target.parent.glob(f"*-{shard.name}")) - {target}:
+                    stale.unlink(missing_ok=True)
             return target, policy.cache_dir is not None
         except FileNotFoundError as err:
             log.warning("shard %s cannot be read: %s", url, err)
