@@ -386,12 +386,26 @@ def test_shards_written_through_a_pipe_command_arrive_whole_with_the_manifest_la
     write_tiny_shards(f"pipe:echo {{name}} >> {log} && cat > {out}/{{name}}", shard_samples=12)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in shards.iterdir())
     assert all((out / p.name).read_bytes() == p.read_bytes() for p in shards.iterdir())  # the same bytes as a local write
-    assert log.read_text().split()[-1] == "manifest.json"
+    names = log.read_text().split()
+    assert names[0] == names[-1] == "manifest.json"  # first a placeholder that readers refuse, last the manifest
+
+
+def test_a_location_written_again_and_interrupted_never_looks_complete(shards, tmp_path):
+    """herbs cannot list a pipe: location, so it writes over what is there; the old manifest must not outlive that."""
+    out = tmp_path / "out"
+    out.mkdir()
+    write_tiny_shards(f"pipe:cat > {out}/{{name}}", shard_samples=12)
+    with pytest.raises(DataError):
+        write_tiny_shards(f"pipe:[ {{name}} = train-000001.tar ] && exit 1; cat > {out}/{{name}}", shard_samples=12, seed=7)
+    with pytest.raises(DataError) as err:
+        load_manifest(out)
+    assert str(err.value) == (f"{out / 'manifest.json'} belongs to shards that are being written, or whose writing was interrupted; "
+                              "wait for herbs shard to finish, or run it again")
 
 
 def test_a_failing_write_command_is_one_sentence(tmp_path):
     with pytest.raises(DataError) as err:
         write_tiny_shards("pipe:cat > /nonexistent-dir/{name}")
     message = str(err.value)
-    # The first file written is the first shard's sample index.
-    assert "writing train-000000.idx through 'pipe:cat > /nonexistent-dir/train-000000.idx' failed" in message and "\n" not in message
+    # The first file written is the placeholder manifest, before any shard is made.
+    assert "writing manifest.json through 'pipe:cat > /nonexistent-dir/manifest.json' failed" in message and "\n" not in message

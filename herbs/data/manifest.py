@@ -28,6 +28,9 @@ from herbs.data.tario import DamagedShard, ShardInfo, parse_index, sample_starts
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+# What a remote output's manifest.json holds while its shards are written (herbs.data.upload): a
+# location that cannot be listed or deleted from is written over, and must not look complete meanwhile.
+BEING_WRITTEN = "being written"
 RESHARD = "write the shards again with `herbs shard ...`"
 
 
@@ -105,6 +108,9 @@ class Manifest:
         if not isinstance(data, dict):
             kind = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(data), "null")
             raise DataError(f"{root / MANIFEST} holds a JSON {kind}, not the object herbs writes; {RESHARD}")
+        if data.get("format") == BEING_WRITTEN:
+            raise DataError(f"{root / MANIFEST} belongs to shards that are being written, or whose writing was interrupted; "
+                            "wait for herbs shard to finish, or run it again")
         if data.get("format") != FORMAT:
             raise DataError(f"{root / MANIFEST} has format {data.get('format')!r}, this herbs reads format {FORMAT}; {RESHARD}")
         return cls(

@@ -3,18 +3,22 @@
 Each shard is written to a local temporary file (so the writer's size accounting and checksum
 work as for a directory), handed to the location through webdataset's gopen in "wb" mode (a
 `pipe:` command reads it on stdin; gs:// and http(s):// use gopen's gsutil and curl PUT), and
-deleted: at most one shard is on local disk at a time. The manifest goes last, so a location
-with a manifest always holds every shard it lists.
+deleted: at most one shard is on local disk at a time. herbs cannot list or delete from such a
+location, so it writes over whatever is there: first a placeholder manifest that readers refuse
+(as a local write deletes the old manifest first), the real one last, so a location with a
+manifest always holds every shard it lists.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from herbs.errors import DataError
 from herbs.data.location import Location
+from herbs.data.manifest import BEING_WRITTEN, MANIFEST
 
 
 class UploadOutput:
@@ -26,6 +30,11 @@ class UploadOutput:
 
     def __enter__(self) -> "UploadOutput":
         self.dir = Path(tempfile.mkdtemp(prefix="herbs-shard-"))
+        try:
+            self.write_manifest(MANIFEST, json.dumps({"format": BEING_WRITTEN}) + "\n")
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *_) -> None:
