@@ -16,7 +16,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from helpers.data import CUB_CLASSES, bomb_png, make_cub, make_nabirds, photo, tiny_dataset
+from helpers.data import CUB_CLASSES, bomb_png, jpeg, make_cub, make_nabirds, photo, tiny_dataset
 from herbs.cli import main
 from herbs.errors import DataError
 from herbs.data import writer as writer_module
@@ -109,6 +109,17 @@ def test_other_formats_are_reencoded_losslessly_and_said_so(tmp_path, capsys):
     for data in pngs:
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), np.asarray(image))
     assert manifest.split("train").num_samples == 2
+
+
+def test_images_cut_short_are_left_out_named_and_listed(tmp_path):
+    """A copy that stopped early has a whole header: only decoding its pixels shows that they are missing."""
+    whole, png = jpeg(seed=1), io.BytesIO()
+    photo(20, 10, seed=2).save(png, format="PNG")
+    samples = [Sample("whole.jpg", 0, data=whole), Sample("cut.jpg", 0, data=whole[: len(whole) // 2]),
+               Sample("cut.png", 0, data=png.getvalue()[: len(png.getvalue()) // 2])]
+    manifest = write_shards(SourceDataset("folder", ["a"], ["a"], {"train": samples}), tmp_path / "out")
+    assert manifest.notes["unreadable"] == ["cut.jpg", "cut.png"] and manifest.split("train").num_samples == 1
+    assert list(members(tmp_path / "out" / "train-000000.tar").values())[0] == whole  # kept byte for byte
 
 
 def test_interrupted_writer_leaves_no_manifest_and_a_rerun_completes(tmp_path, monkeypatch):
