@@ -297,7 +297,16 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, (bool, int, float)) and _holds_text(section, key):  # YAML reads Off as false, 001 as 1
+        value = raw.strip()
     return section, key, value
+
+
+def _holds_text(section: str, key: str) -> bool:
+    """Whether `section.key` is a known key whose value is text."""
+    hints = typing.get_type_hints(_section_classes()[section]) if section in SECTIONS else {}
+    annotation = hints.get(key)
+    return annotation is str or str in typing.get_args(annotation)
 
 
 def read_yaml_mapping(path: str | Path, hint: str = "pass an existing YAML file (see configs/)") -> dict:

@@ -35,6 +35,16 @@ def test_overrides_are_typed():
     assert c.log.name == "my run" and c.train.max_steps == 3
 
 
+@pytest.mark.parametrize("override, value", [
+    ("log.name=Off", "Off"), ("log.project=True", "True"), ("log.name=001", "001"), ("data.shards=2024", "2024"),
+    ("train.mixed_precision=no", "no"), ("log.name=plain", "plain"), ('log.name="quoted"', "quoted"),
+])
+def test_text_keys_keep_the_text_typed_on_the_command_line(override, value):
+    """YAML would read Off as false and 001 as 1: a key that holds text takes what was typed."""
+    section, key = override.split("=")[0].split(".")
+    assert getattr(getattr(load_config(CONFIGS / "tiny.yaml", [override]), section), key) == value
+
+
 @pytest.mark.parametrize("override, message", [
     (["optim.lrr=1"], "unknown config key 'optim.lrr' (did you mean 'lr'?)"),
     (["optimm.lr=1"], "unknown config section 'optimm' (did you mean 'optim'?)"),
