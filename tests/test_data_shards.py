@@ -10,6 +10,7 @@ import subprocess
 import struct
 import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -268,6 +269,26 @@ def test_rewriting_needs_overwrite_and_removes_only_the_listed_files(tmp_path, c
     err = capsys.readouterr().err
     assert f"'{out / 'train-000007.tar'}' was not written by herbs here" in err and "move it away" in err
     assert (out / "train-000007.tar").read_text() == "not listed" and verify_shards(out)
+
+
+def test_a_manifest_that_is_not_text_is_one_sentence_for_readers_and_writers(tmp_path, capsys):
+    src, out = image_folder(tmp_path / "imgs", per_class=3), tmp_path / "out"
+    assert main(["shard", "folder", str(src), str(out)]) == 0
+    (out / MANIFEST).write_bytes(b"\xff\xfe{")
+    capsys.readouterr()
+    assert main(["shard", "verify", str(out)]) == 2
+    assert f"{out / MANIFEST} is not a readable herbs manifest" in capsys.readouterr().err
+    assert main(["shard", "folder", str(src), str(out), "--overwrite"]) == 2
+    assert f"'{out / MANIFEST}' cannot be read, so which files herbs wrote is unknown" in capsys.readouterr().err
+
+
+def test_a_directory_that_cannot_be_written_is_one_sentence(capsys):
+    unwritable = Path("/sys/kernel")  # refuses new files even to root
+    if not unwritable.is_dir():
+        pytest.skip("no /sys/kernel here")
+    assert main(["shard", "demo", str(unwritable)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"herbs shard: error: cannot write in the shards directory '{unwritable}'") and len(err.splitlines()) == 1
 
 
 def test_a_second_writer_is_refused_and_a_dead_one_leaves_nothing_in_the_way(tmp_path, capsys):

@@ -139,7 +139,7 @@ def read_manifest(shards: "str | Path | Location", fetch: FetchPolicy = FetchPol
     if not path.is_file():
         reason = "does not exist" if not directory.is_dir() else f"has no {MANIFEST} (never written, or the writing was interrupted)"
         raise DataError(f"shards directory '{root}' {reason}; {RESHARD} (e.g. `herbs shard demo {root}`)")
-    return Manifest.parsed(root, path.read_text())
+    return Manifest.parsed(root, path.read_bytes().decode("utf-8", "replace"))  # not UTF-8: unreadable JSON, said as such
 
 
 def fetch_manifest(root: Location, fetch: FetchPolicy) -> str:

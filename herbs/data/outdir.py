@@ -80,6 +80,8 @@ class OutputDir:
             host, pid = ((held.text.splitlines() or ["? ?"])[0].split() + ["?", "?"])[:2]
             raise DataError(f"'{self.path}' is being written by another `herbs shard` (host {host}, pid {pid}); "
                             "wait for it to finish, or write to another directory") from None
+        except OSError as err:  # a read-only mount, a directory of another user's
+            raise DataError(f"cannot write in the shards directory '{self.path}' ({err.strerror}); choose a writable place") from None
         return os.read(self.fd, 1 << 24).decode(errors="replace").splitlines()
 
     def previous_files(self, interrupted: list[str]) -> set[str]:
