@@ -422,8 +422,13 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.timeout must be above 0 seconds, got {d.timeout}")
     if d.retries < 0:
         raise ConfigError(f"data.retries must be 0 or more, got {d.retries}")
-    if len(d.mean) != 3 or len(d.std) != 3:
-        raise ConfigError("data.mean and data.std must have 3 values (R, G, B)")
+    def numbers(values: list) -> bool:
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+    if len(d.mean) != 3 or len(d.std) != 3 or not numbers(d.mean + d.std) or not all(v > 0 for v in d.std):
+        raise ConfigError(f"data.mean and data.std must be 3 numbers each (R, G, B; std above 0), got {d.mean} and {d.std}")
+    if len(o.betas) != 2 or not numbers(o.betas) or not all(0 <= b < 1 for b in o.betas):
+        raise ConfigError(f"optim.betas must be 2 numbers from 0 up to, not including, 1 (e.g. [0.9, 0.999]), got {o.betas}")
     if not any((config.loss.lambda_b0, config.loss.lambda_b, config.loss.lambda_s, config.loss.lambda_n, config.loss.lambda_c)):
         raise ConfigError("every loss weight (loss.lambda_*) is zero; set at least one above zero")
     if o.name not in ("sgd", "adamw"):

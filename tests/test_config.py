@@ -63,6 +63,12 @@ def test_text_keys_keep_the_text_typed_on_the_command_line(override, value):
     (["log.name=/etc"], "log.name must be a relative path inside train.output_dir"),
     (["log.name=a/../../x"], "log.name must be a relative path inside train.output_dir"),
     (["log.project=."], "log.project must be a relative path inside train.output_dir"),
+    # lists whose values only the transforms or the optimizer would trip over, mid-run
+    (["data.mean=[a, b, c]"], "data.mean and data.std must be 3 numbers each (R, G, B; std above 0), got ['a', 'b', 'c']"),
+    (["data.std=[0.2, 0, 0.2]"], "data.mean and data.std must be 3 numbers each"),
+    (["data.mean=[0.5, 0.5]"], "data.mean and data.std must be 3 numbers each"),
+    (["optim.betas=[0.9]"], "optim.betas must be 2 numbers from 0 up to, not including, 1 (e.g. [0.9, 0.999]), got [0.9]"),
+    (["optim.betas=[0.9, 1.5]"], "optim.betas must be 2 numbers"),
 ])
 def test_bad_settings_name_the_key(override, message):
     with pytest.raises(ConfigError) as err:
