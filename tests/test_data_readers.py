@@ -112,6 +112,21 @@ def test_folder_with_train_and_test(tmp_path):
         read_folder(root)
 
 
+def test_split_folders_are_found_whatever_their_case(tmp_path):
+    root = make_folder(tmp_path / "f", ["Train/a/1.jpg", "Train/b/1.jpg", "Test/b/2.jpg"])
+    dataset = read_folder(root)
+    assert dataset.class_names == ["a", "b"] and {k: len(v) for k, v in dataset.splits.items()} == {"train": 2, "test": 1}
+
+
+@pytest.mark.parametrize("layout", [["training/a/1.jpg", "testing/a/2.jpg"], ["train/a/1.jpg", "TRAIN/a/2.jpg"]])
+def test_split_folders_herbs_cannot_tell_apart_from_classes_are_refused(tmp_path, layout):
+    """Read as classes, each would label every image by its split."""
+    root = make_folder(tmp_path / "f", layout)
+    with pytest.raises(DataError) as err:
+        read_folder(root)
+    assert "looks like a split" in str(err.value) or "more than one" in str(err.value)
+
+
 def test_folder_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         read_folder(tmp_path / "nowhere")

@@ -1,6 +1,6 @@
 """Labelled image folders: `root/<class>/<image>` (all train), or `root/train/<class>/<image>`
-plus optional `root/val/...` and `root/test/...`. Classes are the sorted folder names, as in the
-original HERBS code."""
+plus optional `root/val/...` and `root/test/...` (in any case: `Train/`). Classes are the sorted
+folder names, as in the original HERBS code."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from herbs.data.source import Sample, SourceDataset
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
+# Split folders by other names: read as classes, each would label every image by its split.
+LOOKALIKES = ("training", "validation", "valid", "testing")
 
 
 def class_dirs(root: Path) -> dict[str, Path]:
@@ -21,11 +23,27 @@ def images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
 
 
+def split_folders(root: Path) -> dict[str, Path]:
+    """The split folders of `root`, by split name, whatever their case; none for a folder of classes."""
+    found: dict[str, list[Path]] = {}
+    for folder in class_dirs(root).values():
+        if folder.name.lower() in LOOKALIKES:
+            raise DataError(f"folder '{folder}' looks like a split; name the split folders train, val and test, "
+                            f"or put the class folders directly in '{root}'")
+        if folder.name.lower() in SPLITS:
+            found.setdefault(folder.name.lower(), []).append(folder)
+    for folders in found.values():
+        if len(folders) > 1:
+            raise DataError(f"'{root}' has more than one folder for one split ({', '.join(f.name for f in folders)}); keep one")
+    return {name: found[name][0] for name in SPLITS if name in found}
+
+
 def read_folder(root: str | Path) -> SourceDataset:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder '{root}' does not exist; pass a folder holding one sub-folder of images per class")
-    split_roots = {name: root / name for name in SPLITS if (root / name).is_dir()} if (root / "train").is_dir() else {"train": root}
+    split_roots = split_folders(root)
+    split_roots = split_roots if "train" in split_roots else {"train": root}
     classes = class_dirs(split_roots["train"])
     if not classes:
         raise DataError(f"'{split_roots['train']}' has no class folders; put each class's images in a folder named after the class")
