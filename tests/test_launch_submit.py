@@ -110,6 +110,7 @@ def test_a_start_that_slurm_requeued_itself_continues_the_run_whatever_resume_wa
     # read by the jobs on their nodes, maybe hours later: checked before they are queued
     (["--accelerate-config", "missing.yaml"], "the accelerate config 'missing.yaml' cannot be read"),
     (["--resume", "runs/missing/checkpoints/step-0000100"], "--resume runs/missing/checkpoints/step-0000100 does not exist;"),
+    (["--resume", "FILE:"], "--resume f.yaml is not a directory; pass a checkpoint directory, 'auto' or 'none'"),
     (["--time", "1", "--signal-delay", "60"], "--signal-delay 60 s must be shorter than --time 1 min"),
     # SLURM may signal up to 60 s early: a delay this close to --time could kill a task before submitit listens
     (["--time", "2", "--signal-delay", "60"], "--time 2 min with --signal-delay 60 s leaves 60 s before SLURM's checkpoint signal"),

@@ -241,8 +241,9 @@ def make_jobs(args: argparse.Namespace, points: list[sweep.Point], run_dirs: dic
     config = str(Path(args.config).resolve())
     resume = None if args.resume == "none" else args.resume
     if resume not in (None, "auto"):
-        if not Path(resume).exists():
-            raise LaunchError(f"--resume {resume} does not exist; pass a checkpoint directory, 'auto' or 'none'")
+        if not Path(resume).is_dir():
+            problem = "is not a directory" if Path(resume).exists() else "does not exist"
+            raise LaunchError(f"--resume {resume} {problem}; pass a checkpoint directory, 'auto' or 'none'")
         resume = str(Path(resume).resolve())
     accelerate_env(args.accelerate_config)
     accel = str(Path(args.accelerate_config).resolve()) if args.accelerate_config else None
