@@ -336,11 +336,20 @@ def test_herbs_shard_verify_reads_a_url(shards, server, capsys):
 @pytest.mark.parametrize("location, expected", [
     ("ftp2://host/shards", "URL scheme 'ftp2://', which neither webdataset nor fsspec can open"),
     ("pipe:aws s3 cp s3://bucket/shards/manifest.json -", "pipe: command without {name}"),
+    ("s3:/bucket/shards", "looks like a s3:// URL with a slash missing; write it as 's3://bucket/shards'"),
+    ("https:host/shards", "looks like a https:// URL with a slash missing; write it as 'https://host/shards'"),
 ])
-def test_locations_that_cannot_work_are_one_sentence(location, expected, capsys):
+def test_locations_that_cannot_work_are_one_sentence(location, expected, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a typo read as a local folder must not create one
     assert herbs_main(["shard", "verify", location]) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and location in err and len(err.splitlines()) == 1
+
+
+def test_a_url_with_a_slash_missing_is_not_written_as_a_local_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert herbs_main(["shard", "demo", "s3:/bucket/demo"]) == 2
+    assert "slash missing" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
 def test_a_manifest_url_that_is_missing_or_a_web_page_is_one_sentence(shards, tmp_path, capsys):

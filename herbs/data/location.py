@@ -71,6 +71,10 @@ def locate(shards: "str | Path | Location") -> Location:
         return Location(text, "pipe")
     match = URL.match(text)
     if not match:
+        typo = re.match(r"^([A-Za-z][A-Za-z0-9]+):/?(?!/)", text)  # s3:/bucket, https:host: read or written as a local folder
+        if typo and typo.group(1).lower() in {"file", "http", "https", *STORES}:
+            raise DataError(f"data location '{text}' looks like a {typo.group(1)}:// URL with a slash missing; "
+                            f"write it as '{typo.group(1)}://{text[typo.end():]}'")
         return Location(text, "")
     scheme = match.group(1).lower()
     if scheme == "file":
