@@ -42,5 +42,14 @@ def exit_code(prog: str, command: Callable[[], int | None], debug: bool = False)
             raise
         # One write with its newline: stderr writes through, and print() would send the newline
         # separately, so two ranks failing at once could share a line.
-        sys.stderr.write(f"{prog}: error: {err}\n")
+        sys.stderr.write(f"{prog}: error: {sentence(err)}\n")
         return EXIT_USAGE
+
+
+def sentence(err: HerbsError) -> str:
+    """The error's one sentence. One raised in a DataLoader worker comes back from torch with the worker's
+    traceback in its message, which ends in `<module>.<Class>: <the sentence>`."""
+    text = str(err)
+    if "Original Traceback" in text:
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return text

@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from helpers.data import bomb_png, rewrite_shard, write_tiny_shards
 from herbs.config import DataConfig
-from herbs.errors import DataError
+from herbs.errors import DataError, exit_code
 from herbs.data.manifest import load_manifest
 from herbs.data.stream import EvalStream, TrainStream, eval_stream, train_stream
 from herbs.data.transforms import EvalTransform, TrainTransform, decode_image
@@ -196,6 +196,19 @@ def test_bad_samples_are_skipped_counted_and_replaced_in_training(damaged, worke
     assert not bad & set(seen)
     assert set(seen) == TRAIN_KEYS - bad
     assert skipped >= len(bad)  # a slot may meet a bad sample again when it repeats samples
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_split_of_no_usable_sample_is_one_sentence_from_a_loader_worker_too(tmp_path, workers, capsys):
+    """torch re-raises a worker's error with the worker's traceback in its message: the user sees the sentence alone."""
+    out = write_tiny_shards(tmp_path / "bad", shard_samples=1000, train=2, test=1)
+    rewrite_shard(out, "train-000000.tar", {f"train_{i:06d}": {"jpg": b"garbage"} for i in range(8)})
+    stream = train(out, world_size=1, workers=workers)
+    capsys.readouterr()
+    assert exit_code("herbs train", lambda: run(stream)) == 2
+    stream.close()
+    assert capsys.readouterr().err == (f"herbs train: error: no sample of split 'train' in {out} can be used; "
+                                       "run `herbs shard verify` and write the shards again\n")
 
 
 def test_bad_samples_are_logged_with_their_key(damaged, caplog):
