@@ -210,7 +210,7 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
 def _closest(name: str, choices) -> str:
-    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.0)
+    match = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.0)  # a YAML key may be a number
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 

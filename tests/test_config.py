@@ -86,6 +86,9 @@ def test_missing_and_broken_files(tmp_path):
     bad.write_text("model: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    bad.write_text("model:\n  1: 2\n")
+    with pytest.raises(ConfigError, match="unknown config key 'model.1'"):
+        load_config(bad)
     bad.write_bytes(b"model: {head: \xff}\n")  # saved in Latin-1
     with pytest.raises(ConfigError, match="is not UTF-8 text"):
         load_config(bad)

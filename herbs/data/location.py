@@ -67,7 +67,8 @@ def locate(shards: "str | Path | Location") -> Location:
     if text.startswith("pipe:"):
         if NAME not in text:
             raise DataError(f"data location '{text}' is a pipe: command without {NAME}, where herbs puts each file's name "
-                            f"(manifest.json, train-000000.tar, ...); write it as e.g. 'pipe:curl -s https://host/shards/{NAME}'")
+                            f"(manifest.json, train-000000.tar, ...); write it as e.g. 'pipe:curl -s https://host/shards/{NAME}' "
+                            f"to read, or 'pipe:aws s3 cp - s3://bucket/shards/{NAME}' to write")
         return Location(text, "pipe")
     match = URL.match(text)
     if not match:
