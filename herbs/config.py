@@ -458,8 +458,9 @@ def validate(config: Config) -> None:
     if t.threads is not None and t.threads < 1:
         raise ConfigError(f"train.threads must be at least 1 or null (torch's default), got {t.threads}")
     for key, value in (("log.project", log.project), ("log.name", log.name)):  # the run directory's <project>/<name>
-        if value is not None and any(part in ("", ".", "..") for part in str(value).split("/")):
-            raise ConfigError(f"{key} must be a relative path inside train.output_dir (names joined by '/', no '.' or '..'), got {value!r}")
+        if value is not None and (any(part in ("", ".", "..") for part in str(value).split("/")) or any(ord(c) < 32 for c in str(value))):
+            raise ConfigError(f"{key} must be a relative path inside train.output_dir (names joined by '/', no '.' or '..', "
+                              f"no control characters), got {value!r}")
     if log.wandb_mode not in ("auto", "online", "offline"):
         raise ConfigError(f"log.wandb_mode must be auto, online or offline, got '{log.wandb_mode}'")
     # Intervals and counts: 0 would divide by zero mid-run, a negative value silently never fires.

@@ -63,6 +63,7 @@ def test_text_keys_keep_the_text_typed_on_the_command_line(override, value):
     (["log.name=/etc"], "log.name must be a relative path inside train.output_dir"),
     (["log.name=a/../../x"], "log.name must be a relative path inside train.output_dir"),
     (["log.project=."], "log.project must be a relative path inside train.output_dir"),
+    (['log.name="a\\tb"'], "log.name must be a relative path inside train.output_dir (names joined by '/', no '.' or '..', no control characters), got 'a\\tb'"),
     # lists whose values only the transforms or the optimizer would trip over, mid-run
     (["data.mean=[a, b, c]"], "data.mean and data.std must be 3 numbers each (R, G, B; std above 0), got ['a', 'b', 'c']"),
     (["data.std=[0.2, 0, 0.2]"], "data.mean and data.std must be 3 numbers each"),

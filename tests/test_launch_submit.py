@@ -104,7 +104,8 @@ def test_a_start_that_slurm_requeued_itself_continues_the_run_whatever_resume_wa
     (["--sweep", "SWEEP:grid: {optim.lrr: [1, 2]}"], "unknown config key 'optim.lrr' (did you mean 'lr'?)"),
     (["--sweep", "SWEEP:grid: {}"], "expands to no jobs"),
     (["--sweep", "SWEEP:grid: {train.seed: [1, 2, 3, 4]}", "--max-jobs", "3"], "the sweep expands to 4 jobs, more than --max-jobs 3"),
-    (["--sweep", "SWEEP:grid: {log.name: [same, same]}"], "would share the run directory"),
+    (["--sweep", "SWEEP:zip: {log.name: [same, same], train.seed: [1, 2]}"], "would share the run directory"),
+    (["--sweep", "SWEEP:grid: {train.seed: [1, 1]}"], "the sweep gives train.seed=1 twice; list each value once"),
     (["--sweep", "SWEEP:zip: {optim.lr: [1, 2], train.seed: [1]}"], "must have one length"),
     (["--local", "--nodes", "2"], "--local runs on this machine only; use --nodes 1"),
     # read by the jobs on their nodes, maybe hours later: checked before they are queued
@@ -125,6 +126,8 @@ def test_a_start_that_slurm_requeued_itself_continues_the_run_whatever_resume_wa
     (["--mem-gb", "nan"], "--mem-gb must be a number of GB, at least 0.001 (1 MB), got nan"),
     (["--mem-gb", "inf"], "--mem-gb must be a number of GB, at least 0.001 (1 MB), got inf"),
     (["--name", ".."], "log.name must be a relative path inside train.output_dir"),
+    (["--name", "a\nb"], "log.name must be a relative path inside train.output_dir"),  # SLURM's job name, too
+    (["--sweep", "SWEEP:grid: {log.name: [a, \"b\\tc\"]}"], "log.name must be a relative path inside train.output_dir"),
     (["--accelerate-config", "FILE:- a list"], "the accelerate config 'f.yaml' must hold a mapping"),
     (["--accelerate-config", "FILE:distributed_type: \xff"], "the accelerate config 'f.yaml' cannot be read"),
     (["--sweep", "FILE:grid: {train.seed: [\xff]}"], "is not UTF-8 text"),

@@ -70,10 +70,12 @@ def test_plain_strings_stay_readable():
     ("[1, 2]", "must be a mapping"),
     ("grid: {}\nzip: []", "s.yaml expands to no jobs; give at least one key with values under 'grid' or 'zip'"),
     ("", "s.yaml expands to no jobs"),
+    ("grid: {train.seed: [1, 1]}", "the sweep gives train.seed=1 twice; list each value once"),
+    ("zip: {optim.lr: [1, 1], train.seed: [2, 2]}", "the sweep gives optim.lr=1 train.seed=2 twice"),
 ])
 def test_bad_sweeps_say_what_is_wrong(text, message):
     with pytest.raises(LaunchError) as err:
-        sweep.parse_sweep(yaml.safe_load(text), "s.yaml")
+        sweep.expand(sweep.parse_sweep(yaml.safe_load(text), "s.yaml"))
     assert message in str(err.value)
 
 

@@ -83,8 +83,6 @@ def plan_jobs(args: argparse.Namespace) -> tuple[str, list[sweep.Point], dict[st
     (and name the submission's directory, `args.dir`, when the user did not)."""
     base = load_config(args.config, args.overrides)
     name = args.name or base.log.name or Path(args.config).stem
-    if any(ord(c) < 32 for c in name):
-        raise LaunchError(f"the job name {name!r} holds control characters (a newline?); pass a plain --name")
     args.dir = args.dir or new_submission_dir(Path(base.train.output_dir) / base.log.project / SUBMISSIONS, name)
     if Path(args.dir).exists() and not Path(args.dir).is_dir():
         raise LaunchError(f"--dir {args.dir} is not a directory; pass a directory for the submission's files")
@@ -294,7 +292,8 @@ def submit(args: argparse.Namespace) -> int:
     executor.update_parameters(**params)
     record = {
         "name": name, "created": datetime.datetime.now().isoformat(timespec="seconds"), "executor": "local" if args.local else "slurm",
-        "config": str(Path(args.config).resolve()), "overrides": args.overrides, "sweep": args.sweep, "parameters": params,
+        "config": str(Path(args.config).resolve()), "overrides": args.overrides,
+        "sweep": args.sweep and str(Path(args.sweep).resolve()), "parameters": params,
         "jobs": [{"name": p.name, "overrides": p.overrides(), "run_dir": str(run_dirs[p.name]), "job_id": None} for p in points],
     }
     write_record(folder, record)  # before any job starts: a kill after that leaves the jobs named, if not their ids

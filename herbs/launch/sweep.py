@@ -118,7 +118,14 @@ def expand(sweep: dict) -> list[Point]:
     """All points: the grid's product crossed with each zipped group's positions, in file order."""
     axes = [[{key: v} for v in values] for key, values in sweep["grid"].items()]
     axes += [[dict(zip(group, row)) for row in zip(*group.values())] for group in sweep["zip"]]
-    return [Point({key: v for part in combo for key, v in part.items()}) for combo in itertools.product(*axes)]
+    points = [Point({key: v for part in combo for key, v in part.items()}) for combo in itertools.product(*axes)]
+    seen: set[str] = set()
+    for point in points:  # two jobs training the same thing, each in its own run directory
+        text = " ".join(point.overrides())
+        if text in seen:
+            raise LaunchError(f"the sweep gives {text} twice; list each value once")
+        seen.add(text)
+    return points
 
 
 def _slug(value: Any) -> str:
