@@ -276,7 +276,7 @@ def fetched(location: Location, shard: ShardInfo, policy: FetchPolicy) -> tuple[
                 return None, False
             os.replace(part, target)
             if policy.cache_dir:  # the copies of this shard's earlier contents are of no use any more
-                for stale in set(target.parent.glob(f"*-{shard.name}")) - {target}:
+                for stale in set(target.parent.glob(f"{'?' * 16}-{shard.name}")) - {target}:
                     stale.unlink(missing_ok=True)
             return target, policy.cache_dir is not None
         except FileNotFoundError as err:
