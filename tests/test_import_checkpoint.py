@@ -82,6 +82,28 @@ def test_missing_file_and_pickle(reference_fixture, reference_checkpoint, tmp_pa
     assert "weights-only" in line
 
 
+def test_an_out_that_is_not_a_model_directory_is_never_deleted(reference_fixture, reference_checkpoint, tmp_path, herbs):
+    mine = tmp_path / "mymodels"
+    (mine / "important").mkdir(parents=True)
+    (mine / "important" / "notes.txt").write_text("x")
+    (tmp_path / "out.txt").write_text("y")
+    for out in (mine, tmp_path / "out.txt"):
+        line = _error_line(herbs("import-checkpoint", reference_checkpoint, "--config", reference_fixture.config, "--out", out))
+        assert f"'{out}' exists and is not a herbs model directory" in line
+    assert (mine / "important" / "notes.txt").read_text() == "x" and (tmp_path / "out.txt").read_text() == "y"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mymodels", "out.txt"]  # nothing hidden aside either
+    model = tmp_path / "model"  # a herbs model directory is replaced, as a re-import means
+    for _ in range(2):
+        assert herbs("import-checkpoint", reference_checkpoint, "--config", reference_fixture.config, "--out", model).returncode == 0
+
+
+def test_a_class_list_of_another_length_is_refused(reference_fixture, reference_checkpoint, tmp_path, herbs):
+    (tmp_path / "classes.txt").write_text("a\n\nb\nc\n")
+    line = _error_line(herbs("import-checkpoint", reference_checkpoint, "--config", reference_fixture.config, "--out", tmp_path / "m",
+                             "--classes", tmp_path / "classes.txt"))
+    assert "the class list names 3 classes but the model has 10" in line and not (tmp_path / "m").exists()
+
+
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(Exception, match="does not exist"):
         main(["--debug", "import-checkpoint", str(tmp_path / "x.pt"), "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "m")])

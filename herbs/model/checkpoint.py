@@ -32,6 +32,10 @@ CHECKSUM = "weights_sha256"  # in meta.json; directories written before it was r
 def save_model(state_dict: dict, config: Config, out_dir: str | Path, **meta) -> Path:
     """Write a model's state dict (on any device) with its config; `meta` adds JSON fields such as class_names."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir / META).is_file() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        # the model replaces the whole directory: never one of the user's
+        raise CheckpointError(f"'{out_dir}' exists and is not a herbs model directory, which writing the model there would delete; "
+                              "pass a new or empty directory, or a herbs model directory to replace")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = in_progress(out_dir, str(os.getpid()))
     shutil.rmtree(tmp, ignore_errors=True)

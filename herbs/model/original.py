@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from herbs.config import TAPS, Config, from_dict, read_yaml_mapping
-from herbs.errors import CheckpointError, ConfigError
+from herbs.errors import CheckpointError, ConfigError, HerbsError
 from herbs.model.checkpoint import save_model
 from herbs.model.herbs_model import HERBSModel
 from herbs.model.state_dict import load_matching, read_weights, unwrap_state_dict
@@ -110,6 +110,9 @@ def import_checkpoint(checkpoint: str | Path, original_config: str | Path, out_d
                       class_names: list[str] | None = None) -> Path:
     """Convert an original HERBS checkpoint + its config into a herbs model directory."""
     config = config_from_original(original_config)
+    if class_names is not None and len(class_names) != config.model.num_classes:
+        raise HerbsError(f"the class list names {len(class_names)} classes but the model has {config.model.num_classes}; "
+                         "pass one name per line, in label order, for every class")
     model, raw = load_original(checkpoint, config)
     return save_model(model.state_dict(), config, out_dir, class_names=class_names, source=str(checkpoint),
                       epoch=raw.get("epoch") if isinstance(raw.get("epoch"), int) else None)
