@@ -68,6 +68,13 @@ def test_png_has_the_image_aspect_ratio_and_a_map_that_is_not_constant(model_dir
     assert result.class_index == result.predicted_index and 0 < result.score <= 1
 
 
+def test_heatmaps_are_never_written_among_their_input_photos(model_dir, photos, capsys):
+    before = {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()}
+    line = one_sentence(*run_cli(capsys, "heatmap", "--checkpoint", model_dir, photos, "--out", photos)[::2])
+    assert line.startswith(f"herbs heatmap: error: --out {photos} holds the input image '{photos}")
+    assert {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()} == before
+
+
 def test_the_requested_class_is_explained(model_dir, photos, tmp_path, capsys):
     code, out, err = run_cli(capsys, "heatmap", "--checkpoint", model_dir, photos / "wide.jpg", "--out", tmp_path, "--class", "grey_plain", "--workers", "0")
     assert code == 0, err

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -77,9 +78,11 @@ def test_photo_formats_decode_to_the_same_picture(model_dir, photos):
 
 def test_jsonl_to_a_file_with_worker_processes(model_dir, photos, tmp_path, capsys):
     out = tmp_path / "predictions.jsonl"
+    out.write_text("an earlier run's predictions\n")  # replaced only by a complete file
     files = [photos["exif.jpg"], photos["broken.jpg"], photos["rgb.jpg"]]
     code, stdout, err = run_cli(capsys, "predict", "--checkpoint", model_dir, *files, "--output", out, "--topk", "3", "--workers", "2", "--batch-size", "2")
     assert code == 1 and stdout == "" and f"wrote {out}" in err
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # its in-progress copy renamed into place
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["path"] for line in lines] == [str(photos["exif.jpg"]), str(photos["rgb.jpg"])]
     assert all(len(line["top"]) == 3 and DEMO_NAMES[line["top"][0]["index"]] == line["top"][0]["class"] for line in lines)
@@ -88,6 +91,14 @@ def test_jsonl_to_a_file_with_worker_processes(model_dir, photos, tmp_path, caps
     direct = [r for r in predict_images(inference, find_images(files), topk=3) if isinstance(r, Prediction)]
     assert [[t["class"] for t in line["top"]] for line in lines] == [r.classes for r in direct]
     assert [[t["score"] for t in line["top"]] for line in lines] == [[round(s, 6) for s in r.scores] for r in direct]
+
+
+def test_a_reader_that_stops_early_ends_the_predictions_quietly(model_dir, photos, tmp_path):
+    for i in range(80):  # more rows than the pipe takes at once
+        shutil.copy(photos["rgb.jpg"], tmp_path / f"{i}.jpg")
+    shell = f"{shlex.quote(sys.executable)} -m herbs predict --checkpoint {model_dir} {tmp_path} --workers 0 | head -1"
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", shell], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 1 and "Traceback" not in out.stderr, out.stderr
 
 
 def test_a_decompression_bomb_is_skipped_and_named_at_the_limit_asked_for(model_dir, photos, tmp_path, capsys):

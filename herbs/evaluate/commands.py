@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
+from herbs.atomic import in_progress
 from herbs.data.commands import add_pixel_limit, positive
 
 MODEL_HELP = "a herbs model directory (a run's best/, or one written by `herbs import-checkpoint`)"
@@ -133,8 +135,10 @@ def run_predict(args: argparse.Namespace) -> int:
     inference = load_for_inference(args.checkpoint, args.device, max_image_pixels=args.max_image_pixels)
     check_precision(args.precision, inference.device)
     fmt = args.format or ("jsonl" if args.output and Path(args.output).suffix.lower() in (".jsonl", ".json", ".ndjson") else "csv")
+    # --output is written under its in-progress name and renamed when complete: a kill keeps the previous file whole
+    partial = in_progress(Path(args.output), str(os.getpid())) if args.output else None
     try:
-        stream = open(args.output, "w", newline="") if args.output else sys.stdout
+        stream = open(partial, "w", newline="") if args.output else sys.stdout
     except OSError as err:
         raise HerbsError(f"cannot write '{args.output}' ({err.strerror}); choose a writable --output") from None
     start, done, skipped = time.perf_counter(), 0, 0
@@ -153,22 +157,33 @@ def run_predict(args: argparse.Namespace) -> int:
             if done % 64 == 0:
                 writer.flush()
         writer.flush()
+        if args.output:
+            stream.close()
+            os.replace(partial, args.output)
+    except BrokenPipeError:  # `herbs predict ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor let the exit's flush fail
+        return 0
     finally:
         progress.close()
         if args.output:
             stream.close()
+            partial.unlink(missing_ok=True)
     print(f"herbs predict: {done} images predicted, {skipped} skipped, in {time.perf_counter() - start:.1f} s"
           + (f"; wrote {args.output}" if args.output else ""), file=sys.stderr)
     return 1 if skipped else 0
 
 
 def run_heatmap(args: argparse.Namespace) -> int:
+    from herbs.errors import HerbsError
     from herbs.evaluate.heatmap import heatmaps, output_path, render
     from herbs.evaluate.images import find_images
     from herbs.evaluate.inference import load_for_inference, writable_dir
     from herbs.evaluate.predict import Unreadable, default_workers
 
     inputs = find_images(args.paths)
+    mixed = [i.path for i in inputs if Path(args.out).resolve() in i.path.resolve().parents]
+    if mixed:  # a heatmap is named after its image: it could write over a photo
+        raise HerbsError(f"--out {args.out} holds the input image '{mixed[0]}'; pass another folder for the heatmaps")
     inference = load_for_inference(args.checkpoint, args.device, max_image_pixels=args.max_image_pixels)
     class_index = inference.class_index(args.class_name) if args.class_name is not None else None
     out, taken, skipped = writable_dir(Path(args.out), "--out"), set(), 0
