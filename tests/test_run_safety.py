@@ -211,6 +211,15 @@ def test_resuming_a_finished_run_does_nothing(shards, copy):
     assert (run / METRICS_FILE).read_text() == before and len([r for r in metrics(run) if "test/samples" in r]) == 1
 
 
+@pytest.mark.slow
+def test_a_resume_does_not_need_the_backbone_file_the_run_started_from(shards, copy, tmp_path):
+    """The checkpoint holds every weight: a pretrained file removed from scratch since must not stop the requeued job."""
+    gone = tmp_path / "swin_tiny.safetensors"
+    result = run_training(1, TINY, *micro(shards, copy, "train.checkpoint_every=5", "train.max_steps=12", f"model.pretrained_file={gone}"),
+                          "--resume", "auto")
+    assert latest_step(run_dir(copy)) == 12, result.stderr
+
+
 # Writes to a run directory, each killed at its rename (as a SIGKILL or a node failure could): argv[1] is the run.
 KILLED_AT_RENAME = """
 import os, pathlib, signal, sys

@@ -150,7 +150,7 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
 
     # Model, loss, optimizer: the same initial weights on every rank.
     set_seed(t.seed)
-    model = build_model(config.model)
+    model = build_model(config.model, load_pretrained=written is None)  # a resume takes every weight from its checkpoint
     requires = requirements(config, manifest, model)
     loss_fn = HERBSLoss(config.loss)
     mixer = BatchMixer.from_config(config)
