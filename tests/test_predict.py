@@ -141,6 +141,9 @@ def test_bad_input_is_one_sentence(model_dir, tmp_path, capsys):
     (tmp_path / "x.jpg").write_bytes(b"")
     line = one_sentence(*run_cli(capsys, "predict", "--checkpoint", model_dir, tmp_path / "x.jpg", "--precision", "fp16", "--device", "cpu")[::2])
     assert "fp16 needs a GPU" in line
+    for device in ("cpu:1", "mps", "meta", "nonsense"):  # said as such, not as a damaged model directory
+        line = one_sentence(*run_cli(capsys, "predict", "--checkpoint", model_dir, tmp_path / "x.jpg", "--device", device)[::2])
+        assert line.startswith(f"herbs predict: error: device '{device}' is not ") and "use auto, cpu, cuda or cuda:N" in line
 
 
 @pytest.mark.parametrize("command, words", [

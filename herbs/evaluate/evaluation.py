@@ -55,7 +55,8 @@ def check_classes(inference: InferenceModel, manifest: Manifest) -> str:
 def folder_samples(root: Path, inference: InferenceModel) -> tuple[list[Path], list[str], list[int]]:
     """`root/<class>/<image>` as (paths, keys, labels), labels in the model's class order."""
     if not root.is_dir():
-        raise HerbsError(f"image folder '{root}' does not exist; pass a folder holding one sub-folder of images per class")
+        problem = "is a file" if root.exists() else "does not exist"
+        raise HerbsError(f"image folder '{root}' {problem}; pass a folder holding one sub-folder of images per class")
     folders = class_dirs(root)
     if not folders:
         raise HerbsError(f"'{root}' has no class folders; put each class's images in a folder named after the class (root/<class>/<image>)")
