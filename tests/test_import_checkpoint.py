@@ -64,6 +64,17 @@ def test_mismatched_config_names_the_parameter(reference_fixture, reference_chec
     assert not (tmp_path / "m").exists()
 
 
+def test_another_window_size_is_a_mismatch_not_a_resized_model(reference_fixture, reference_checkpoint, tmp_path, herbs):
+    """timm would interpolate the relative-position tables to the new window: a model the checkpoint never was."""
+    config = yaml.safe_load(reference_fixture.config.read_text())
+    config["backbone"]["window_size"] = 14
+    path = tmp_path / "w14.yaml"
+    path.write_text(yaml.safe_dump(config))
+    line = _error_line(herbs("import-checkpoint", reference_checkpoint, "--config", path, "--out", tmp_path / "m"))
+    assert "relative_position_bias_table" in line and "(169, 1)" in line and "window_size" in line
+    assert not (tmp_path / "m").exists()
+
+
 def test_file_that_is_not_a_herbs_checkpoint(reference_fixture, tmp_path, herbs):
     path = tmp_path / "resnet.pt"
     torch.save({"model": {"conv1.weight": torch.zeros(2, 3, 3, 3)}}, path)

@@ -81,6 +81,11 @@ def rename_original_keys(state: dict, backbone) -> dict:
     if not any(k.startswith(("fpn_down.", "combiner.")) for k in state):
         raise CheckpointError("the file is not a checkpoint of the original HERBS code (it has no fpn_down/combiner weights)")
     swin = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    tables = {k: v.shape for k, v in backbone.state_dict().items() if k.endswith("relative_position_bias_table")}
+    for key, value in swin.items():  # checked before timm's filter, which would interpolate them to the model's window
+        if key in tables and value.shape != tables[key]:
+            raise CheckpointError(f"backbone.{key} is {tuple(value.shape)} in the checkpoint but {tuple(tables[key])} in the model of "
+                                  "the config; set the config's window_size (and img_size) to the ones the checkpoint was trained with")
     swin = checkpoint_filter_fn(swin, backbone)
     out = {f"backbone.{k}": v for k, v in swin.items() if not k.startswith(("head.", "norm."))}
     for key, value in state.items():
