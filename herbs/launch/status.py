@@ -99,7 +99,8 @@ def status_rows(folder: Path) -> list[dict]:
         run_dir = Path(entry["run_dir"])
         jid = str(entry.get("job_id") or "")
         # this job's attempts only: the run directory also holds those of earlier submissions that trained it
-        events = [e for e in read_events(run_dir) if jid and e.get("job") == (jid if slurm else f"local-{jid}")]
+        label = jid if slurm else f"local-{jid}"  # what herbs.run.job_label calls it inside the job
+        events = [e for e in read_events(run_dir) if jid and e.get("job") == label]
         last, best = read_metrics(run_dir)
         if slurm:
             state = states.get(jid) or event_state(events) or ("UNKNOWN" if jid else "NOT SUBMITTED")
