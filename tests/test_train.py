@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 
 import psutil
 import pytest
@@ -17,6 +18,7 @@ from herbs.model.checkpoint import load_model
 from herbs.run import EXIT_REQUEUE, METRICS_FILE, REQUEUE_MARKER
 
 from helpers import REPO, wait_for
+from helpers.data import rewrite_shard
 from helpers.runs import checkpoint_weights, error_line, latest_step, metrics, micro, run_dir, run_training, start_training, write_demo_shards
 
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -178,6 +180,18 @@ def test_bad_settings_stop_before_training(shards, tmp_path):
     blocker.write_text("")
     line = error_line(run_training(1, TINY, *micro(shards, blocker / "runs"), check=False))
     assert "cannot be written" in line
+
+
+def test_a_loader_worker_that_finds_no_usable_sample_ends_the_run_with_its_sentence(tmp_path):
+    """The error is raised in a loader worker, which stays up (it ignores the stop signals); the run must
+    still exit, not wait at interpreter exit for a worker that nobody told to stop."""
+    shards = write_demo_shards(tmp_path / "shards", train=1, classes=4)
+    for tar in shards.glob("train-*.tar"):
+        with tarfile.open(tar) as members:
+            keys = {member.name.split(".")[0] for member in members}
+        rewrite_shard(shards, tar.name, {key: {"cls": b"77"} for key in keys})
+    result = run_training(1, TINY, *micro(shards, tmp_path, "model.num_classes=4", "data.num_workers=1"), check=False, timeout=90)
+    assert "no sample of split 'train'" in error_line(result)
 
 
 def test_non_finite_losses_stop_with_a_message(shards, tmp_path):

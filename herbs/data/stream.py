@@ -69,7 +69,18 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png")
 # shut down (sentinel, join) before multiprocessing's own exit handler tries to terminate() them;
 # atexit runs this module's handler first, as it was registered after multiprocessing's.
 _OPEN: "weakref.WeakSet[_Stream]" = weakref.WeakSet()
-atexit.register(lambda: [stream.close() for stream in list(_OPEN)])
+
+
+@atexit.register
+def _stop_workers() -> None:
+    for stream in list(_OPEN):
+        stream.close()
+    # A loader that is still referenced (by the frames of the error the process is exiting with) does
+    # not send its workers the sentinel, and they would wait for it while multiprocessing waits for them.
+    # Killing them is what multiprocessing's handler means to do, with the signal they do not ignore.
+    for process in multiprocessing.active_children():
+        if process.daemon:
+            process.kill()
 
 
 class Unusable(Exception):
