@@ -8,6 +8,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,6 +104,16 @@ def image_folder(root, names=("rust_plain", "slate_wing_bar"), per_class=3):
         for i in range(per_class):
             bird(name if name in DEMO_NAMES else "grey_plain", i, size=(90, 70)).save(root / name / f"{i}.jpg")
     return root
+
+
+def test_the_default_report_outlives_the_model_that_training_replaces(shards, tmp_path, capsys):
+    """A run's best/ is replaced whole at each new best; an evaluation of the old one must not go with it."""
+    best = micro_model(tmp_path / "run" / "best")
+    code, out, _ = run_cli(capsys, "eval", "--checkpoint", best, "--shards", shards, "--workers", "0")
+    assert code == 0
+    report = Path(out.split("wrote ")[-1].split(" (+")[0])
+    micro_model(best, seed=1)  # what the training loop's export of a better model does
+    assert json.loads(report.read_text())["checkpoint"] == str(best)
 
 
 def test_eval_on_an_image_folder_matches_names_and_reports_unreadable_files(model_dir, tmp_path, capsys):

@@ -87,7 +87,9 @@ def reported(batches: Iterable[dict], command: str) -> Iterator[dict]:
 
 
 def default_out(checkpoint: Path, shards: Optional[str], split: str, images: Optional[str]) -> Path:
-    return checkpoint / (f"eval-{split}" if shards else f"eval-{Path(images).resolve().name}")
+    # Beside the model, not in it: training replaces a run's best/ whole at each new best.
+    checkpoint = checkpoint.resolve()
+    return checkpoint.with_name(f"{checkpoint.name}-eval-{split if shards else Path(images).resolve().name}")
 
 
 def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: str = "test", images: Optional[str] = None,
@@ -139,6 +141,7 @@ def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: str
     if accelerator.is_main_process:
         info = {
             "checkpoint": str(checkpoint),
+            "checkpoint_step": inference.meta.get("step"),  # which of a run's best models this was
             "data": described,
             "class_names_from": names_from,
             "groups_from": groups_from,
