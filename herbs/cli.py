@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from herbs.config import parse_command_line
 from herbs.errors import EXIT_USAGE, exit_code
 
 COMMAND_MODULES = (
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

@@ -8,6 +8,7 @@ the resolved config that `load_config` reads back unchanged.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import types
@@ -285,6 +286,17 @@ def from_dict(data: dict) -> Config:
         _apply(getattr(config, section), section, values)
     validate(config)
     return config
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, where a command's `section.key=value` overrides may also follow its options.
+    argparse takes a positional list in one run, and its `parse_intermixed_args` refuses subcommands."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and not any(item.startswith("-") for item in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -93,3 +93,16 @@ def test_missing_and_broken_files(tmp_path):
     bad.write_bytes(b"model: {head: \xff}\n")  # saved in Latin-1
     with pytest.raises(ConfigError, match="is not UTF-8 text"):
         load_config(bad)
+
+
+def test_overrides_may_also_come_after_the_options(capsys, tmp_path):
+    from herbs.cli import main as herbs
+    from herbs.train.commands import main as train_py
+
+    assert herbs(["run-dir", str(CONFIGS / "tiny.yaml"), f"train.output_dir={tmp_path}", "--debug", "log.name=late"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "herbs-tiny" / "late")
+    assert train_py(["--config", str(CONFIGS / "tiny.yaml"), "--resume", "auto", "model.no_such_key=1"]) == 2
+    assert "model.no_such_key" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # anything else after the options is still refused
+        herbs(["run-dir", str(CONFIGS / "tiny.yaml"), "--log", "--no-such-option"])
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import atexit
 import os
 import sys
 
+from herbs.config import parse_command_line
 from herbs.errors import exit_code
 from herbs.train.preemption import PreemptionWatch
 
@@ -87,5 +88,5 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true",
                         help="debug mode: one process, no loader workers, a few steps, anomaly detection, full tracebacks")
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     return exit_code("train.py", lambda: run(args), debug=args.debug)
