@@ -23,7 +23,7 @@ from herbs.evaluate.predict import Prediction, predict_images
 
 from helpers.data import bomb_png
 from test_eval_helpers import DEMO_NAMES, micro_model, one_sentence, photo_variants, run_cli
-from helpers import REPO
+from helpers import REPO, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,23 @@ def test_jsonl_to_a_file_with_worker_processes(model_dir, photos, tmp_path, caps
     direct = [r for r in predict_images(inference, find_images(files), topk=3) if isinstance(r, Prediction)]
     assert [[t["class"] for t in line["top"]] for line in lines] == [r.classes for r in direct]
     assert [[t["score"] for t in line["top"]] for line in lines] == [[round(s, 6) for s in r.scores] for r in direct]
+
+
+def test_a_prediction_killed_midway_leaves_the_previous_output_whole(model_dir, photos, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(400):  # seconds of work: the kill comes while rows are being written
+        shutil.copy(photos["rgb.jpg"], images / f"{i}.jpg")
+    out = tmp_path / "predictions.csv"
+    out.write_text("an earlier run's predictions\n")
+    proc = subprocess.Popen([sys.executable, "-m", "herbs", "predict", "--checkpoint", str(model_dir), str(images), "--output", str(out),
+                             "--workers", "0", "--batch-size", "4"], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(p.stat().st_size for p in tmp_path.glob(".predictions.csv.tmp-*")), 120, "the first rows", proc)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert out.read_text() == "an earlier run's predictions\n"
 
 
 def test_a_reader_that_stops_early_ends_the_predictions_quietly(model_dir, photos, tmp_path):
