@@ -13,6 +13,7 @@ a collective until its timeout. Each process reads its place from its task throu
 have set (`task_env`), which Accelerate and DeepSpeed read.
 
     <train.output_dir>/<log.project>/<log.name>/     the run directory (`run_dir`)
+        run.json         which run this is: its id, kept across resumes, and the last start
         launch.jsonl     one record per start and end of an attempt (`append_event`, `read_events`)
         metrics.jsonl    one record per logged step and evaluation
         requeue          left by a preempted run: it wrote a checkpoint and asks to be started again
@@ -43,6 +44,7 @@ EXIT_REQUEUE = 75
 # holds one sent during start-up, which would otherwise kill the process, until training listens.
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 REQUEUE_MARKER = "requeue"
+RUN_FILE = "run.json"  # which run the directory holds (herbs.train.rundir); written before the first step
 EVENTS_FILE = "launch.jsonl"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"

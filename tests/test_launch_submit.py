@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from herbs.run import CHECKPOINTS_DIR, EVENTS_FILE, METRICS_FILE, STATE_FILE
+from herbs.run import CHECKPOINTS_DIR, EVENTS_FILE, METRICS_FILE, RUN_FILE, STATE_FILE
 from helpers import REPO, TINY_CONFIG
 from helpers.runs import micro, write_demo_shards
 from herbs.launch import submit
@@ -209,7 +209,8 @@ def test_status_table(tmp_path):
     assert rows[1] == ["a", "1", "COMPLETED", "1", "8", "40.00%", str(done)]
     assert rows[2] == ["b", "2", "REQUEUED", "0", "3", "-", str(requeued)]
     assert rows[3] == ["c", "-", "NOT", "SUBMITTED", "0", "-", "-", str(fresh)]
-    assert one_error(run(["status", str(tmp_path / "nowhere")], tmp_path)).startswith(f"'{tmp_path / 'nowhere'}' holds no sweep.json")
+    (tmp_path / "empty").mkdir()
+    assert one_error(run(["status", str(tmp_path / "empty")], tmp_path)).startswith(f"'{tmp_path / 'empty'}' holds no sweep.json")
     for damaged in ('{"jobs": [', '{"jobs": [{"name": "a"}]}', "[]"):
         (tmp_path / "sweep.json").write_text(damaged)
         assert one_error(run(["status", str(tmp_path)], tmp_path)).startswith(f"'{tmp_path / 'sweep.json'}' is not a submission record")
@@ -233,6 +234,18 @@ def test_status_of_a_run_directory_lists_its_complete_checkpoints(tmp_path):
     assert rows[0] == ["CHECKPOINT", "STEP", "EPOCH", "BATCH", "PROCESSES", "PER-PROCESS", "BATCH", "ACCUMULATION", "GLOBAL", "BATCH", "LANES"]
     assert rows[1:] == [["step-0000005", "5", "0", "10", "-", "-", "-", "-", "-"],
                         ["step-0000010", "10", "1", "0", "2", "4", "1", "8", "2"]]
+
+
+def test_status_of_a_run_before_its_first_checkpoint_says_so_and_a_missing_directory_is_named(tmp_path):
+    run_directory = tmp_path / "run"
+    run_directory.mkdir()
+    (run_directory / RUN_FILE).write_text("{}")  # what a training run writes first
+    out = run(["status", str(run_directory)], tmp_path)
+    assert out.returncode == 0 and out.stdout.splitlines()[0].split()[:2] == ["CHECKPOINT", "STEP"], out.stderr
+    assert "no complete checkpoint yet" in out.stdout
+    out = run(["status", str(tmp_path / "nowhere")], tmp_path)
+    assert out.returncode == 2 and out.stderr.strip() == (
+        f"herbs status: error: '{tmp_path / 'nowhere'}' does not exist; pass the directory that herbs submit printed, or a run directory")
 
 
 def fake_slurm(tmp_path, sbatch: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from herbs.atomic import write_atomic
 from herbs.errors import LaunchError
-from herbs.run import CHECKPOINTS_DIR, METRICS_FILE, STATE_FILE, complete_checkpoints, read_events, read_jsonl
+from herbs.run import CHECKPOINTS_DIR, METRICS_FILE, RUN_FILE, STATE_FILE, complete_checkpoints, read_events, read_jsonl
 
 
 RECORD = "sweep.json"  # in a submission's directory: what `herbs submit` submitted, and the job ids
@@ -158,9 +158,14 @@ def columns(header: list[str], body: list[list[str]]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
-    if not (folder / RECORD).is_file() and (folder / CHECKPOINTS_DIR).is_dir():
+    if not folder.is_dir():
+        problem = "is not a directory" if folder.exists() else "does not exist"
+        raise LaunchError(f"'{folder}' {problem}; pass the directory that herbs submit printed, or a run directory")
+    if not (folder / RECORD).is_file() and ((folder / CHECKPOINTS_DIR).is_dir() or (folder / RUN_FILE).is_file()):
         rows, table = checkpoint_rows(folder), format_checkpoints
     else:
         rows, table = status_rows(folder), format_table
     print(json.dumps(rows, indent=2) if args.json else table(rows))
+    if not rows and table is format_checkpoints and not args.json:
+        print("no complete checkpoint yet")
     return 0

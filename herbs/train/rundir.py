@@ -30,12 +30,12 @@ from herbs import lockfile
 from herbs.config import Config
 from herbs.errors import HerbsError
 from herbs.atomic import in_progress, restore_replaced, write_atomic
-from herbs.run import BEST_MODEL, CHECKPOINTS, CHECKPOINTS_DIR, run_traces
+from herbs.run import BEST_MODEL, CHECKPOINTS, CHECKPOINTS_DIR, RUN_FILE, run_traces
 from herbs.train.checkpoints import BEING_WRITTEN, LATEST
 
 log = logging.getLogger(__name__)
 
-RUN_FILE, LOCK_FILE = "run.json", "run.lock"
+LOCK_FILE = "run.lock"
 # Temporaries of interrupted writes (herbs.atomic); only the lock holder writes here, so none of them is in use.
 TEMPORARIES = (f"{CHECKPOINTS_DIR}/{BEING_WRITTEN}", *(str(in_progress(Path(name), "*")) for name in
                                                        (f"{CHECKPOINTS_DIR}/{LATEST}", BEST_MODEL, RUN_FILE)))
