@@ -152,6 +152,8 @@ def test_user_mistakes_are_one_sentence(shards, model_dir, tmp_path, capsys):
     line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir, "--images", root)[::2])
     assert "purple_heron" in line and "not a class of the model" in line
 
+    line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir, "--shards", shards, "--out", model_dir)[::2])
+    assert "is a model directory" in line and "--out" in line
     (tmp_path / "empty" / "rust_plain").mkdir(parents=True)
     assert "hold no images" in one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir, "--images", tmp_path / "empty")[::2])
     (tmp_path / "a.jpg").write_bytes(b"")

@@ -18,7 +18,7 @@ import torch
 
 from herbs.config import Config
 from herbs.errors import HerbsError
-from herbs.model.checkpoint import load_model
+from herbs.model.checkpoint import META, load_model
 from herbs.model.tapped import TappedModel
 
 PRECISIONS = ("no", "bf16", "fp16")
@@ -59,7 +59,11 @@ def describe_names(names: list[str], shown: int = 4) -> str:
 
 
 def writable_dir(path: Path, option: str) -> Path:
-    """Create `path` if needed; one sentence naming `option` when it cannot be written."""
+    """Create `path` if needed; one sentence naming `option` when it cannot be written, or is a model directory
+    (written over whole by the next export of a model there, with anything put in it)."""
+    if (path / META).is_file():
+        raise HerbsError(f"'{path}' is a model directory, which the next model saved there replaces with everything in it; "
+                         f"pass another folder as {option}")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
