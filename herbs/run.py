@@ -19,6 +19,8 @@ have set (`task_env`), which Accelerate and DeepSpeed read.
         requeue          left by a preempted run: it wrote a checkpoint and asks to be started again
         checkpoints/step-NNNNNNN/trainer_state.json   a checkpoint's position and the run's shape
         best/            the model of the best evaluation, as herbs eval and predict read it
+        ema/             the final averaged weights (train.ema_decay above 0)
+        abandoned-after-step-NNNNNNN/   what the run had written past the step a resume went back to (herbs.train.rundir)
     SIGUSR1 SIGTERM SIGINT   stop: finish the step, write a checkpoint, exit 75 (`STOP_SIGNALS`)
     exit code 75         preempted, checkpoint written, requeue me (EX_TEMPFAIL: "try again")
     exit code 2          a mistake of the user's, told in one sentence (herbs.errors.EXIT_USAGE)
@@ -51,6 +53,7 @@ CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
 STEP_PREFIX = "step-"  # checkpoints/step-NNNNNNN (`step_name`)
 BEST_MODEL = "best"
+EMA_MODEL = "ema"
 SUBMISSIONS = "submitit"  # <output_dir>/<project>/submitit/<name>-<time>: a submission's own files
 
 
@@ -64,6 +67,12 @@ def step_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:07d}"
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint directory's name gives; None for a name that is not `step_name`'s."""
+    number = path.name[len(STEP_PREFIX):]
+    return int(number) if path.name.startswith(STEP_PREFIX) and number.isdigit() else None
+
+
 CHECKPOINTS = f"{CHECKPOINTS_DIR}/{STEP_PREFIX}*"  # under a run directory: every checkpoint, complete or not
 
 
@@ -74,9 +83,8 @@ def run_traces(run_dir_: Path) -> list[Path]:
 
 def complete_checkpoints(checkpoints: Path) -> list[Path]:
     """The complete checkpoints under a run's `checkpoints/`, lowest step first."""
-    start = len(STEP_PREFIX)  # where the step number begins
-    found = [p for p in Path(checkpoints).glob(f"{STEP_PREFIX}*") if p.name[start:].isdigit() and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[start:]))
+    found = [p for p in Path(checkpoints).glob(f"{STEP_PREFIX}*") if checkpoint_step(p) is not None and (p / STATE_FILE).is_file()]
+    return sorted(found, key=checkpoint_step)
 
 
 def job_label(env: Mapping[str, str] | None = None) -> str:

@@ -83,6 +83,34 @@ def test_pruning_keeps_this_runs_newest_checkpoints_by_step_and_never_another_ru
 
 
 @pytest.mark.slow
+def test_a_resume_from_an_earlier_step_sets_the_later_branch_aside_and_prunes_only_the_new_one(shards, copy):
+    """Resuming step 5 of a run that went on to 10 abandons 10 (and the best/ it chose): pruning must keep the
+    new branch's newest, --resume auto must never fall back to the old branch, and nothing of it is deleted."""
+    run = run_dir(copy)
+    old_best = json.loads((run / "best" / "meta.json").read_text())
+    assert old_best["step"] == 10  # the finished run chose its final weights
+    old_ten, old_metrics = checkpoint_weights(run, 10), (run / METRICS_FILE).read_text()
+
+    result = run_training(1, TINY, *micro(shards, copy, "train.checkpoint_every=1", "train.max_steps=8", "train.keep_checkpoints=2"),
+                          "--resume", str(run / "checkpoints" / "step-0000005"))
+    assert steps(run) == [7, 8] and latest_step(run) == 8  # the old code kept the abandoned 10 and pruned 7: [8, 10]
+    [aside] = run.glob("abandoned-after-step-0000005")
+    assert f"{aside}" in result.stderr and "step-0000010" in result.stderr
+    kept = checkpoint_weights(aside, 10)
+    assert all(torch.equal(kept[key], old_ten[key]) for key in old_ten)
+    assert json.loads((aside / "best" / "meta.json").read_text()) == old_best
+    assert (aside / METRICS_FILE).read_text() == old_metrics
+    assert json.loads((run / "best" / "meta.json").read_text())["step"] <= 8  # the test evaluation used this branch's weights
+    assert json.loads((run / "run.json").read_text())["finished_step"] == 8
+
+    # Back to the abandoned step 10, from its new place: now this run's 7 and 8 are another branch.
+    result = run_training(1, TINY, *micro(shards, copy, "train.checkpoint_every=1", "train.max_steps=12", "train.keep_checkpoints=2"),
+                          "--resume", str(aside / "checkpoints" / "step-0000010"))
+    assert steps(run) == [11, 12] and steps(run / "abandoned-after-step-0000010") == [7, 8], result.stderr
+    assert f"outside {run / 'checkpoints'}" in result.stderr
+
+
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_and_exits_75_while_a_second_process_is_refused(shards, tmp_path):
     run = run_dir(tmp_path)
     args = micro(shards, tmp_path, "train.epochs=50", "train.checkpoint_every=1000", "data.num_workers=1")
@@ -234,7 +262,7 @@ os.replace = pathlib.Path.rename = pathlib.Path.replace = killed
 {write}
 """
 KILLED_WRITES = ["write_atomic(run / 'run.json', '{}')", "write_atomic(run / 'checkpoints' / 'latest', 'step-0000099')",
-                 f"save_model({{'w': torch.zeros(2)}}, load_config({TINY!r}), run / 'best')"]
+                 *(f"save_model({{'w': torch.zeros(2)}}, load_config({TINY!r}), run / {name!r})" for name in ("best", "ema"))]
 
 
 @pytest.mark.slow
@@ -246,8 +274,8 @@ def test_writes_killed_before_their_rename_leave_only_temporaries_that_the_next_
         killed = subprocess.run([sys.executable, "-c", KILLED_AT_RENAME.format(write=write), str(run)], capture_output=True)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
     left = sorted(p.relative_to(run).as_posix() for p in run.rglob(".*.tmp*"))
-    assert [re.sub(r"-\d+$", "", name) for name in left] == [".best.tmp", ".run.json.tmp", "checkpoints/.latest.tmp"], left
-    assert [(run / path).read_bytes() for path in written] == kept  # what was there before each write is whole
+    assert [re.sub(r"-\d+$", "", name) for name in left] == [".best.tmp", ".ema.tmp", ".run.json.tmp", "checkpoints/.latest.tmp"], left
+    assert [(run / path).read_bytes() for path in written] == kept and not (run / "ema").exists()  # as before each write
     result = run_training(1, TINY, *micro(shards, copy, *TEN), "--resume", "auto")
     assert "already finished at step 10" in result.stderr
     assert not list(run.rglob(".*.tmp*")) and all(f"removing {run / name}" in result.stderr for name in left)

@@ -32,7 +32,7 @@ from herbs.model import build_model
 from herbs.model.checkpoint import WEIGHTS, save_model
 from herbs.predictions import gather, predict_batches
 from herbs.progress import Progress
-from herbs.run import BEST_MODEL, CHECKPOINTS_DIR, EXIT_REQUEUE, METRICS_FILE, REQUEUE_MARKER, append_event, job_label, run_dir as run_dir_of, start_event
+from herbs.run import BEST_MODEL, CHECKPOINTS_DIR, EMA_MODEL, EXIT_REQUEUE, METRICS_FILE, REQUEUE_MARKER, append_event, job_label, run_dir as run_dir_of, start_event
 from herbs.train.batch import plan_batch, warmup_steps
 from herbs.train.checkpoints import CheckpointDir, TrainerState, to_resume
 from herbs.train.faults import Faults
@@ -44,7 +44,7 @@ from herbs.train.norm_stats import NormStatistics
 from herbs.train.optim import Schedule, build_optimizer, set_lr
 from herbs.train.preemption import PreemptionWatch
 from herbs.train.diskspace import space_for_run
-from herbs.train.rundir import claim_run_directory
+from herbs.train.rundir import claim_run_directory, set_aside_later
 from herbs.train.throughput import peak_flops, train_flops_per_image
 from herbs.train.tracking import MetricsFile, start_wandb
 
@@ -169,6 +169,8 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
 
     checkpoints = CheckpointDir(run_dir / CHECKPOINTS_DIR, keep=t.keep_checkpoints, run_id=run.id, requires=requires)
     state, start_from = checkpoints.resume(accelerator, resume)
+    if start_from is not None and is_main:
+        set_aside_later(run, start_from, state.step)
     metrics = MetricsFile(run_dir / METRICS_FILE, enabled=is_main)
     if resume:
         metrics.truncate_after(state.step)
@@ -335,7 +337,7 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
         with ema.applied():  # saved inside: the state dict's tensors are the model's own
             weights = accelerator.get_state_dict(model)
             if is_main:
-                save_model(weights, config, run_dir / "ema", class_names=manifest.class_names, step=state.step, epoch=state.epoch)
+                save_model(weights, config, run_dir / EMA_MODEL, class_names=manifest.class_names, step=state.step, epoch=state.epoch)
     if d.test_split in manifest.splits:
         weights = use_best_weights(accelerator, model, run_dir / BEST_MODEL)
         final = evaluate(d.test_split) | {f"{d.test_split}/weights": weights}

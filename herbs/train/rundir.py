@@ -4,6 +4,8 @@
 time, the host and the pid. Every checkpoint records that id, so pruning only ever removes
 checkpoints of the run that writes. A fresh start (no `--resume`) in a directory that already
 holds a run is refused, or with `--overwrite` moves the old run aside; it never deletes it.
+A resume that goes back to an earlier step moves the later checkpoints aside the same way
+(`set_aside_later`), so that pruning and `--resume auto` only ever see the branch being trained.
 
 `run.lock` is held with `flock` by the main process for as long as it trains; the kernel drops
 the lock when that process ends, however it ends, so a killed run never leaves a stale lock.
@@ -30,15 +32,17 @@ from herbs import lockfile
 from herbs.config import Config
 from herbs.errors import HerbsError
 from herbs.atomic import in_progress, restore_replaced, write_atomic
-from herbs.run import BEST_MODEL, CHECKPOINTS, CHECKPOINTS_DIR, RUN_FILE, run_traces
-from herbs.train.checkpoints import BEING_WRITTEN, LATEST
+from herbs.model.checkpoint import META
+from herbs.run import (BEST_MODEL, CHECKPOINTS, CHECKPOINTS_DIR, EMA_MODEL, METRICS_FILE, RUN_FILE, checkpoint_step,
+                       complete_checkpoints, run_traces, step_name)
+from herbs.train.checkpoints import BEING_WRITTEN, LATEST, CheckpointDir
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "run.lock"
 # Temporaries of interrupted writes (herbs.atomic); only the lock holder writes here, so none of them is in use.
 TEMPORARIES = (f"{CHECKPOINTS_DIR}/{BEING_WRITTEN}", *(str(in_progress(Path(name), "*")) for name in
-                                                       (f"{CHECKPOINTS_DIR}/{LATEST}", BEST_MODEL, RUN_FILE)))
+                                                       (f"{CHECKPOINTS_DIR}/{LATEST}", BEST_MODEL, EMA_MODEL, RUN_FILE)))
 
 
 @dataclass
@@ -109,6 +113,40 @@ def _claim(run_dir: Path, config: Config, resume: str | None, overwrite: bool) -
     return lock, identity
 
 
+def set_aside_later(run: Run, resumed_from: Path, step: int) -> None:
+    """Main process, after a resume from `resumed_from` at `step`: move what this run had written after that step
+    (every checkpoint of it, when `resumed_from` is not one of its own) to `<run>/abandoned-after-step-N/`.
+
+    Pruning keeps the newest steps and `--resume auto` falls back to the next newest, so the branch that the
+    resume left would otherwise outlive the new one's checkpoints and be resumed in their stead, and its best/
+    would be the model tested. It is moved, never deleted, with a copy of the metrics logged so far."""
+    checkpoints = run.dir / CHECKPOINTS_DIR
+    elsewhere = resumed_from.resolve().parent != checkpoints.resolve()
+    later = [path for path in complete_checkpoints(checkpoints)
+             if CheckpointDir.written_by(path) in (run.id, None) and (elsewhere or checkpoint_step(path) > step)]
+    # Without a later checkpoint, a later best/ is a crashed attempt's, which the resumed one retraces.
+    models = [run.dir / name for name in (BEST_MODEL, EMA_MODEL) if (later or elsewhere) and (run.dir / name).is_dir()
+              and (elsewhere or _read_json(run.dir / name / META).get("step", -1) > step)]
+    if not later and not models:
+        return
+    aside = _unused(run.dir / f"abandoned-after-{step_name(step)}")
+    (aside / CHECKPOINTS_DIR).mkdir(parents=True)
+    if (run.dir / METRICS_FILE).is_file():
+        shutil.copy2(run.dir / METRICS_FILE, aside / METRICS_FILE)
+    for path in later + models:
+        os.replace(path, aside / path.relative_to(run.dir))
+    if elsewhere:  # `latest` named a checkpoint moved aside; the next save writes it again
+        (checkpoints / LATEST).unlink(missing_ok=True)
+    else:
+        write_atomic(checkpoints / LATEST, resumed_from.name + "\n")
+    if run.finished_step is not None and (elsewhere or run.finished_step > step):  # that branch finished, this one has not
+        run.finished_step = None
+        _write_json(run.dir / RUN_FILE, {k: v for k, v in _read_json(run.dir / RUN_FILE).items() if k != "finished_step"})
+    came_from = f"{resumed_from}, outside {checkpoints}" if elsewhere else f"step {step}, which this run had gone past"
+    log.warning("resumed from %s: moved %s to %s, which herbs never deletes (--resume can name its checkpoints)",
+                came_from, ", ".join(str(path.relative_to(run.dir)) for path in later + models), aside)
+
+
 def _lock(run_dir: Path) -> IO:
     try:
         lock = os.fdopen(lockfile.take(run_dir / LOCK_FILE), "r+")
@@ -133,11 +171,16 @@ def _identity(config: Config) -> dict:
 
 def _aside_name(run_dir: Path) -> Path:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    aside, n = run_dir.with_name(f"{run_dir.name}.old-{stamp}"), 1
-    while aside.exists():
+    return _unused(run_dir.with_name(f"{run_dir.name}.old-{stamp}"))
+
+
+def _unused(path: Path) -> Path:
+    """`path`, or the first of `path-2`, `path-3`, ... that does not exist yet."""
+    candidate, n = path, 1
+    while candidate.exists():
         n += 1
-        aside = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{n}")
-    return aside
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
 
 def _read_json(path: Path) -> dict:
