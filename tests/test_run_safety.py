@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from herbs.train.fit import progressing
 from herbs.run import EXIT_REQUEUE, METRICS_FILE, REQUEUE_MARKER
 
 from helpers import REPO, wait_for
+from helpers.data import rewrite_shard
 from helpers.runs import checkpoint_weights, error_line, latest_step, metrics, micro, run_dir, run_training, start_training, write_demo_shards
 
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -108,6 +110,26 @@ def test_a_resume_from_an_earlier_step_sets_the_later_branch_aside_and_prunes_on
                           "--resume", str(aside / "checkpoints" / "step-0000010"))
     assert steps(run) == [11, 12] and steps(run / "abandoned-after-step-0000010") == [7, 8], result.stderr
     assert f"outside {run / 'checkpoints'}" in result.stderr
+
+
+@pytest.mark.slow
+def test_skipped_samples_are_counted_once_across_a_crash_between_logged_steps(tmp_path, monkeypatch):
+    """A checkpoint between two logged steps must carry the samples skipped since the last one: the resumed
+    run does not see those batches again."""
+    shards = write_demo_shards(tmp_path / "shards")
+    for tar in sorted(shards.glob("train-*.tar")):  # every second training sample has a label outside the classes
+        with tarfile.open(tar) as opened:
+            keys = sorted({member.name.split(".")[0] for member in opened})
+        rewrite_shard(shards, tar.name, {key: {"cls": b"77"} for key in keys[::2]})
+    args = ("train.checkpoint_every=1", "train.max_steps=8", "log.every=4", "data.num_workers=0")
+    run_training(1, TINY, *micro(shards, tmp_path / "straight", *args))
+    monkeypatch.setenv("HERBS_FAULT_EXIT", "6")  # dies in the seventh step: after the log at step 4 and the checkpoint at 6
+    assert run_training(1, TINY, *micro(shards, tmp_path / "resumed", *args), check=False).returncode == 3
+    monkeypatch.delenv("HERBS_FAULT_EXIT")
+    run_training(1, TINY, *micro(shards, tmp_path / "resumed", *args), "--resume", "auto")
+    straight, resumed = ([(r["step"], r["skipped_samples"]) for r in metrics(run_dir(tmp_path / out)) if "skipped_samples" in r]
+                         for out in ("straight", "resumed"))
+    assert resumed == straight and straight[-1][1] > straight[0][1] > 0  # the old code lost steps 5 and 6's: 12, not 16
 
 
 @pytest.mark.slow

@@ -316,6 +316,7 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
                 clock_due = t.checkpoint_minutes is not None and time.monotonic() - checkpointed_at >= 60 * t.checkpoint_minutes
                 preempted, clock_due = any_rank(accelerator, watch.received is not None, clock_due)  # ranks decide together
                 if preempted or finished or clock_due or state.step % t.checkpoint_every == 0:
+                    state.skipped_samples += window.take_skipped()  # a resume does not see these batches again
                     checkpoints.save(accelerator, state)
                     checkpointed_at = time.monotonic()
                 if preempted or finished or epoch_done:
@@ -450,6 +451,14 @@ class Window:
         bad = bad.item()
         self.group_bad.zero_()
         return not bad
+
+    def take_skipped(self) -> int:
+        """The samples skipped since the last logged step, summed over ranks; counted by the caller from now on."""
+        skipped = torch.tensor([float(self.skipped)], dtype=torch.float64, device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            skipped = self.accelerator.reduce(skipped, reduction="sum")
+        self.skipped = 0
+        return int(skipped.item())
 
     def summary(self) -> dict:
         """Means per finite micro-batch (loss terms averaged over ranks), throughput summed over ranks."""
