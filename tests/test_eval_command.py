@@ -147,6 +147,11 @@ def test_user_mistakes_are_one_sentence(shards, model_dir, tmp_path, capsys):
     fewer = micro_model(tmp_path / "fewer", class_names=None)  # 20 unnamed classes fit 20-class shards ...
     assert run_cli(capsys, "eval", "--checkpoint", fewer, "--shards", shards, "--out", tmp_path / "y", "--workers", "0")[0] == 0
     assert json.loads((tmp_path / "y" / "report.json").read_text())["class_names_from"].startswith("manifest")
+    assert run_cli(capsys, "eval", "--checkpoint", fewer, "--shards", shards, "--out", tmp_path / "y", "--workers", "0")[0] == 0  # replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "predictions.csv").write_text("the user's own\n")
+    line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", fewer, "--shards", shards, "--out", tmp_path / "mine")[::2])
+    assert "predictions.csv" in line and "--out" in line and (tmp_path / "mine" / "predictions.csv").read_text() == "the user's own\n"
 
     root = image_folder(tmp_path / "unknown", names=("rust_plain", "purple_heron"), per_class=1)
     line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir, "--images", root)[::2])

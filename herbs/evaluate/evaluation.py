@@ -23,7 +23,7 @@ from herbs.errors import HerbsError
 from herbs.evaluate.images import ImageFiles, image_batches
 from herbs.evaluate.inference import InferenceModel, autocast, check_precision, describe_names, load_for_inference, writable_dir
 from herbs.evaluate.predict import eval_transform
-from herbs.evaluate.report import choose_groups, write_report
+from herbs.evaluate.report import check_report_folder, choose_groups, write_report
 from herbs.evaluate.tta import views as tta_views
 from herbs.metrics import headline, topk_accuracy
 from herbs.predictions import gather, predict_batches
@@ -112,11 +112,11 @@ def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: str
         paths, keys, labels = folder_samples(Path(images), inference)
     class_groups, groups_from = choose_groups(groups, inference.class_names, manifest, group_level)
 
+    # Every rank checks, before the process group exists: a refusal on one rank alone would leave the others in a collective.
+    check_report_folder(writable_dir(out, "--out"), "--out")
     config.train.mixed_precision = precision
     accelerator = build_accelerator(config, out)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    if accelerator.is_main_process:
-        writable_dir(out, "--out")
     model = inference.model.to(device)
     batch_size = batch_size or config.data.eval_batch_size
     workers = config.data.num_workers if workers is None else workers

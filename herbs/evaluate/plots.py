@@ -53,10 +53,13 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "group"
 
 
+CONFUSION = "confusion"  # confusion.png, or the folder confusion/ of one picture per group
+
+
 def plot_confusion(matrix: np.ndarray, class_names: list[str], groups: list[ClassGroup], out_dir: Path, title: str) -> list[Path]:
     """The whole matrix as `confusion.png`, or one `confusion/<group>.png` per group for many classes."""
     if len(class_names) <= WHOLE_MATRIX_MAX or not groups:
-        return [plot_matrix(matrix, class_names, class_names, out_dir / "confusion.png", title)]
+        return [plot_matrix(matrix, class_names, class_names, out_dir / f"{CONFUSION}.png", title)]
     written, used = [], set()
     for group in groups:
         members = list(group.classes)
@@ -70,5 +73,5 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], groups: list[Clas
         used.add(name)
         names = [class_names[c] for c in members]
         written.append(plot_matrix(np.concatenate([inside, outside], 1), names, names + ["outside"],
-                                   out_dir / "confusion" / f"{name}.png", f"{title}: {group.name}"))
+                                   out_dir / CONFUSION / f"{name}.png", f"{title}: {group.name}"))
     return written

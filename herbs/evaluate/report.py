@@ -17,7 +17,7 @@ from herbs.atomic import write_atomic
 from herbs.data.manifest import Manifest
 from herbs.data.source import ClassGroup, suffix_groups
 from herbs.errors import HerbsError
-from herbs.evaluate.plots import plot_confusion
+from herbs.evaluate.plots import CONFUSION, plot_confusion
 from herbs.metrics import complete_groups, confusion_matrix, group_metrics, headline, per_class, topk_accuracy
 from herbs.predictions import ENSEMBLE, Predictions
 
@@ -90,11 +90,29 @@ def build_report(preds: Predictions, class_names: list[str], groups: list[ClassG
     }
 
 
+REPORT_FILE = "report.json"
+WRITTEN = (REPORT_FILE, "per_class.csv", "predictions.csv", f"{CONFUSION}.png", CONFUSION)  # what write_report may put in its folder
+
+
+def check_report_folder(out_dir: Path, option: str) -> None:
+    """One sentence when a report written into `out_dir` would replace a file that no earlier report put there."""
+    try:
+        earlier = json.loads((out_dir / REPORT_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        earlier = None
+    if isinstance(earlier, dict) and {"files", "metrics"} <= earlier.keys():  # an earlier report's folder: replaced
+        return
+    taken = [name for name in WRITTEN if (out_dir / name).exists()]
+    if taken:
+        raise HerbsError(f"'{out_dir}' holds {taken[0]}, which a report written there would replace and which no earlier "
+                         f"herbs eval wrote; pass a new or empty folder, or an earlier report's, as {option}")
+
+
 def write_report(out_dir: Path, preds: Predictions, class_names: list[str], groups: list[ClassGroup], info: dict) -> dict:
-    """Write every file of an evaluation into `out_dir`; returns the report."""
+    """Write every file of an evaluation into `out_dir` (checked with `check_report_folder`); returns the report."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = build_report(preds, class_names, groups, info)
-    files = {"report": "report.json", "per_class": "per_class.csv", "predictions": "predictions.csv"}
+    files = {"report": REPORT_FILE, "per_class": "per_class.csv", "predictions": "predictions.csv"}
     write_atomic(out_dir / files["per_class"], csv_text(
         ["index", "class", "samples", "correct", "top1", "top5", "most_confused_with", "confused_count"],
         [[r["index"], r["name"], r["samples"], r["correct"], fmt(r["top1"]), fmt(r["top5"]), r["most_confused_with"] or "", r["confused_count"]]
