@@ -204,6 +204,12 @@ def test_a_resume_that_does_not_fit_is_one_sentence(shards, copy, tmp_path):
     resume = ["train.max_steps=20", "--resume", "auto"]
     line = error_line(run_training(1, TINY, *micro(shards, copy, "data.batch_size=8"), *resume, check=False, timeout=300))
     assert "data.batch_size was 4 when it was written and is 8 now" in line
+    newest = run_dir(copy) / "checkpoints" / "step-0000010" / "trainer_state.json"
+    kept = newest.read_bytes()
+    newest.write_bytes(kept[: len(kept) // 2])  # damaged: --resume auto falls back to step 5, whose batch must be checked as well
+    line = error_line(run_training(1, TINY, *micro(shards, copy, "data.batch_size=8"), *resume, check=False, timeout=300))
+    assert "checkpoint" in line and "step-0000005" in line and "data.batch_size was 4 when it was written and is 8 now" in line
+    newest.write_bytes(kept)
     line = error_line(run_training(1, TINY, *micro(shards, copy, "train.gradient_accumulation_steps=2"), *resume, check=False))
     assert "the global batch was 4 when it was written and is 8 with this config now" in line
     line = error_line(run_training(1, TINY, *micro(shards, copy, "model.fpn_size=16"), *resume, check=False))

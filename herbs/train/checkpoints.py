@@ -231,15 +231,23 @@ class CheckpointDir:
 def to_resume(root: Path, resume: str | None) -> tuple[Path, TrainerState] | None:
     """The checkpoint a resume would start from, and its trainer state, read from the files before
     the process group exists: the run's global batch and lanes decide the accumulation and the
-    loaders. None when there is none (a damaged one is named and passed over by the resume itself)."""
+    loaders. None when there is none (a damaged one is named and passed over by the resume itself); a damaged
+    trainer state is passed over here too, so that the plan is checked against the checkpoint that is resumed."""
     if not resume:
         return None
     # Quiet: the resume itself lists the checkpoints again, and says what it passes over.
-    path = CheckpointDir(root, keep=1).latest(say=False) if resume == "auto" else explicit_checkpoint(resume)
-    try:
-        return (path, TrainerState(**json.loads((path / STATE_FILE).read_text()))) if path else None
-    except (OSError, ValueError, TypeError):
-        return None
+    candidates = CheckpointDir(root, keep=1).newest_first(say=False) if resume == "auto" else [explicit_checkpoint(resume)]
+    for path in candidates:  # the first whose trainer state is intact: the one resumed, or one of the same run before it
+        try:
+            digest = json.loads((path / CHECKPOINT_FILE).read_text())["files"][STATE_FILE]
+        except (OSError, ValueError, KeyError, TypeError):
+            digest = None  # written without checksums, or damaged: the resume says which
+        try:
+            if digest in (None, sha256_file(path / STATE_FILE)):
+                return path, TrainerState(**json.loads((path / STATE_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            pass
+    return None
 
 
 def explicit_checkpoint(resume: str) -> Path:
