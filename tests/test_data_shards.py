@@ -123,10 +123,9 @@ def test_images_cut_short_are_left_out_named_and_listed(tmp_path):
     assert list(members(tmp_path / "out" / "train-000000.tar").values())[0] == whole  # kept byte for byte
 
 
-def test_interrupted_writer_leaves_no_manifest_and_a_rerun_completes(tmp_path, monkeypatch):
+def test_an_interrupted_write_leaves_no_manifest_and_an_interrupted_overwrite_leaves_the_earlier_output(tmp_path, monkeypatch):
     out = tmp_path / "out"
     dataset = tiny_dataset(num_classes=2, train=6, test=2)
-    write_shards(dataset, out, shard_size=ShardSize(samples=3))
     real, calls = writer_module.image_fields, []
 
     def interrupted(*args):
@@ -137,7 +136,7 @@ def test_interrupted_writer_leaves_no_manifest_and_a_rerun_completes(tmp_path, m
 
     monkeypatch.setattr(writer_module, "image_fields", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        write_shards(dataset, out, shard_size=ShardSize(samples=3), overwrite=True)
+        write_shards(dataset, out, shard_size=ShardSize(samples=3))
     assert not (out / MANIFEST).exists()
     with pytest.raises(DataError, match="has no manifest.json"):
         load_manifest(out)
@@ -145,6 +144,20 @@ def test_interrupted_writer_leaves_no_manifest_and_a_rerun_completes(tmp_path, m
     # No --overwrite needed over an interrupted write; smaller shards: its files must all go.
     write_shards(dataset, out, shard_size=ShardSize(samples=2))
     shards = [f"test-{i:06d}" for i in range(2)] + [f"train-{i:06d}" for i in range(6)]
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST] + [f"{s}.{ext}" for s in shards for ext in ("idx", "tar")])
+    verify_shards(out)
+
+    # An overwrite that stops (Ctrl-C here; an unreadable image or a full disk alike) leaves the earlier output whole.
+    earlier = files(out)
+    calls.clear()
+    monkeypatch.setattr(writer_module, "image_fields", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(dataset, out, shard_size=ShardSize(samples=3), overwrite=True)
+    assert {name: data for name, data in files(out).items() if name != ".herbs-shard.lock"} == earlier  # the old code: no manifest
+    verify_shards(out)
+    monkeypatch.setattr(writer_module, "image_fields", real)
+    write_shards(dataset, out, shard_size=ShardSize(samples=3), overwrite=True)
+    shards = [f"test-{i:06d}" for i in range(2)] + [f"train-{i:06d}" for i in range(4)]
     assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST] + [f"{s}.{ext}" for s in shards for ext in ("idx", "tar")])
     verify_shards(out)
 
