@@ -123,6 +123,31 @@ def test_images_cut_short_are_left_out_named_and_listed(tmp_path):
     assert list(members(tmp_path / "out" / "train-000000.tar").values())[0] == whole  # kept byte for byte
 
 
+def test_camera_jpegs_with_more_frames_are_kept_as_they_are(tmp_path):
+    """Phones and cameras write JPEGs with extra frames appended (MPO to Pillow): still a JPEG, kept byte for byte."""
+    mpo = io.BytesIO()
+    photo(40, 30, seed=3).save(mpo, format="MPO", save_all=True, append_images=[photo(40, 30, seed=4)])
+    assert Image.open(io.BytesIO(mpo.getvalue())).format == "MPO"
+    manifest = write_shards(SourceDataset("folder", ["a"], ["a"], {"train": [Sample("camera.jpg", 0, data=mpo.getvalue())]}), tmp_path / "out")
+    assert manifest.notes["reencoded_as_png"] == 0  # the old code re-encoded it as a PNG twice its size
+    stored = members(tmp_path / "out" / "train-000000.tar")
+    assert stored["train_000000.jpg"] == mpo.getvalue()
+
+
+def test_a_class_or_a_dataset_without_one_readable_image_is_one_sentence(tmp_path, capsys):
+    src = image_folder(tmp_path / "imgs")
+    for junk in (src / "a").iterdir():
+        junk.write_bytes(b"not really a jpeg")
+    assert main(["shard", "folder", str(src), str(tmp_path / "out"), "--val-fraction", "0.5"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "class 'a' has no readable image" in line and not (tmp_path / "out" / MANIFEST).exists()
+    for junk in (src / "b").iterdir():
+        junk.write_bytes(b"")
+    assert main(["shard", "folder", str(src), str(tmp_path / "out")]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no image of" in line and "4 files" in line and not (tmp_path / "out" / MANIFEST).exists()
+
+
 def test_an_interrupted_write_leaves_no_manifest_and_an_interrupted_overwrite_leaves_the_earlier_output(tmp_path, monkeypatch):
     out = tmp_path / "out"
     dataset = tiny_dataset(num_classes=2, train=6, test=2)
@@ -336,6 +361,6 @@ def test_a_decompression_bomb_is_left_out_and_named(tmp_path, capsys, caplog):
     assert manifest.notes["unreadable"] == ["a/huge.png"] and manifest.split("train").num_samples == 4
     assert ("skipping 'a/huge.png': not a readable image: a 20000x20000 PNG of 400,000,000 pixels, over the limit of "
             "178,956,970 (data.max_image_pixels, or --max-image-pixels)") in caplog.messages
-    # The limit is the user's: lower, and the photos (1200 pixels) go too.
-    assert main(["shard", "folder", str(src), str(tmp_path / "small"), "--max-image-pixels", "1199"]) == 0
-    assert "5 files were not readable images" in capsys.readouterr().out
+    # The limit is the user's: lower, and the photos (1200 pixels) go too, which leaves nothing to write.
+    assert main(["shard", "folder", str(src), str(tmp_path / "small"), "--max-image-pixels", "1199"]) == 2
+    assert "(5 files left out, named above)" in capsys.readouterr().err

@@ -1,7 +1,9 @@
 """`SourceDataset` -> `<split>-NNNNNN.tar` shards + `manifest.json`.
 
-JPEG and PNG bytes go into the shards untouched; any other format is re-encoded as PNG
-(lossless) and counted in the manifest's notes. Samples are shuffled once, with the seed,
+JPEG and PNG bytes go into the shards untouched (a camera's JPEG with more frames appended, MPO
+to Pillow, too: its first frame is the photo); any other format is re-encoded as PNG (lossless)
+and counted in the manifest's notes. A class, or a whole dataset, with no readable image stops
+the write before its manifest. Samples are shuffled once, with the seed,
 before they are packed, so that any run of samples in a shard is a random draw of classes
 (the datasets list their images class by class). The manifest is deleted first and written
 last, so a directory with a manifest always holds complete shards; which files of the output
@@ -16,6 +18,7 @@ import json
 import logging
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -34,6 +37,7 @@ from herbs.progress import Progress
 log = logging.getLogger(__name__)
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9}
+KEPT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png"}  # Pillow's formats whose bytes go into the shards as they are
 PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 
 
@@ -68,11 +72,11 @@ def image_fields(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str
     with opened(data, max_pixels) as image:
         # Decoded once, so that a file cut short is left out here, not skipped in every epoch; a JPEG (kept
         # as it is) at an eighth of its size, which still reads every coefficient (0.2 ms for 500x375).
-        if image.format == "JPEG":
+        if KEPT.get(image.format) == "jpg":
             image.draft("RGB", (1, 1))
         image.load()
-        if image.format in ("JPEG", "PNG"):
-            return ("jpg" if image.format == "JPEG" else "png"), data, None
+        if image.format in KEPT:
+            return KEPT[image.format], data, None
         converted = image if image.mode in PNG_MODES else image.convert("RGBA" if "A" in image.mode else "RGB")
         out = io.BytesIO()
         converted.save(out, format="PNG")
@@ -98,7 +102,7 @@ def sample_fields(sample: Sample, dataset: SourceDataset, image: tuple[str, byte
 
 
 def write_split(name: str, samples: list[Sample], dataset: SourceDataset, out: OutputDir, size: ShardSize, seed: int, notes: dict,
-                max_pixels: int) -> SplitInfo:
+                max_pixels: int, written_per_class: Counter) -> SplitInfo:
     order = list(samples)
     random.Random(f"{seed}/{name}").shuffle(order)
     shards: list[ShardInfo] = []
@@ -125,6 +129,7 @@ def write_split(name: str, samples: list[Sample], dataset: SourceDataset, out: O
             writer = ShardWriter(out.new(shard_name), out.new(index_name(shard_name)))
         writer.add(f"{name}_{written:06d}", fields)
         written += 1
+        written_per_class[sample.label] += 1
     if writer is not None:
         shards.append(finish(writer, out))
     return SplitInfo(name, tuple(shards))
@@ -135,6 +140,19 @@ def finish(writer: ShardWriter, out: "OutputDir | UploadOutput") -> ShardInfo:
     out.finished(info.index)  # the index before its shard: a shard that is there has its index
     out.finished(info.name)
     return info
+
+
+def check_every_class_written(dataset: SourceDataset, written_per_class: Counter, unreadable: list[str]) -> None:
+    """One sentence, before the manifest is written, when a class (or every class) got no image: training
+    could never learn it."""
+    empty = [name for label, name in enumerate(dataset.class_names) if not written_per_class[label]]
+    if len(empty) == len(dataset.class_names):
+        raise DataError(f"no image of {dataset.root or 'the dataset'} could be read ({len(unreadable)} files left out, named above); "
+                        "fix those files, or raise --max-image-pixels for those over its limit")
+    if empty:
+        more = f" (nor do {len(empty) - 1} more classes)" if len(empty) > 1 else ""
+        raise DataError(f"class '{empty[0]}' has no readable image{more}: its files were left out, named above; "
+                        "fix or remove them, or remove the class from the dataset")
 
 
 def write_shards(
@@ -157,13 +175,14 @@ def write_shards(
         dataset = hold_out_val(dataset, val_fraction, seed)
     notes = {"seed": seed, "val_fraction": val_fraction, "reencoded_as_png": 0, "unreadable": []}
     with (OutputDir(out, overwrite) if location.local else UploadOutput(location)) as output:
-        splits = {}
+        splits, written_per_class = {}, Counter()
         for name, samples in dataset.splits.items():
-            split = write_split(name, samples, dataset, output, shard_size, seed, notes, max_pixels)
+            split = write_split(name, samples, dataset, output, shard_size, seed, notes, max_pixels, written_per_class)
             if split.num_samples:
                 splits[name] = split
             else:
                 log.warning("split '%s' has no images and is left out", name)
+        check_every_class_written(dataset, written_per_class, notes["unreadable"])
         manifest = Manifest(location, dataset.kind, dataset.class_names, dataset.original_ids, dataset.groups, splits, dataset.tree, notes)
         output.write_manifest(MANIFEST, manifest.to_json())
     return manifest
