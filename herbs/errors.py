@@ -8,6 +8,7 @@ everything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Callable
 
 EXIT_USAGE = 2
@@ -15,6 +16,11 @@ EXIT_USAGE = 2
 
 class HerbsError(Exception):
     """A problem with the user's input (config, file, checkpoint, data, launch request) and how to fix it."""
+
+
+def not_a_directory(path: str | Path) -> str:
+    """Why `path` is no directory, for the middle of an error sentence."""
+    return "is not a directory" if Path(path).exists() else "does not exist"
 
 
 class ConfigError(HerbsError):

@@ -54,6 +54,22 @@ def test_cub_missing_image_and_bad_lines_are_named(tmp_path):
         read_cub(root)
 
 
+def test_cub_text_files_in_another_encoding_or_with_a_repeated_line_are_one_sentence(tmp_path):
+    root = make_cub(tmp_path / "cub", per_class=2, train_per_class=1)
+    images = (root / "images.txt").read_bytes()
+    (root / "images.txt").write_bytes(b"\xef\xbb\xbf" + images)  # a byte-order mark, as some editors save UTF-8
+    assert len(read_cub(root).splits["train"]) == len(CUB_CLASSES)
+    (root / "images.txt").write_bytes(images + images.splitlines(keepends=True)[0])
+    with pytest.raises(DataError) as err:
+        read_cub(root)
+    assert "image id 1 appears twice in" in one_sentence(err) and "images.txt" in str(err.value)
+    (root / "images.txt").write_bytes(images)
+    (root / "classes.txt").write_bytes((root / "classes.txt").read_bytes() + b"4 Caf\xe9_Albatross\n")
+    with pytest.raises(DataError) as err:
+        read_cub(root)
+    assert "classes.txt' is not UTF-8 text" in one_sentence(err)
+
+
 def test_cub_labels_must_be_listed_classes(tmp_path):
     root = make_cub(tmp_path / "cub", per_class=2, train_per_class=1)
     lines = (root / "image_class_labels.txt").read_text().splitlines()
@@ -118,13 +134,14 @@ def test_split_folders_are_found_whatever_their_case(tmp_path):
     assert dataset.class_names == ["a", "b"] and {k: len(v) for k, v in dataset.splits.items()} == {"train": 2, "test": 1}
 
 
-@pytest.mark.parametrize("layout", [["training/a/1.jpg", "testing/a/2.jpg"], ["train/a/1.jpg", "TRAIN/a/2.jpg"]])
+@pytest.mark.parametrize("layout", [["training/a/1.jpg", "testing/a/2.jpg"], ["train/a/1.jpg", "TRAIN/a/2.jpg"],
+                                    ["bus/1.jpg", "car/1.jpg", "train/1.jpg"]])
 def test_split_folders_herbs_cannot_tell_apart_from_classes_are_refused(tmp_path, layout):
     """Read as classes, each would label every image by its split."""
     root = make_folder(tmp_path / "f", layout)
     with pytest.raises(DataError) as err:
         read_folder(root)
-    assert "looks like a split" in str(err.value) or "more than one" in str(err.value)
+    assert any(words in one_sentence(err) for words in ("looks like a split", "more than one", "beside folders that are no split"))
 
 
 def test_folder_errors(tmp_path):
@@ -134,6 +151,12 @@ def test_folder_errors(tmp_path):
     make_folder(tmp_path / "f", ["full/1.jpg"])
     with pytest.raises(DataError, match="empty"):
         read_folder(tmp_path / "f")
+    make_folder(tmp_path / "nest", ["images/a/1.jpg", "images/b/1.jpg"])  # one level too high: one class of every image
+    with pytest.raises(DataError) as err:
+        read_folder(tmp_path / "nest")
+    assert f"holds one class folder ('images')" in one_sentence(err) and str(tmp_path / "nest" / "images") in str(err.value)
+    with pytest.raises(DataError, match="is not a directory"):
+        read_folder(tmp_path / "nest" / "images" / "a" / "1.jpg")
 
 
 def test_val_hold_out_is_stratified_deterministic_and_disjoint(tmp_path):

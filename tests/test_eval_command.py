@@ -162,7 +162,7 @@ def test_user_mistakes_are_one_sentence(shards, model_dir, tmp_path, capsys):
     (tmp_path / "empty" / "rust_plain").mkdir(parents=True)
     assert "hold no images" in one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir, "--images", tmp_path / "empty")[::2])
     (tmp_path / "a.jpg").write_bytes(b"")
-    assert f"image folder '{tmp_path / 'a.jpg'}' is a file;" in one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir,
+    assert f"image folder '{tmp_path / 'a.jpg'}' is not a directory;" in one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir,
                                                                                        "--images", tmp_path / "a.jpg")[::2])
     line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir, "--shards", shards, "--group-level", "2")[::2])
     assert "needs a class tree" in line

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from herbs.errors import DataError
+from herbs.errors import DataError, not_a_directory
 from herbs.data.aircraft import read_aircraft
 from herbs.data.cars import read_cars
 from herbs.data.cub import read_cub
@@ -48,7 +48,7 @@ def write(args: argparse.Namespace, dataset) -> int:
 
 def run_reader(args: argparse.Namespace) -> int:
     if not Path(args.src).is_dir():
-        raise DataError(f"dataset folder '{args.src}' does not exist; pass the folder that holds the dataset")
+        raise DataError(f"dataset folder '{args.src}' {not_a_directory(args.src)}; pass the folder that holds the dataset")
     return write(args, READERS[args.source][0](args.src))
 
 

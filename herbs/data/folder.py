@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from herbs.errors import DataError
+from herbs.errors import DataError, not_a_directory
 from herbs.data.source import Sample, SourceDataset
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -35,19 +35,27 @@ def split_folders(root: Path) -> dict[str, Path]:
     for folders in found.values():
         if len(folders) > 1:
             raise DataError(f"'{root}' has more than one folder for one split ({', '.join(f.name for f in folders)}); keep one")
+    others = [name for name in class_dirs(root) if name.lower() not in SPLITS]
+    if found and others:  # a class named train, or a stray folder beside the splits: either reading would be a guess
+        raise DataError(f"'{root}' holds the split folder '{next(iter(found.values()))[0].name}' beside folders that are no split "
+                        f"('{others[0]}'); put every class folder in '{root / 'train'}' (a class may be called train there), "
+                        "or move the other folders out")
     return {name: found[name][0] for name in SPLITS if name in found}
 
 
 def read_folder(root: str | Path) -> SourceDataset:
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"image folder '{root}' does not exist; pass a folder holding one sub-folder of images per class")
+        raise DataError(f"image folder '{root}' {not_a_directory(root)}; pass a folder holding one sub-folder of images per class")
     split_roots = split_folders(root)
     split_roots = split_roots if "train" in split_roots else {"train": root}
     classes = class_dirs(split_roots["train"])
     if not classes:
         raise DataError(f"'{split_roots['train']}' has no class folders; put each class's images in a folder named after the class")
     names = sorted(classes)
+    if len(names) == 1:  # e.g. ROOT/images/<class>/...: every image would be of one class
+        raise DataError(f"'{split_roots['train']}' holds one class folder ('{names[0]}'), and a classifier needs two or more; "
+                        f"pass the folder that holds one sub-folder per class (perhaps '{classes[names[0]]}')")
     index_of = {name: index for index, name in enumerate(names)}
     splits = {}
     for split, split_root in split_roots.items():

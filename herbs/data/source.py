@@ -49,8 +49,13 @@ def require_file(path: Path, what: str) -> Path:
 
 def read_table(path: Path, columns: int, *, rest: bool = False) -> list[list[str]]:
     """Whitespace-separated rows of `columns` fields; with `rest` the last field keeps its spaces."""
+    try:  # utf-8-sig: a byte-order mark, as some editors save UTF-8, is not part of the first field
+        text = require_file(path, "dataset file").read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"'{path}' is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                        "restore the file from the dataset's archive, or save it as UTF-8") from None
     rows = []
-    for number, line in enumerate(require_file(path, "dataset file").read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         fields = line.split(None, columns - 1) if rest else line.split()
@@ -79,9 +84,10 @@ def read_image_tables(root: Path) -> list[ImageRow]:
     """images.txt joined with image_class_labels.txt, train_test_split.txt and (when present)
     bounding_boxes.txt, the files CUB-200-2011 and NABirds share; every image checked to exist."""
     images = read_table(root / "images.txt", 2)
+    by_id(images, root / "images.txt")  # a line repeated would be a second sample of one image
     labels_path, split_path, boxes_path = (root / n for n in ("image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt"))
-    labels = dict(read_table(labels_path, 2))
-    is_train = dict(read_table(split_path, 2))
+    labels = by_id(read_table(labels_path, 2), labels_path)
+    is_train = by_id(read_table(split_path, 2), split_path)
     boxes = read_boxes(boxes_path)
     paths = image_paths(root / "images", [rel for _, rel in images])
     rows = []
@@ -91,6 +97,16 @@ def read_image_tables(root: Path) -> list[ImageRow]:
             raise DataError(f"image {image_id} is marked {flag!r} in '{split_path}', which should be 1 (train) or 0 (test); restore that file")
         rows.append(ImageRow(image_id, rel, path, lookup(labels, image_id, labels_path), flag == "1", boxes.get(image_id)))
     return rows
+
+
+def by_id(rows: list[list[str]], path: Path) -> dict[str, str]:
+    """A two-column table as id -> value; one sentence for an id on two lines."""
+    table: dict[str, str] = {}
+    for image_id, value in rows:
+        if image_id in table:
+            raise DataError(f"image id {image_id} appears twice in '{path}'; restore that file from the dataset's archive")
+        table[image_id] = value
+    return table
 
 
 def lookup(table: dict[str, str], image_id: str, path: Path) -> str:

@@ -19,7 +19,7 @@ from herbs.accel import build_accelerator, wants_cpu
 from herbs.data.folder import class_dirs, images_in
 from herbs.data.manifest import Manifest, load_manifest
 from herbs.data.stream import eval_stream
-from herbs.errors import HerbsError
+from herbs.errors import HerbsError, not_a_directory
 from herbs.evaluate.images import ImageFiles, image_batches
 from herbs.evaluate.inference import InferenceModel, autocast, check_precision, describe_names, load_for_inference, writable_dir
 from herbs.evaluate.predict import eval_transform
@@ -55,8 +55,7 @@ def check_classes(inference: InferenceModel, manifest: Manifest) -> str:
 def folder_samples(root: Path, inference: InferenceModel) -> tuple[list[Path], list[str], list[int]]:
     """`root/<class>/<image>` as (paths, keys, labels), labels in the model's class order."""
     if not root.is_dir():
-        problem = "is a file" if root.exists() else "does not exist"
-        raise HerbsError(f"image folder '{root}' {problem}; pass a folder holding one sub-folder of images per class")
+        raise HerbsError(f"image folder '{root}' {not_a_directory(root)}; pass a folder holding one sub-folder of images per class")
     folders = class_dirs(root)
     if not folders:
         raise HerbsError(f"'{root}' has no class folders; put each class's images in a folder named after the class (root/<class>/<image>)")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from herbs.atomic import write_atomic
-from herbs.errors import LaunchError
+from herbs.errors import LaunchError, not_a_directory
 from herbs.run import CHECKPOINTS_DIR, METRICS_FILE, RUN_FILE, STATE_FILE, complete_checkpoints, read_events, read_jsonl
 
 
@@ -159,8 +159,7 @@ def columns(header: list[str], body: list[list[str]]) -> str:
 def run(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     if not folder.is_dir():
-        problem = "is not a directory" if folder.exists() else "does not exist"
-        raise LaunchError(f"'{folder}' {problem}; pass the directory that herbs submit printed, or a run directory")
+        raise LaunchError(f"'{folder}' {not_a_directory(folder)}; pass the directory that herbs submit printed, or a run directory")
     if not (folder / RECORD).is_file() and ((folder / CHECKPOINTS_DIR).is_dir() or (folder / RUN_FILE).is_file()):
         rows, table = checkpoint_rows(folder), format_checkpoints
     else:

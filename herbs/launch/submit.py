@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from herbs.config import load_config
-from herbs.errors import ConfigError, LaunchError
+from herbs.errors import ConfigError, LaunchError, not_a_directory
 from herbs.launch import sweep
 from herbs.launch.status import RECORD, format_table, status_rows, write_record
 from herbs.run import SUBMISSIONS, accelerate_env, run_dir, run_traces
@@ -240,8 +240,7 @@ def make_jobs(args: argparse.Namespace, points: list[sweep.Point], run_dirs: dic
     resume = None if args.resume == "none" else args.resume
     if resume not in (None, "auto"):
         if not Path(resume).is_dir():
-            problem = "is not a directory" if Path(resume).exists() else "does not exist"
-            raise LaunchError(f"--resume {resume} {problem}; pass a checkpoint directory, 'auto' or 'none'")
+            raise LaunchError(f"--resume {resume} {not_a_directory(resume)}; pass a checkpoint directory, 'auto' or 'none'")
         resume = str(Path(resume).resolve())
     accelerate_env(args.accelerate_config)
     accel = str(Path(args.accelerate_config).resolve()) if args.accelerate_config else None
