@@ -228,6 +228,14 @@ def test_missing_things_are_one_sentence(tmp_path, capsys):
     write_shards(tiny_dataset(num_classes=2, train=4, test=2), out, shard_size=ShardSize(samples=3))
     with pytest.raises(DataError, match=r"split 'val' is not in .* \(it has test, train\)"):
         load_manifest(out).split("val")
+    written = json.loads((out / MANIFEST).read_text())
+    for field, value in (("sha256", None), ("name", None), ("index", 5), ("num_samples", "3")):
+        damaged = json.loads(json.dumps(written))
+        damaged["splits"]["train"]["shards"][0][field] = value
+        (out / MANIFEST).write_text(json.dumps(damaged))
+        assert main(["shard", "verify", str(out)]) == 2, field
+        assert f"is not a readable herbs manifest (ValueError: shard field '{field}' is {value!r}" in capsys.readouterr().err
+    (out / MANIFEST).write_text(json.dumps(written))
     (out / "train-000002.tar").unlink()
     with pytest.raises(DataError, match="train-000002.tar"):
         load_manifest(out)

@@ -120,12 +120,24 @@ class Manifest:
             original_ids=[c["id"] for c in data["classes"]],
             hierarchy=[ClassGroup(g["name"], tuple(g["classes"])) for g in data["hierarchy"]],
             splits={
-                name: SplitInfo(name, tuple(ShardInfo(**shard) for shard in s["shards"]))
+                name: SplitInfo(name, tuple(checked_shard(shard) for shard in s["shards"]))
                 for name, s in data["splits"].items()
             },
             tree={node: (t["name"], t["parent"]) for node, t in data["tree"].items()},
             notes=data["notes"],
         )
+
+
+SHARD_FIELDS = {"name": str, "num_samples": int, "bytes": int, "sha256": str, "index": (str, type(None))}
+
+
+def checked_shard(fields: dict) -> ShardInfo:
+    """One shard of a manifest, its fields' types checked: a damaged one is a sentence here, not a traceback in verify."""
+    shard = ShardInfo(**fields)
+    wrong = [name for name, kind in SHARD_FIELDS.items() if not isinstance(getattr(shard, name), kind)]
+    if wrong:
+        raise ValueError(f"shard field '{wrong[0]}' is {getattr(shard, wrong[0])!r}")
+    return shard
 
 
 def read_manifest(shards: "str | Path | Location", fetch: FetchPolicy = FetchPolicy()) -> Manifest:
