@@ -262,3 +262,12 @@ def test_inaturalist_without_its_files_is_one_sentence(tmp_path):
     (tmp_path / "inat").mkdir()
     with pytest.raises(DataError, match="has none of train.json"):
         read_inat(tmp_path / "inat")
+    root = make_inat(tmp_path / "damaged")
+    written = json.loads((root / "train.json").read_text())
+    for where, damage in (("annotations", lambda d: d["annotations"][1].pop("category_id")),
+                          ("categories", lambda d: d["categories"][0].update(id=str(d["categories"][0]["id"])))):
+        damaged = json.loads(json.dumps(written))
+        damage(damaged)
+        (root / "train.json").write_text(json.dumps(damaged))
+        with pytest.raises(DataError, match=f"is not a COCO-style iNaturalist file .*{where}"):
+            read_inat(root)

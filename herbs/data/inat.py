@@ -26,10 +26,20 @@ def annotation_file(root: Path, split: str) -> Path:
     raise DataError(f"'{root}' has none of {', '.join(FILES[split])}; point the command at the iNaturalist folder that holds them")
 
 
+NEEDS = {"images": ("id", "file_name"), "annotations": ("image_id", "category_id"), "categories": ("id", "name")}
+
+
 def read_coco(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
-        return {"images": data["images"], "annotations": data["annotations"], "categories": data["categories"]}
+        for key, fields in NEEDS.items():
+            for number, entry in enumerate(data[key]):
+                missing = [field for field in fields if field not in entry]
+                if missing:
+                    raise KeyError(f"{key}[{number}] has no {missing[0]!r}")
+                if key == "categories" and not isinstance(entry["id"], int):  # sorted, and named by it, across the files
+                    raise TypeError(f"{key}[{number}] has the id {entry['id']!r}, not a whole number")
+        return {key: data[key] for key in NEEDS}
     except (ValueError, KeyError, TypeError) as err:
         raise DataError(f"'{path}' is not a COCO-style iNaturalist file ({err.__class__.__name__}: {err}); restore it") from None
 
