@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import torch
 from herbs.config import load_config
 from herbs.errors import EXIT_USAGE, ConfigError, HerbsError, exit_code
 from herbs.train.fit import progressing
+from herbs.train.preemption import PreemptionWatch
 from herbs.run import EXIT_REQUEUE, METRICS_FILE, REQUEUE_MARKER
 
 from helpers import REPO, wait_for
@@ -168,6 +170,15 @@ def test_a_second_ctrl_c_stops_at_once_and_the_lock_goes_with_the_process(shards
             os.killpg(proc.pid, signal.SIGKILL)
     assert latest_step(run_dir(tmp_path)) == -1  # no checkpoint: it really stopped at once
     run_training(1, TINY, *micro(shards, tmp_path, "train.max_steps=2"), "--resume", "auto")  # the lock died with it
+
+
+def test_ctrl_c_after_the_last_checkpoint_says_what_it_still_waits_for(caplog):
+    with caplog.at_level(logging.WARNING, logger="herbs.train.preemption"), PreemptionWatch() as watch:
+        watch.doing = "training is done and its last checkpoint written; finishing the final export and test evaluation"
+        os.kill(os.getpid(), signal.SIGINT)
+        wait_for(lambda: watch.received == signal.SIGINT, 10, "the handler")
+    assert caplog.messages == ["Ctrl-C: training is done and its last checkpoint written; finishing the final export and test "
+                               "evaluation; press Ctrl-C again to stop at once"]
 
 
 @pytest.mark.multiprocess

@@ -332,6 +332,8 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
             accelerator.end_training()
             return EXIT_REQUEUE
 
+    # A stop asked for from here on does not stop the run: its last checkpoint is written, and what is left is quick.
+    watch.doing = "training is done and its last checkpoint written; finishing the final export and test evaluation"
     if not has_val:  # nothing to choose by: the final weights are the model
         export_best(state.best_val)
     if ema is not None:  # the final averaged weights, whichever best/ holds

@@ -28,6 +28,7 @@ class PreemptionWatch:
     def __init__(self):
         self.received: int | None = None
         self._previous = {}
+        self.doing = "finishing this step and writing a checkpoint"  # what a first Ctrl-C still lets happen (said to the user)
 
     def __enter__(self) -> "PreemptionWatch":
         for sig in STOP_SIGNALS:
@@ -45,5 +46,5 @@ class PreemptionWatch:
             if self.received == signal.SIGINT:  # the user insists: die of the signal, as without this handler
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 os.kill(os.getpid(), signal.SIGINT)
-            log.warning("Ctrl-C: finishing this step and writing a checkpoint; press Ctrl-C again to stop at once")
+            log.warning("Ctrl-C: %s; press Ctrl-C again to stop at once", self.doing)
         self.received = signum
