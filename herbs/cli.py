@@ -27,12 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="herbs",
         description="Train, evaluate and use HERBS fine-grained classifiers (Swin Transformer + HERBS heads).",
     )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks for every error")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for every error (train, task: debug mode too)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     for command in subparsers.choices.values():  # after the command too (python launch/submit.py --debug ...)
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks for every error")
+        if "--debug" not in command._option_string_actions:  # the training commands say what theirs does
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks for every error")
     return parser
 
 

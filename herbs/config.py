@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -211,7 +213,7 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 
 
 def _closest(name: str, choices) -> str:
-    match = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.0)  # a YAML key may be a number
+    match = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)  # str: a YAML key may be a number
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
@@ -221,6 +223,17 @@ def _section_classes() -> dict[str, type]:
 
 
 TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+
+
+def _float_text(item: Any, finite: bool = True) -> Any:
+    """PyYAML (YAML 1.1) reads 1e-3, without a dot, as text: that text as its number (`finite`: unless nan or inf)."""
+    if not isinstance(item, str):
+        return item
+    try:
+        number = float(item)
+    except ValueError:
+        return item
+    return number if math.isfinite(number) or not finite else item
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -238,13 +251,16 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif annotation is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            number = float(value)
+        elif isinstance(value, str):
+            number = _float_text(value, finite=False)
+            number = number if isinstance(number, float) else None
+        if number is not None and not math.isfinite(number):  # nan and inf pass every `< 0` check, then fail mid-run
+            raise ConfigError(f"config key '{where}' must be a finite number, got {value!r}; fix it in the YAML file or the override")
+        if number is not None:
+            return number
     elif annotation is str:
         if isinstance(value, str):
             return value
@@ -252,7 +268,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return "yes" if value else "no"
     elif annotation is list:
         if isinstance(value, (list, tuple)):
-            return list(value)
+            return [_float_text(item) for item in value]
     elif annotation is dict:
         if isinstance(value, dict):
             return dict(value)
@@ -284,6 +300,8 @@ def from_dict(data: dict) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"config section '{section}' must be a mapping of keys to values, got {values!r}")
         _apply(getattr(config, section), section, values)
+    # A YAML value or an override's is not expanded by the shell: ~/runs would be a directory named ~ here.
+    config.train.output_dir, config.data.shards = (os.path.expanduser(p) for p in (config.train.output_dir, config.data.shards))
     validate(config)
     return config
 
@@ -321,6 +339,29 @@ def _holds_text(section: str, key: str) -> bool:
     return annotation is str or str in typing.get_args(annotation)
 
 
+class DuplicateKey(Exception):
+    def __init__(self, key, lines: tuple[int, int]):
+        super().__init__(key)
+        self.key, self.lines = key, lines
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key written twice in one mapping is an error: it keeps the last,
+    so a second `train:` section would silently drop the first one's settings."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, typing.Hashable):  # refused by PyYAML itself, with its own message
+                break
+            if key in seen:
+                raise DuplicateKey(key, (seen[key], line))
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_mapping(path: str | Path, hint: str = "pass an existing YAML file (see configs/)") -> dict:
     """The mapping stored in a YAML file, or one sentence saying why there is none."""
     path = Path(path)
@@ -329,11 +370,15 @@ def read_yaml_mapping(path: str | Path, hint: str = "pass an existing YAML file 
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist; {hint}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
     except UnicodeDecodeError:
         raise ConfigError(f"config file '{path}' is not UTF-8 text; pass a YAML file (see configs/)") from None
+    except DuplicateKey as twice:
+        raise ConfigError(f"config file '{path}' has the key '{twice.key}' twice (lines {twice.lines[0]} and {twice.lines[1]}); keep one") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file '{path}' is not valid YAML ({err.__class__.__name__}); fix its syntax") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: {err.problem}" if mark is not None else err.__class__.__name__
+        raise ConfigError(f"config file '{path}' is not valid YAML ({where}); fix its syntax") from err
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys to values, not {type(data).__name__}")
     return data
@@ -345,10 +390,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for text in overrides:
         section, key, value = parse_override(text)
-        data.setdefault(section, {})
-        if not isinstance(data[section], dict):
+        if data.get(section) is None:  # absent, or `section:` with nothing under it
             data[section] = {}
-        data[section][key] = value
+        if isinstance(data[section], dict):  # anything else is refused by from_dict, naming it
+            data[section][key] = value
     config = from_dict(data)
     if config.log.name is None and path is not None:
         path = Path(path)
@@ -378,6 +423,38 @@ def check_selects(config: ModelConfig, tokens: list[int]) -> None:
             )
 
 
+def check_ranges(config: Config) -> None:
+    """Numbers outside what they mean: torch or numpy would stop the start with a traceback, or the run would
+    train on without a word (a negative loss weight ascends, a probability of 5 is always)."""
+    m, d, t, o, loss = config.model, config.data, config.train, config.optim, config.loss
+    below_one, at_least_zero = "from 0 up to, not including, 1", "0 or more"
+    checks = [("optim.momentum", o.momentum, 0 <= o.momentum < 1, below_one),
+              ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, at_least_zero),
+              ("optim.min_lr", o.min_lr, 0 <= o.min_lr <= o.lr, f"from 0 up to optim.lr ({o.lr:g})"),
+              ("model.combiner_dropout", m.combiner_dropout, 0 <= m.combiner_dropout < 1, below_one),
+              ("model.drop_path_rate", m.drop_path_rate, 0 <= m.drop_path_rate < 1, below_one),
+              ("train.seed", t.seed, 0 <= t.seed < 2**32, f"from 0 to {2**32 - 1}"),
+              ("model.img_size", m.img_size, m.img_size >= 1, "at least 1"),
+              ("loss.temperature", loss.temperature, loss.temperature > 0, "above 0"),
+              ("data.shuffle_buffer", d.shuffle_buffer, d.shuffle_buffer >= 1, "at least 1")]
+    checks += [(f"loss.{key}", getattr(loss, key), getattr(loss, key) >= 0, at_least_zero)
+               for key in ("lambda_b0", "lambda_b", "lambda_s", "lambda_n", "lambda_c")]
+    for key, value, fine, wanted in checks:
+        if not fine:
+            raise ConfigError(f"{key} must be {wanted}, got {value}")
+    for key, value in m.backbone_args.items():
+        if value is None:  # timm drops None arguments: a typo such as {patch_size:0} would build the default model
+            raise ConfigError(f"model.backbone_args has the key '{key}' without a value; write 'key: value' (a space after the colon)")
+    patch = m.backbone_args.get("patch_size", 4)
+    if not isinstance(patch, int) or isinstance(patch, bool) or patch < 1:
+        raise ConfigError(f"model.backbone_args patch_size must be a whole number of at least 1, got {patch!r}")
+    for key in ("depths", "num_heads") if is_swin(m.backbone) else ():
+        value = m.backbone_args.get(key, [1] * 4)
+        if not isinstance(value, list) or len(value) != 4 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value):
+            raise ConfigError(f"model.backbone_args {key} must be 4 whole numbers above 0 (one per Swin stage, which HERBS taps all of), "
+                              f"got {value!r}")
+
+
 def validate(config: Config) -> None:
     """Values that parse but cannot work: say which and why, before anything is built."""
     m, d, t, o, log = config.model, config.data, config.train, config.optim, config.log
@@ -389,13 +466,14 @@ def validate(config: Config) -> None:
         raise ConfigError(f"model.num_classes must be at least 2, got {m.num_classes}")
     if m.fpn_size < 4:
         raise ConfigError(f"model.fpn_size must be at least 4 (the combiner uses fpn_size // 4), got {m.fpn_size}")
-    if len(m.num_selects) != 4 or not all(isinstance(n, int) and n > 0 for n in m.num_selects):
+    if len(m.num_selects) != 4 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in m.num_selects):
         raise ConfigError(f"model.num_selects must be 4 positive integers (one per tap), got {m.num_selects}")
     if sum(m.num_selects) // 64 < 1:
         raise ConfigError(
             f"model.num_selects sums to {sum(m.num_selects)}, but the combiner needs at least 64 selected tokens "
             "(it pools them into sum // 64 graph nodes); raise num_selects"
         )
+    check_ranges(config)
     if is_swin(m.backbone):
         stride = 8 * m.backbone_args.get("patch_size", 4)  # three patch mergings after the patch embedding
         if m.img_size % stride != 0:
@@ -407,7 +485,7 @@ def validate(config: Config) -> None:
     for key in ("mixup_alpha", "cutmix_alpha"):
         if getattr(d, key) < 0:
             raise ConfigError(f"data.{key} must be 0 (off) or more, got {getattr(d, key)}")
-    for key in ("mixup_prob", "mixup_switch_prob"):
+    for key in ("mixup_prob", "mixup_switch_prob", "blur_p", "sharpness_p"):
         if not 0 <= getattr(d, key) <= 1:
             raise ConfigError(f"data.{key} is a probability, from 0 to 1; got {getattr(d, key)}")
     if (d.mixup_alpha or d.cutmix_alpha) and d.batch_size < 2:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +34,16 @@ def test_overrides_are_typed():
     assert c.optim.lr == 0.001 and isinstance(c.optim.lr, float)
     assert c.model.num_selects == [32, 16, 8, 8]
     assert c.log.name == "my run" and c.train.max_steps == 3
+    c = load_config(CONFIGS / "tiny.yaml", ["data.mean=[1e-1, 0.5, 0.5]", "optim.betas=[9e-1, 0.999]"])  # 1e-1: text to PyYAML
+    assert c.data.mean == [0.1, 0.5, 0.5] and c.optim.betas == [0.9, 0.999]
+    c = load_config(CONFIGS / "tiny.yaml", ["train.output_dir=~/runs", "data.shards=~/shards/cub200"])  # no shell expands these
+    assert c.train.output_dir == str(Path.home() / "runs") and c.data.shards == str(Path.home() / "shards" / "cub200")
+
+
+def test_a_key_like_none_is_named_without_a_guess():
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "tiny.yaml", ["wrong.key=1"])
+    assert str(err.value) == "unknown config section 'wrong'"
 
 
 @pytest.mark.parametrize("override, value", [
@@ -70,6 +81,25 @@ def test_text_keys_keep_the_text_typed_on_the_command_line(override, value):
     (["data.mean=[0.5, 0.5]"], "data.mean and data.std must be 3 numbers each"),
     (["optim.betas=[0.9]"], "optim.betas must be 2 numbers from 0 up to, not including, 1 (e.g. [0.9, 0.999]), got [0.9]"),
     (["optim.betas=[0.9, 1.5]"], "optim.betas must be 2 numbers"),
+    (["model.num_selects=[true, 32, 16, 16]"], "model.num_selects must be 4 positive integers"),
+    # not a number a run can use: each would stop with a traceback at start-up, or train on silently
+    (["optim.lr=nan"], "config key 'optim.lr' must be a finite number, got 'nan'"),
+    (["optim.warmup_epochs=inf"], "config key 'optim.warmup_epochs' must be a finite number, got 'inf'"),
+    (["data.timeout=.inf"], "config key 'data.timeout' must be a finite number, got inf"),
+    (["optim.momentum=-1"], "optim.momentum must be from 0 up to, not including, 1, got -1.0"),
+    (["optim.weight_decay=-1"], "optim.weight_decay must be 0 or more, got -1.0"),
+    (["optim.min_lr=1"], "optim.min_lr must be from 0 up to optim.lr (0.01), got 1.0"),
+    (["model.combiner_dropout=1.5"], "model.combiner_dropout must be from 0 up to, not including, 1, got 1.5"),
+    (["model.drop_path_rate=2"], "model.drop_path_rate must be from 0 up to, not including, 1, got 2.0"),
+    (["train.seed=-1"], "train.seed must be from 0 to 4294967295, got -1"),
+    (["model.img_size=-224"], "model.img_size must be at least 1, got -224"),
+    (["loss.lambda_n=-1"], "loss.lambda_n must be 0 or more, got -1.0"),
+    (["loss.temperature=0"], "loss.temperature must be above 0, got 0.0"),
+    (["data.blur_p=5"], "data.blur_p is a probability, from 0 to 1; got 5.0"),
+    (["data.shuffle_buffer=0"], "data.shuffle_buffer must be at least 1, got 0"),
+    (["model.backbone_args={patch_size: 0}"], "model.backbone_args patch_size must be a whole number of at least 1, got 0"),
+    (["model.backbone_args={patch_size:0}"], "model.backbone_args has the key 'patch_size:0' without a value"),
+    (["model.backbone_args={depths: [1, 1, 1]}"], "model.backbone_args depths must be 4 whole numbers above 0 (one per Swin stage"),
 ])
 def test_bad_settings_name_the_key(override, message):
     with pytest.raises(ConfigError) as err:
@@ -93,6 +123,16 @@ def test_missing_and_broken_files(tmp_path):
     bad.write_bytes(b"model: {head: \xff}\n")  # saved in Latin-1
     with pytest.raises(ConfigError, match="is not UTF-8 text"):
         load_config(bad)
+    bad.write_text("model:\n  head: herbs\n    fpn_size: 4\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML \(line 3, column 13: "):
+        load_config(bad)
+    bad.write_text("train:\n  epochs: 5\noptim:\n  lr: 0.1\ntrain:\n  seed: 1\n")  # the second train: would drop epochs
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert str(err.value) == f"config file '{bad}' has the key 'train' twice (lines 1 and 5); keep one"
+    bad.write_text("train: 5\n")
+    with pytest.raises(ConfigError, match="config section 'train' must be a mapping of keys to values, got 5"):
+        load_config(bad, ["train.seed=3"])
 
 
 def test_overrides_may_also_come_after_the_options(capsys, tmp_path):

@@ -12,7 +12,12 @@ from herbs.errors import exit_code
 from herbs.train.preemption import PreemptionWatch
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+DEBUG_HELP = "debug mode: one process, no loader workers, a few steps, anomaly detection, full tracebacks"
+
+
+def add_arguments(parser: argparse.ArgumentParser, debug_default=False) -> None:
+    """The options of every training command; `debug_default`: argparse.SUPPRESS where `herbs --debug` may set it."""
+    parser.add_argument("--debug", action="store_true", default=debug_default, help=DEBUG_HELP)
     parser.add_argument("--config", required=True, help="experiment YAML (see configs/)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. optim.lr=1e-3")
     start = parser.add_mutually_exclusive_group()
@@ -26,11 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train HERBS (same as python train.py)", description=DESCRIPTION)
-    add_arguments(parser)
+    add_arguments(parser, argparse.SUPPRESS)
     task = subparsers.add_parser("task", help="one srun task of slurm/train.sh: train as the process SLURM says this task is",
                                  description="Run `herbs train` as one process of a run started by `srun` with one task per "
                                              "process: rank, world size and threads come from SLURM's task variables.")
-    add_arguments(task)
+    add_arguments(task, argparse.SUPPRESS)
     task.add_argument("--accelerate-config", default=os.environ.get("HERBS_ACCELERATE_CONFIG") or None,
                       help="accelerate config file, e.g. configs/accelerate/zero2.yaml (default: $HERBS_ACCELERATE_CONFIG)")
     task.set_defaults(func=run_task)
@@ -85,8 +90,6 @@ def run_task(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="train.py", description=DESCRIPTION)
-    parser.add_argument("--debug", action="store_true",
-                        help="debug mode: one process, no loader workers, a few steps, anomaly detection, full tracebacks")
     add_arguments(parser)
     args = parse_command_line(parser, argv)
     return exit_code("train.py", lambda: run(args), debug=args.debug)

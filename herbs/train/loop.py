@@ -280,7 +280,8 @@ def _train(config: Config, run_dir: Path, run, accelerator, plan, watch: Preempt
                     if state.nonfinite_in_row >= t.max_nonfinite_steps:
                         raise HerbsError(
                             f"the loss was non-finite for {state.nonfinite_in_row} steps in a row (step {state.step}); "
-                            "lower optim.lr, set optim.max_grad_norm, or use train.mixed_precision=bf16"
+                            f"lower optim.lr{'' if config.optim.max_grad_norm else ', set optim.max_grad_norm'}, "
+                            "or use train.mixed_precision=bf16"
                         )
                 if state.step % config.log.every == 0 or state.step == total_steps:
                     values = window.summary()
