@@ -102,8 +102,11 @@ def test_other_formats_are_reencoded_losslessly_and_said_so(tmp_path, capsys):
     image.save(png, format="PNG")
     dataset = SourceDataset("folder", ["a"], ["a"], {"train": [Sample("x.bmp", 0, data=bmp.getvalue()), Sample("y.png", 0, data=png.getvalue()),
                                                               Sample("z.jpg", 0, data=b"not an image")]})
+    floats = io.BytesIO()
+    Image.fromarray(np.asarray(image.convert("L"), dtype=np.float32) / 255).save(floats, format="TIFF")  # values 0..1
+    dataset.splits["train"].append(Sample("w.tif", 0, data=floats.getvalue()))
     manifest = write_shards(dataset, tmp_path / "out")
-    assert manifest.notes["reencoded_as_png"] == 1 and manifest.notes["unreadable"] == ["z.jpg"]
+    assert manifest.notes["reencoded_as_png"] == 1 and sorted(manifest.notes["unreadable"]) == ["w.tif", "z.jpg"]  # w.tif: not a black PNG
     stored = members(tmp_path / "out" / "train-000000.tar")
     pngs = [data for name, data in stored.items() if name.endswith(".png")]
     assert png.getvalue() in pngs  # PNG kept as it was

@@ -2,7 +2,7 @@
 
 JPEG and PNG bytes go into the shards untouched (a camera's JPEG with more frames appended, MPO
 to Pillow, too: its first frame is the photo); any other format is re-encoded as PNG (lossless)
-and counted in the manifest's notes. A class, or a whole dataset, with no readable image stops
+and counted in the manifest's notes, except floating-point pixels, which 8 bits cannot hold: left out. A class, or a whole dataset, with no readable image stops
 the write before its manifest. Samples are shuffled once, with the seed,
 before they are packed, so that any run of samples in a shard is a random draw of classes
 (the datasets list their images class by class). The manifest is deleted first and written
@@ -77,6 +77,8 @@ def image_fields(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[str
         image.load()
         if image.format in KEPT:
             return KEPT[image.format], data, None
+        if image.mode == "F":  # its values may lie anywhere: converting them to 8 bits could leave a black picture
+            raise DecodeError(f"a {image.format} of 32-bit floating-point pixels, which has no lossless PNG form; convert it yourself")
         converted = image if image.mode in PNG_MODES else image.convert("RGBA" if "A" in image.mode else "RGB")
         out = io.BytesIO()
         converted.save(out, format="PNG")
