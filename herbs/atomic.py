@@ -27,7 +27,7 @@ def in_progress(path: Path, writer: str = "") -> Path:
 def write_atomic(path: Path, text: str) -> None:
     tmp = in_progress(path, str(os.getpid()))
     try:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8", errors="surrogateescape")  # a file name that is not UTF-8 keeps its bytes
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

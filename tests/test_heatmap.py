@@ -3,6 +3,8 @@ requested class, batches equal to one image at a time."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -73,6 +75,23 @@ def test_heatmaps_are_never_written_among_their_input_photos(model_dir, photos, 
     line = one_sentence(*run_cli(capsys, "heatmap", "--checkpoint", model_dir, photos, "--out", photos)[::2])
     assert line.startswith(f"herbs heatmap: error: --out {photos} holds the input image '{photos}")
     assert {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()} == before
+
+
+
+def test_a_linked_input_in_out_is_refused_and_no_heatmap_is_written_through_a_link(model_dir, photos, tmp_path, capsys):
+    real, links = tmp_path / "real", tmp_path / "links"
+    real.mkdir()
+    links.mkdir()
+    shutil.copy(photos / "sub" / "tall.png", real / "bird.png")
+    kept = (real / "bird.png").read_bytes()
+    (links / "bird.png").symlink_to(real / "bird.png")
+    line = one_sentence(*run_cli(capsys, "heatmap", "--checkpoint", model_dir, links / "bird.png", "--out", links)[::2])
+    assert f"--out {links} holds the input image '{links / 'bird.png'}'" in line  # the old code drew the heatmap over the photo
+    out = tmp_path / "heatmaps"
+    out.mkdir()
+    (out / "bird.png").symlink_to(real / "bird.png")  # a link where the heatmap goes is replaced, not written through
+    assert run_cli(capsys, "heatmap", "--checkpoint", model_dir, real / "bird.png", "--out", out)[0] == 0
+    assert (real / "bird.png").read_bytes() == kept and not (out / "bird.png").is_symlink()
 
 
 def test_the_requested_class_is_explained(model_dir, photos, tmp_path, capsys):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+
 import hashlib
+import shutil
 import subprocess
 
 import pytest
@@ -106,6 +108,9 @@ def test_an_out_that_is_not_a_model_directory_is_never_deleted(reference_fixture
     model = tmp_path / "model"  # a herbs model directory is replaced, as a re-import means
     for _ in range(2):
         assert herbs("import-checkpoint", reference_checkpoint, "--config", reference_fixture.config, "--out", model).returncode == 0
+    shutil.copy(reference_checkpoint, model / "best.pt")  # the user's own file, in the model directory
+    line = _error_line(herbs("import-checkpoint", model / "best.pt", "--config", reference_fixture.config, "--out", model))
+    assert f"'{model}' holds best.pt, which is not part of a herbs model" in line and (model / "best.pt").is_file()
 
 
 def test_a_class_list_of_another_length_is_refused(reference_fixture, reference_checkpoint, tmp_path, herbs):

@@ -163,6 +163,33 @@ def test_bad_input_is_one_sentence(model_dir, tmp_path, capsys):
         assert line.startswith(f"herbs predict: error: device '{device}' is not ") and "use auto, cpu, cuda or cuda:N" in line
 
 
+
+def test_an_output_that_would_replace_an_input_a_model_file_or_a_folder_is_refused_before_the_work(model_dir, photos, tmp_path, capsys):
+    victim = tmp_path / "victim.png"
+    shutil.copy(photos["rgb.png"], victim)
+    kept = victim.read_bytes()
+    line = one_sentence(*run_cli(capsys, "predict", "--checkpoint", model_dir, victim, "--output", victim)[::2])
+    assert f"--output '{victim}' is one of the input images" in line and victim.read_bytes() == kept  # the old code: CSV in it
+    copy = shutil.copytree(model_dir, tmp_path / "model")
+    line = one_sentence(*run_cli(capsys, "predict", "--checkpoint", copy, victim, "--output", copy / "config.yaml")[::2])
+    assert f"'{copy}' is a model directory" in line and "--output" in line and load_for_inference(copy)
+    for folder in (tmp_path, Path(".")):  # the old code: a traceback after every image was predicted
+        line = one_sentence(*run_cli(capsys, "predict", "--checkpoint", model_dir, victim, "--output", folder)[::2])
+        assert f"--output '{folder}' is a folder" in line
+    line = one_sentence(*run_cli(capsys, "predict", "--checkpoint", model_dir, victim, "--output", tmp_path / "p.json")[::2])
+    assert "one JSON object per line" in line and ".jsonl" in line and not (tmp_path / "p.json").exists()
+
+
+def test_file_names_that_are_not_utf8_are_written_as_they_are(model_dir, photos, tmp_path, capsys):
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    name = b"bad\xff.jpg"
+    shutil.copy(photos["rgb.jpg"], odd.as_posix().encode() + b"/" + name)
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", model_dir, odd, "--output", tmp_path / "p.csv")
+    assert code == 0, err  # the old code: UnicodeEncodeError, and no file
+    assert name in (tmp_path / "p.csv").read_bytes()
+
+
 @pytest.mark.parametrize("command, words", [
     ("eval", ["--checkpoint", "--shards", "--images", "--split", "--groups", "--group-level", "outer errors", "accelerate launch"]),
     ("predict", ["--checkpoint", "--output", "--format", "--topk", "EXIF", "stderr", "--max-image-pixels"]),

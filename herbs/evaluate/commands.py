@@ -128,17 +128,19 @@ def run_predict(args: argparse.Namespace) -> int:
     from herbs.errors import HerbsError
     from herbs.evaluate.images import find_images
     from herbs.evaluate.inference import check_precision, load_for_inference
-    from herbs.evaluate.predict import PredictionWriter, Unreadable, default_workers, predict_images
+    from herbs.evaluate.predict import PredictionWriter, Unreadable, check_output, default_workers, predict_images
     from herbs.progress import Progress
 
     inputs = find_images(args.paths)
+    if args.output:
+        check_output(Path(args.output), inputs, args.format)
     inference = load_for_inference(args.checkpoint, args.device, max_image_pixels=args.max_image_pixels)
     check_precision(args.precision, inference.device)
-    fmt = args.format or ("jsonl" if args.output and Path(args.output).suffix.lower() in (".jsonl", ".json", ".ndjson") else "csv")
+    fmt = args.format or ("jsonl" if args.output and Path(args.output).suffix.lower() in (".jsonl", ".ndjson") else "csv")
     # --output is written under its in-progress name and renamed when complete: a kill keeps the previous file whole
     partial = in_progress(Path(args.output), str(os.getpid())) if args.output else None
-    try:
-        stream = open(partial, "w", newline="") if args.output else sys.stdout
+    try:  # surrogateescape: a file name that is not UTF-8 is written as its own bytes
+        stream = open(partial, "w", newline="", encoding="utf-8", errors="surrogateescape") if args.output else sys.stdout
     except OSError as err:
         raise HerbsError(f"cannot write '{args.output}' ({err.strerror}); choose a writable --output") from None
     start, done, skipped = time.perf_counter(), 0, 0
@@ -181,7 +183,8 @@ def run_heatmap(args: argparse.Namespace) -> int:
     from herbs.evaluate.predict import Unreadable, default_workers
 
     inputs = find_images(args.paths)
-    mixed = [i.path for i in inputs if Path(args.out).resolve() in i.path.resolve().parents]
+    outs = {Path(args.out).resolve(), Path(os.path.abspath(args.out))}  # through links, and as named
+    mixed = [i.path for i in inputs if outs & {*i.path.resolve().parents, *Path(os.path.abspath(i.path)).parents}]
     if mixed:  # a heatmap is named after its image: it could write over a photo
         raise HerbsError(f"--out {args.out} holds the input image '{mixed[0]}'; pass another folder for the heatmaps")
     inference = load_for_inference(args.checkpoint, args.device, max_image_pixels=args.max_image_pixels)

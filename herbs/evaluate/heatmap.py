@@ -16,6 +16,7 @@ never saw is left uncoloured and outlined.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -29,6 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from herbs.atomic import in_progress  # noqa: E402
 from herbs.config import TAPS  # noqa: E402
 from herbs.errors import HerbsError  # noqa: E402
 from herbs.data.transforms import EvalTransform, normalize  # noqa: E402
@@ -195,8 +197,13 @@ def render(h: Heatmap, path: Path) -> Path:
     for i, (tap, scale) in enumerate(zip(TAPS, h.scales)):
         panel(i * width / 2, 0, width / 2, small, gray, scale, f"{tap} ({h.grids[i]}x{h.grids[i]})")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, facecolor="white")
-    plt.close(fig)
+    tmp = in_progress(path, str(os.getpid()))  # renamed into place: a link at `path` is replaced, never written through
+    try:
+        fig.savefig(tmp, dpi=DPI, facecolor="white", format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 

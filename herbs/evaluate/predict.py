@@ -11,13 +11,15 @@ import csv
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Iterator, Optional, Union
 
 import torch
 
 from herbs.data.transforms import EvalTransform, normalize
+from herbs.errors import HerbsError
 from herbs.evaluate.images import ImageFiles, ImageInput, image_batches
-from herbs.evaluate.inference import InferenceModel, autocast
+from herbs.evaluate.inference import InferenceModel, autocast, writable_dir
 from herbs.model.herbs_model import ensemble_probabilities
 
 FORMATS = ("csv", "jsonl")
@@ -35,6 +37,19 @@ class Prediction:
 class Unreadable:
     key: str
     reason: str
+
+
+def check_output(output: Path, inputs: list, fmt: str | None) -> None:
+    """One sentence, before any image is read, for an --output that the predictions cannot go to, or would replace
+    something they must not."""
+    if output.is_dir():
+        raise HerbsError(f"--output '{output}' is a folder; name the file to write, e.g. {output / 'predictions.csv'}")
+    if output.exists() and any(output.samefile(i.path) for i in inputs):
+        raise HerbsError(f"--output '{output}' is one of the input images, which the predictions would replace; name another file")
+    writable_dir(output.parent, "--output")  # a model directory's files go with its next save
+    if output.suffix.lower() == ".json" and fmt is None:
+        raise HerbsError(f"--output '{output}' ends in .json, but predictions are one JSON object per line; "
+                         "name it .jsonl, or pass --format jsonl or csv")
 
 
 def default_workers() -> int:

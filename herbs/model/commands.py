@@ -26,15 +26,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from herbs.errors import HerbsError
+    from herbs.errors import HerbsError, not_a_directory
+    from herbs.model.checkpoint import MODEL_FILES
     from herbs.model.original import import_checkpoint
 
+    out = Path(args.out)
+    others = sorted(p.name for p in out.iterdir() if p.name not in MODEL_FILES) if (out / MODEL_FILES[-1]).is_file() else []
+    if others:  # a model directory is replaced whole: with the checkpoint being imported, if it lies there
+        raise HerbsError(f"'{out}' holds {others[0]}, which is not part of a herbs model and which writing the model there "
+                         "would delete; move it out, or pass another --out")
     class_names = None
     if args.classes:
         path = Path(args.classes)
         if not path.is_file():
-            raise HerbsError(f"class list '{path}' does not exist; pass a text file with one class name per line")
-        class_names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    out = import_checkpoint(args.checkpoint, args.config, args.out, class_names=class_names)
+            raise HerbsError(f"class list '{path}' {'does not exist' if not path.exists() else 'is not a file'}; "
+                             "pass a text file with one class name per line")
+        try:
+            class_names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise HerbsError(f"class list '{path}' is not UTF-8 text; save it as UTF-8") from None
+        twice = next((name for i, name in enumerate(class_names) if name in class_names[:i]), None)
+        if twice is not None:
+            raise HerbsError(f"class list '{path}' names '{twice}' twice; every class needs its own name")
+    out = import_checkpoint(args.checkpoint, args.config, out, class_names=class_names)
     print(f"wrote {out}")
     return 0
