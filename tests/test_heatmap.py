@@ -105,6 +105,8 @@ def test_the_requested_class_is_explained(model_dir, photos, tmp_path, capsys):
     assert result.class_name == "grey_plain" and float(score) == pytest.approx(result.score, abs=1e-4)
     line = one_sentence(*run_cli(capsys, "heatmap", "--checkpoint", model_dir, photos / "wide.jpg", "--out", tmp_path, "--class", "grey_plian")[::2])
     assert "'grey_plian'" in line and "did you mean 'grey_plain'" in line
+    line = one_sentence(*run_cli(capsys, "heatmap", "--checkpoint", model_dir, photos / "wide.jpg", "--out", tmp_path, "--class", "\u00b2")[::2])
+    assert "class '\u00b2' is not one of the model's classes" in line  # a digit to str.isdigit, not to int()
     (tmp_path / "file").write_text("")
     line = one_sentence(*run_cli(capsys, "heatmap", "--checkpoint", model_dir, photos / "wide.jpg", "--out", tmp_path / "file" / "maps")[::2])
     assert "cannot be written" in line

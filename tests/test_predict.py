@@ -180,6 +180,17 @@ def test_an_output_that_would_replace_an_input_a_model_file_or_a_folder_is_refus
     assert "one JSON object per line" in line and ".jsonl" in line and not (tmp_path / "p.json").exists()
 
 
+def test_a_damaged_meta_json_is_one_sentence(model_dir, photos, tmp_path, capsys):
+    copy = shutil.copytree(model_dir, tmp_path / "model")
+    meta = json.loads((copy / "meta.json").read_text())
+    for damaged, words in ((b"[]", "holds no JSON object"), (b'{"format": "herbs-model", \xff}', "is not valid JSON"),
+                           (json.dumps({**meta, "class_names": "abcdefghijklmnopqrst"}).encode(), "not distinct names"),
+                           (json.dumps({**meta, "class_names": ["a"] * 20}).encode(), "not distinct names")):
+        (copy / "meta.json").write_bytes(damaged)
+        line = one_sentence(*run_cli(capsys, "predict", "--checkpoint", copy, photos["rgb.jpg"])[::2])
+        assert words in line and "meta.json" in line
+
+
 def test_file_names_that_are_not_utf8_are_written_as_they_are(model_dir, photos, tmp_path, capsys):
     odd = tmp_path / "odd"
     odd.mkdir()

@@ -88,7 +88,7 @@ def reported(batches: Iterable[dict], command: str) -> Iterator[dict]:
 def default_out(checkpoint: Path, shards: Optional[str], split: str, images: Optional[str]) -> Path:
     # Beside the model, not in it: training replaces a run's best/ whole at each new best.
     checkpoint = checkpoint.resolve()
-    return checkpoint.with_name(f"{checkpoint.name}-eval-{split if shards else Path(images).resolve().name}")
+    return checkpoint.with_name(f"{checkpoint.name}-eval-{split.replace('/', '_') if shards else Path(images).resolve().name}")
 
 
 def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: str = "test", images: Optional[str] = None,

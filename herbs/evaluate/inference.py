@@ -46,7 +46,7 @@ class InferenceModel:
         """The index of a class given by name (or by its number); one sentence with the closest names if unknown."""
         if name in self.class_names:
             return self.class_names.index(name)
-        if name.isdigit() and int(name) < self.num_classes:
+        if name.isascii() and name.isdigit() and int(name) < self.num_classes:  # isdigit alone takes '²'
             return int(name)
         close = difflib.get_close_matches(name, self.class_names, n=3)
         hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else f"it has {self.num_classes} classes: {describe_names(self.class_names)}"
@@ -118,6 +118,9 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu", max
         names, names_from = generic_names(config.model.num_classes), "generic"
     else:
         names_from = "checkpoint"
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+            raise HerbsError(f"'{path / 'meta.json'}' lists class_names that are not distinct names ({str(names)[:60]}); "
+                             "the model directory is damaged: export or import it again")
         if len(names) != config.model.num_classes:
             raise HerbsError(
                 f"'{path / 'meta.json'}' names {len(names)} classes but the model has {config.model.num_classes}; "

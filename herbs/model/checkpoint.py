@@ -67,8 +67,10 @@ def read_meta(model_dir: str | Path) -> dict:
         )
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"'{meta_path}' is not valid JSON; the model directory is damaged") from err
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"'{meta_path}' holds no JSON object; the model directory is damaged")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"'{meta_path}' does not describe a herbs model (format {meta.get('format')!r})")
     return meta
