@@ -287,6 +287,13 @@ def image_folder(root, names=("a", "b"), per_class=2):
     return root
 
 
+def test_a_link_that_leads_nowhere_is_named(tmp_path, capsys):
+    src = image_folder(tmp_path / "imgs")
+    (src / "a" / "gone.jpg").symlink_to(tmp_path / "elsewhere.jpg")
+    assert main(["shard", "folder", str(src), str(tmp_path / "out")]) == 2  # the old code left it out without a word
+    assert f"cannot read image '{src / 'a' / 'gone.jpg'}' (No such file or directory)" in capsys.readouterr().err
+
+
 def test_shard_never_deletes_a_file_it_did_not_write(tmp_path, capsys):
     src, out = image_folder(tmp_path / "imgs"), tmp_path / "out"
     out.mkdir()

@@ -168,8 +168,8 @@ def test_user_mistakes_are_one_sentence(shards, model_dir, tmp_path, capsys):
     assert "needs a class tree" in line
     line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", tmp_path / "nope", "--shards", shards)[::2])
     assert "does not exist" in line
-    line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir, "--shards", shards, "--split", "holdout")[::2])
-    assert "split 'holdout'" in line
+    line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir, "--shards", shards, "--split", "holdout", "--out", tmp_path / "h")[::2])
+    assert "split 'holdout'" in line and not (tmp_path / "h").exists()
     (tmp_path / "file").write_text("")
     line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir, "--shards", shards, "--out", tmp_path / "file" / "out")[::2])
     assert "cannot be written" in line and "--out" in line

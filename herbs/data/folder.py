@@ -20,7 +20,10 @@ def class_dirs(root: Path) -> dict[str, Path]:
 
 
 def images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
+    """Image files under `folder`, and links to them that lead nowhere: reading those names them, where leaving
+    them out here would drop them without a word."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink() and not p.exists())
+                  and not p.name.startswith("."))
 
 
 def split_folders(root: Path) -> dict[str, Path]:

@@ -106,6 +106,8 @@ def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: str
     out = Path(out) if out is not None else default_out(checkpoint, shards, split, images)
 
     manifest = load_manifest(shards) if shards is not None else None
+    if manifest is not None:
+        manifest.split(split)  # a split it does not have is one sentence before anything is written
     names_from = check_classes(inference, manifest) if manifest is not None else inference.names_from
     if images is not None:
         paths, keys, labels = folder_samples(Path(images), inference)
