@@ -154,7 +154,7 @@ def test_folder_errors(tmp_path):
     make_folder(tmp_path / "nest", ["images/a/1.jpg", "images/b/1.jpg"])  # one level too high: one class of every image
     with pytest.raises(DataError) as err:
         read_folder(tmp_path / "nest")
-    assert f"holds one class folder ('images')" in one_sentence(err) and str(tmp_path / "nest" / "images") in str(err.value)
+    assert "holds one class folder ('images')" in one_sentence(err) and str(tmp_path / "nest" / "images") in str(err.value)
     with pytest.raises(DataError, match="is not a directory"):
         read_folder(tmp_path / "nest" / "images" / "a" / "1.jpg")
 

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from herbs.errors import HerbsError, not_a_directory
+    from herbs.errors import HerbsError
     from herbs.model.checkpoint import MODEL_FILES
     from herbs.model.original import import_checkpoint
 
