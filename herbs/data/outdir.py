@@ -4,8 +4,8 @@ A write is allowed into a new or empty directory, over an interrupted write, and
 finished one (its manifest.json) with `overwrite`; it removes only files that the earlier
 manifest or write recorded, and refuses anything else in the way. An overwrite writes into
 OUT/.herbs-shard.new/ and replaces the earlier output only once it is complete, so a failed or
-interrupted overwrite (an unreadable image, Ctrl-C, a full disk) leaves it whole. For the whole write the
-writer holds an advisory lock on OUT/.herbs-shard.lock, which the OS releases however the
+interrupted overwrite (a file it cannot read, Ctrl-C, a full disk) leaves it whole. For the whole
+write the writer holds an advisory lock on OUT/.herbs-shard.lock, which the OS releases however the
 process ends, so a second writer into the same directory stops at once. The lock file also
 records the writer (host, pid) and each file name before that file is created: after a
 crash or Ctrl-C it tells the next write which files were herbs'. A finished write removes it.
