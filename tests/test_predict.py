@@ -178,6 +178,13 @@ def test_an_output_that_would_replace_an_input_a_model_file_or_a_folder_is_refus
         assert f"--output '{folder}' is a folder" in line
     line = one_sentence(*run_cli(capsys, "predict", "--checkpoint", model_dir, victim, "--output", tmp_path / "p.json")[::2])
     assert "one JSON object per line" in line and ".jsonl" in line and not (tmp_path / "p.json").exists()
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    shutil.copy(victim, linked / "bird.png")
+    (linked / "gone.png").symlink_to(tmp_path / "nowhere.png")  # named and skipped, not in the way of the check
+    (tmp_path / "p.csv").write_text("an earlier run's\n")
+    code, _, err = run_cli(capsys, "predict", "--checkpoint", model_dir, linked, "--output", tmp_path / "p.csv")
+    assert code == 1 and "skipped" in err and "gone.png" in err and "bird.png" in (tmp_path / "p.csv").read_text()
 
 
 def test_a_damaged_meta_json_is_one_sentence(model_dir, photos, tmp_path, capsys):

@@ -44,7 +44,7 @@ def check_output(output: Path, inputs: list, fmt: str | None) -> None:
     something they must not."""
     if output.is_dir():
         raise HerbsError(f"--output '{output}' is a folder; name the file to write, e.g. {output / 'predictions.csv'}")
-    if output.exists() and any(output.samefile(i.path) for i in inputs):
+    if output.exists() and any(i.path.exists() and output.samefile(i.path) for i in inputs):  # a dangling link is only named
         raise HerbsError(f"--output '{output}' is one of the input images, which the predictions would replace; name another file")
     writable_dir(output.parent, "--output")  # a model directory's files go with its next save
     if output.suffix.lower() == ".json" and fmt is None:
