@@ -251,16 +251,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif annotation is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            number = _float_text(value, finite=False)
-            number = number if isinstance(number, float) else None
-        if number is not None and not math.isfinite(number):  # nan and inf pass every `< 0` check, then fail mid-run
-            raise ConfigError(f"config key '{where}' must be a finite number, got {value!r}; fix it in the YAML file or the override")
-        if number is not None:
-            return number
+        number = _float_text(value, finite=False)
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            if not math.isfinite(number):  # nan and inf pass every `< 0` check, then fail mid-run
+                raise ConfigError(f"config key '{where}' must be a finite number, got {value!r}; fix it in the YAML file or the override")
+            return float(number)
     elif annotation is str:
         if isinstance(value, str):
             return value

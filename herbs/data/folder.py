@@ -29,16 +29,17 @@ def images_in(folder: Path) -> list[Path]:
 def split_folders(root: Path) -> dict[str, Path]:
     """The split folders of `root`, by split name, whatever their case; none for a folder of classes."""
     found: dict[str, list[Path]] = {}
-    for folder in class_dirs(root).values():
+    folders = class_dirs(root)
+    for folder in folders.values():
         if folder.name.lower() in LOOKALIKES:
             raise DataError(f"folder '{folder}' looks like a split; name the split folders train, val and test, "
                             f"or put the class folders directly in '{root}'")
         if folder.name.lower() in SPLITS:
             found.setdefault(folder.name.lower(), []).append(folder)
-    for folders in found.values():
-        if len(folders) > 1:
-            raise DataError(f"'{root}' has more than one folder for one split ({', '.join(f.name for f in folders)}); keep one")
-    others = [name for name in class_dirs(root) if name.lower() not in SPLITS]
+    for same in found.values():
+        if len(same) > 1:
+            raise DataError(f"'{root}' has more than one folder for one split ({', '.join(f.name for f in same)}); keep one")
+    others = [name for name in folders if name.lower() not in SPLITS]
     if found and others:  # a class named train, or a stray folder beside the splits: either reading would be a guess
         raise DataError(f"'{root}' holds the split folder '{next(iter(found.values()))[0].name}' beside folders that are no split "
                         f"('{others[0]}'); put every class folder in '{root / 'train'}' (a class may be called train there), "

@@ -2,10 +2,10 @@
 
 JPEG and PNG bytes go into the shards untouched (a camera's JPEG with more frames appended, MPO
 to Pillow, too: its first frame is the photo); any other format is re-encoded as PNG (lossless)
-and counted in the manifest's notes, except floating-point pixels, which 8 bits cannot hold: left out. A class, or a whole dataset, with no readable image stops
-the write before its manifest. Samples are shuffled once, with the seed,
-before they are packed, so that any run of samples in a shard is a random draw of classes
-(the datasets list their images class by class). The manifest is deleted first and written
+and counted in the manifest's notes, except floating-point pixels, which 8 bits cannot hold:
+those are left out. A class, or a whole dataset, with no readable image stops the write before
+its manifest. Samples are shuffled once, with the seed, before they are packed, so that any run
+of samples in a shard is a random draw of classes (the datasets list their images class by class). The manifest is deleted first and written
 last, so a directory with a manifest always holds complete shards; which files of the output
 directory may be replaced, and the lock against a second writer, are `outdir.py`'s; writing
 through a `pipe:` command or URL is `upload.py`'s.

@@ -26,7 +26,7 @@ from herbs.model.state_dict import load_matching
 
 FORMAT = "herbs-model"
 WEIGHTS, CONFIG, META = "model.safetensors", "config.yaml", "meta.json"
-MODEL_FILES = (WEIGHTS, CONFIG, META)  # everything save_model writes, META last
+MODEL_FILES = (WEIGHTS, CONFIG, META)  # everything save_model writes
 CHECKSUM = "weights_sha256"  # in meta.json; directories written before it was recorded load unchecked
 
 

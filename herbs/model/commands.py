@@ -27,11 +27,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from herbs.errors import HerbsError
-    from herbs.model.checkpoint import MODEL_FILES
+    from herbs.model.checkpoint import META, MODEL_FILES
     from herbs.model.original import import_checkpoint
 
     out = Path(args.out)
-    others = sorted(p.name for p in out.iterdir() if p.name not in MODEL_FILES) if (out / MODEL_FILES[-1]).is_file() else []
+    others = sorted(p.name for p in out.iterdir() if p.name not in MODEL_FILES) if (out / META).is_file() else []
     if others:  # a model directory is replaced whole: with the checkpoint being imported, if it lies there
         raise HerbsError(f"'{out}' holds {others[0]}, which is not part of a herbs model and which writing the model there "
                          "would delete; move it out, or pass another --out")
