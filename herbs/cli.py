@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in subparsers.choices.values():  # after the command too (python launch/submit.py --debug ...)
         if "--debug" not in command._option_string_actions:  # the training commands say what theirs does
             command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks for every error")
+        command.set_defaults(command_parser=command)  # its usage goes with its errors
     return parser
 
 

@@ -303,12 +303,13 @@ def from_dict(data: dict) -> Config:
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: Optional[list[str]] = None) -> argparse.Namespace:
     """`parser.parse_args(argv)`, where a command's `section.key=value` overrides may also follow its options.
-    argparse takes a positional list in one run, and its `parse_intermixed_args` refuses subcommands."""
+    argparse takes a positional list in one run, and its `parse_intermixed_args` refuses subcommands. Anything else is
+    refused with the usage of the command it followed (`command_parser`, set by herbs.cli)."""
     args, extra = parser.parse_known_args(argv)
     if extra and hasattr(args, "overrides") and not any(item.startswith("-") for item in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     return args
 
 

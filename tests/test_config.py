@@ -145,4 +145,15 @@ def test_overrides_may_also_come_after_the_options(capsys, tmp_path):
     assert "model.no_such_key" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # anything else after the options is still refused
         herbs(["run-dir", str(CONFIGS / "tiny.yaml"), "--log", "--no-such-option"])
-    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --no-such-option" in err
+    assert err.startswith("usage: herbs run-dir ")  # the command's usage, not the list of commands
+
+
+def test_a_command_without_its_arguments_names_only_the_missing_ones(capsys):
+    from herbs.cli import main as herbs
+
+    with pytest.raises(SystemExit):
+        herbs(["run-dir"])
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("error: the following arguments are required: CONFIG")  # the overrides are optional

@@ -23,7 +23,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("run-dir", help="print the run directory of CONFIG + overrides (validates them)")
     p.add_argument("config", metavar="CONFIG")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    p.add_argument("overrides", nargs="*", default=[], metavar="section.key=value")  # a default, or argparse calls it required
     p.add_argument("--log", action="store_true", help="print this attempt's log file in the run directory instead")
     p.set_defaults(func=print_run_dir)
 
