@@ -259,8 +259,6 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     elif annotation is str:
         if isinstance(value, str):
             return value
-        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/yes as a bool (mixed_precision: no)
-            return "yes" if value else "no"
     elif annotation is list:
         if isinstance(value, (list, tuple)):
             return [_float_text(item) for item in value]
@@ -348,6 +346,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be given again (PyYAML merges them)
+                continue
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             if not isinstance(key, typing.Hashable):  # refused by PyYAML itself, with its own message
@@ -384,6 +384,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     """Read a YAML config (or start from the defaults), apply overrides, validate."""
     data = read_yaml_mapping(path) if path is not None else {}
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    if path is not None:
+        _keep_text_as_written(data, Path(path).read_text())
     for text in overrides:
         section, key, value = parse_override(text)
         if data.get(section) is None:  # absent, or `section:` with nothing under it
@@ -395,6 +397,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         path = Path(path)
         config.log.name = path.stem
     return config
+
+
+def _keep_text_as_written(data: dict, text: str) -> None:
+    """A key that holds text takes the unquoted value as written in the file, as it does on the command line:
+    YAML reads `name: 001` as 1 and `wandb_mode: off` as false."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    for section, values in root.value if isinstance(root, yaml.MappingNode) else ():
+        for key, value in values.value if isinstance(values, yaml.MappingNode) else ():
+            written = data.get(section.value)
+            if (isinstance(value, yaml.ScalarNode) and value.style is None and _holds_text(section.value, key.value)
+                    and isinstance(written, dict) and isinstance(written.get(key.value), (bool, int, float))):
+                written[key.value] = value.value
 
 
 def is_swin(backbone: str) -> bool:

@@ -56,6 +56,31 @@ def test_text_keys_keep_the_text_typed_on_the_command_line(override, value):
     assert getattr(getattr(load_config(CONFIGS / "tiny.yaml", [override]), section), key) == value
 
 
+@pytest.mark.parametrize("override, value", [
+    ("log.name=Off", "Off"), ("log.project=True", "True"), ("log.name=001", "001"), ("data.shards=2024", "2024"),
+    ("train.mixed_precision=no", "no"), ("log.name='quoted'", "quoted"), ("log.name=1.50", "1.50"),
+])
+def test_text_keys_keep_the_text_written_in_the_config_file(tmp_path, override, value):
+    """The same in a YAML file: `name: 001` is the run 001, not the number 1."""
+    (section, key), written = override.split("=")[0].split("."), override.split("=")[1]
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{section}:\n  {key}: {written}\noptim:\n  lr: 0.5\n")
+    config = load_config(path)
+    assert getattr(getattr(config, section), key) == value
+    assert config.optim.lr == 0.5  # a number key still reads a number
+    path.write_text("log:\n  wandb_mode: off\n")
+    with pytest.raises(ConfigError, match="got 'off'"):
+        load_config(path)
+
+
+def test_yaml_anchors_and_merge_keys_are_read_as_yaml_reads_them(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("log: &log\n  project: p\n  name: a\ntrain:\n  output_dir: out\n"
+                    "model:\n  <<: {pretrained: true}\n  pretrained: false\n")  # an explicit key wins over a merged one
+    config = load_config(path)
+    assert config.model.pretrained is False and config.log.name == "a"
+
+
 @pytest.mark.parametrize("override, message", [
     (["optim.lrr=1"], "unknown config key 'optim.lrr' (did you mean 'lr'?)"),
     (["optimm.lr=1"], "unknown config section 'optimm' (did you mean 'optim'?)"),
