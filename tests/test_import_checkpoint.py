@@ -134,3 +134,12 @@ def test_config_without_backbone_means_published_swin_large(tmp_path):
     config = config_from_original(path)
     assert config.model.backbone == "swin_large_patch4_window12_384" and config.model.backbone_args == {}
     assert (config.model.img_size, config.model.num_selects) == (384, [256, 128, 64, 32])
+
+
+def test_an_experiment_named_with_digits_keeps_its_name(tmp_path):
+    from herbs.model.original import config_from_original
+
+    path = tmp_path / "cub.yaml"
+    path.write_text("num_classes: 200\nproject_name: 2024\nexp_name: 001\n")  # YAML reads both as numbers
+    config = config_from_original(path)
+    assert (config.log.project, config.log.name) == ("2024", "1")

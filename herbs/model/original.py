@@ -72,7 +72,9 @@ def config_from_original(path: str | Path) -> Config:
     train = {"epochs": orig.get("max_epochs", 80), "gradient_accumulation_steps": orig.get("update_freq", 4),
              "mixed_precision": "fp16" if orig.get("use_amp", True) else "no"}
     data = {"batch_size": orig.get("batch_size", 8), "resize": max(510, model["img_size"] * 510 // 384)}
-    log = {"project": orig.get("project_name", "herbs"), "name": orig.get("exp_name"), "wandb": bool(orig.get("use_wandb", False))}
+    # the original formats its names into its record paths: exp_name 001 (YAML's 1) is the run "1" there too
+    names = {key: None if orig.get(old) is None else str(orig[old]) for key, old in (("project", "project_name"), ("name", "exp_name"))}
+    log = {"project": names["project"] or "herbs", "name": names["name"], "wandb": bool(orig.get("use_wandb", False))}
     return from_dict({"model": model, "optim": optim, "loss": loss, "train": train, "data": data, "log": log})
 
 
