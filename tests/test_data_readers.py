@@ -116,6 +116,17 @@ def test_flat_folder_is_all_train_with_sorted_classes(tmp_path):
     assert list(dataset.splits) == ["train"]
 
 
+def test_images_in_linked_sub_folders_are_read_once(tmp_path):
+    """A link to a folder of images is followed, as a class folder that is a link is; a loop of links ends."""
+    root = make_folder(tmp_path / "f", ["a/1.jpg", "b/1.jpg"])
+    make_folder(tmp_path / "elsewhere", ["more/2.jpg"])
+    (root / "b" / "more").symlink_to(tmp_path / "elsewhere" / "more")
+    (root / "b" / "again").symlink_to(tmp_path / "elsewhere" / "more")  # the same folder twice: its images once
+    (root / "a" / "loop").symlink_to(root / "a")
+    dataset = read_folder(root)
+    assert sorted((s.source, s.label) for s in dataset.splits["train"]) == [("a/1.jpg", 0), ("b/1.jpg", 1), ("b/again/2.jpg", 1)]
+
+
 def test_folder_with_train_and_test(tmp_path):
     root = make_folder(tmp_path / "f", ["train/a/1.jpg", "train/b/1.jpg", "test/b/2.jpg"])
     dataset = read_folder(root)

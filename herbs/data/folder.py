@@ -4,6 +4,7 @@ folder names, as in the original HERBS code."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from herbs.errors import DataError, not_a_directory
@@ -21,9 +22,17 @@ def class_dirs(root: Path) -> dict[str, Path]:
 
 def images_in(folder: Path) -> list[Path]:
     """Image files under `folder`, and links to them that lead nowhere: reading those names them, where leaving
-    them out here would drop them without a word."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink() and not p.exists())
-                  and not p.name.startswith("."))
+    them out here would drop them without a word. Linked folders are followed (Path.rglob does not), each once."""
+    found, seen = [], set()
+    for top, folders, files in os.walk(folder, followlinks=True):
+        folders.sort()  # which of two links to one folder counts: the first by name
+        if os.path.realpath(top) in seen:  # a second link to it, or a loop
+            folders.clear()
+            continue
+        seen.add(os.path.realpath(top))
+        found += [p for p in map(Path(top).joinpath, files) if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+                  and (p.is_file() or p.is_symlink() and not p.exists())]
+    return sorted(found)
 
 
 def split_folders(root: Path) -> dict[str, Path]:
