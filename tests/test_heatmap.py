@@ -94,6 +94,18 @@ def test_a_linked_input_in_out_is_refused_and_no_heatmap_is_written_through_a_li
     assert (real / "bird.png").read_bytes() == kept and not (out / "bird.png").is_symlink()
 
 
+def test_a_file_in_out_that_no_heatmap_wrote_is_never_replaced(model_dir, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli(capsys, "heatmap", "--checkpoint", model_dir, photos / "wide.jpg", "--out", out, "--size", "64")[0] == 0
+    assert run_cli(capsys, "heatmap", "--checkpoint", model_dir, photos / "wide.jpg", "--out", out, "--size", "64")[0] == 0  # a rerun
+    shutil.copy(photos / "sub" / "tall.png", out / "wide.png")  # the user's own picture, by the name of a heatmap
+    kept = (out / "wide.png").read_bytes()
+    line = one_sentence(*run_cli(capsys, "heatmap", "--checkpoint", model_dir, photos / "wide.jpg", "--out", out)[::2])
+    assert line == (f"herbs heatmap: error: --out {out} already holds '{out / 'wide.png'}', which is not a heatmap herbs drew; "
+                    "pass another folder, or move the file")
+    assert (out / "wide.png").read_bytes() == kept
+
+
 def test_the_requested_class_is_explained(model_dir, photos, tmp_path, capsys):
     code, out, err = run_cli(capsys, "heatmap", "--checkpoint", model_dir, photos / "wide.jpg", "--out", tmp_path, "--class", "grey_plain", "--workers", "0")
     assert code == 0, err

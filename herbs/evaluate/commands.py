@@ -177,7 +177,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_heatmap(args: argparse.Namespace) -> int:
     from herbs.errors import HerbsError
-    from herbs.evaluate.heatmap import heatmaps, output_path, render
+    from herbs.evaluate.heatmap import foreign_file, heatmaps, output_path, render
     from herbs.evaluate.images import find_images
     from herbs.evaluate.inference import load_for_inference, writable_dir
     from herbs.evaluate.predict import Unreadable, default_workers
@@ -187,16 +187,23 @@ def run_heatmap(args: argparse.Namespace) -> int:
     mixed = [i.path for i in inputs if outs & {*i.path.resolve().parents, *Path(os.path.abspath(i.path)).parents}]
     if mixed:  # a heatmap is named after its image: it could write over a photo
         raise HerbsError(f"--out {args.out} holds the input image '{mixed[0]}'; pass another folder for the heatmaps")
+    taken: set[Path] = set()
+    paths = [output_path(Path(args.out), i.name, taken) for i in inputs]
+    foreign = next((path for path in paths if foreign_file(path)), None)
+    if foreign:
+        raise HerbsError(f"--out {args.out} already holds '{foreign}', which is not a heatmap herbs drew; pass another folder, or move the file")
     inference = load_for_inference(args.checkpoint, args.device, max_image_pixels=args.max_image_pixels)
     class_index = inference.class_index(args.class_name) if args.class_name is not None else None
-    out, taken, skipped = writable_dir(Path(args.out), "--out"), set(), 0
-    for result in heatmaps(inference, inputs, class_index=class_index, batch_size=args.batch_size or 8,
-                           workers=default_workers() if args.workers is None else args.workers, display=args.size):
+    writable_dir(Path(args.out), "--out")
+    skipped = 0
+    results = heatmaps(inference, inputs, class_index=class_index, batch_size=args.batch_size or 8,
+                       workers=default_workers() if args.workers is None else args.workers, display=args.size)
+    for result, path in zip(results, paths):  # one result per input, in their order
         if isinstance(result, Unreadable):
             skipped += 1
             print(f"herbs heatmap: skipped '{result.key}': it {result.reason}", file=sys.stderr)
             continue
-        path = render(result, output_path(out, result.name, taken))
+        path = render(result, path)
         print(f"{path}\t{result.class_name}\t{result.score:.4f}")
     if skipped:
         print(f"herbs heatmap: {skipped} of {len(inputs)} images could not be read and have no heatmap", file=sys.stderr)

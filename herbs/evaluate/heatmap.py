@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from herbs.atomic import in_progress  # noqa: E402
 from herbs.config import TAPS  # noqa: E402
@@ -40,6 +41,8 @@ from herbs.model.herbs_model import ensemble_probabilities  # noqa: E402
 from herbs.evaluate.predict import Unreadable, eval_transform  # noqa: E402
 
 SOURCES = ("backbone", "top_down", "bottom_up")
+# A PNG text entry in every heatmap: a rerun replaces its own pictures and no file of the user's by the same name
+SIGNATURE = {"Source": "herbs heatmap"}
 TITLE_PX = 44  # height of the title band of a heatmap picture
 DPI = 100
 
@@ -199,12 +202,24 @@ def render(h: Heatmap, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = in_progress(path, str(os.getpid()))  # renamed into place: a link at `path` is replaced, never written through
     try:
-        fig.savefig(tmp, dpi=DPI, facecolor="white", format="png")
+        fig.savefig(tmp, dpi=DPI, facecolor="white", format="png", metadata=SIGNATURE)
         os.replace(tmp, path)
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return path
+
+
+def foreign_file(path: Path) -> bool:
+    """Whether `path` is a file that no heatmap drew, which writing the heatmap there would replace (a link is
+    replaced itself, never written through, so what it leads to stays)."""
+    if path.is_symlink() or not path.exists():
+        return False
+    try:
+        with Image.open(path) as picture:
+            return any(picture.info.get(key) != value for key, value in SIGNATURE.items())
+    except OSError:  # not a picture, or a folder
+        return True
 
 
 def output_path(out_dir: Path, name: str, taken: set) -> Path:
