@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,14 @@ def test_the_default_report_outlives_the_model_that_training_replaces(shards, tm
     report = Path(out.split("wrote ")[-1].split(" (+")[0])
     micro_model(best, seed=1)  # what the training loop's export of a better model does
     assert json.loads(report.read_text())["checkpoint"] == str(best)
+    assert run_cli(capsys, "eval", "--checkpoint", best, "--shards", shards, "--workers", "0")[0] == 0  # a rerun replaces it
+    other = tmp_path / "other" / shards.name
+    shutil.copytree(shards, other)
+    before = report.read_text()
+    line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", best, "--shards", other, "--workers", "0")[::2])
+    assert line.endswith(f"'{report.parent}' holds the report of another evaluation ({shards}, split test), which this one "
+                         f"would replace; pass --out for this one")
+    assert report.read_text() == before
 
 
 def test_eval_on_an_image_folder_matches_names_and_reports_unreadable_files(model_dir, tmp_path, capsys):
@@ -166,6 +175,18 @@ def test_user_mistakes_are_one_sentence(shards, model_dir, tmp_path, capsys):
                                                                                        "--images", tmp_path / "a.jpg")[::2])
     line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir, "--shards", shards, "--group-level", "2")[::2])
     assert "needs a class tree" in line
+    line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir, "--images", root, "--split", "val")[::2])
+    assert line.endswith("--split chooses a split of --shards, and an image folder has none; leave --split out with --images")
+    line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir, "--shards", shards, "--groups", "suffix", "--group-level", "2")[::2])
+    assert line.endswith("--group-level chooses a level of the manifest's class groups, and --groups suffix makes none; "
+                         "leave --group-level out, or use --groups manifest")
+    run_dir = tmp_path / "runs" / "r"
+    (run_dir / "checkpoints" / "step-0000002").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step-0000002" / "trainer_state.json").write_text("{}")
+    for given in (run_dir, run_dir / "checkpoints" / "step-0000002"):
+        line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", given, "--shards", shards)[::2])
+        assert line.endswith(f"is a training run's {'directory' if given == run_dir else 'checkpoint'}, not a model; "
+                             f"pass the model it exported, {run_dir / 'best'} (or {run_dir / 'ema'})")
     line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", tmp_path / "nope", "--shards", shards)[::2])
     assert "does not exist" in line
     line = one_sentence(*run_cli(capsys, "eval", "--checkpoint", model_dir, "--shards", shards, "--split", "holdout", "--out", tmp_path / "h")[::2])
@@ -203,14 +224,15 @@ def test_tta_reports_beside_the_plain_numbers_which_stay_as_they_were(shards, mo
     assert plain[0] == 0
     want = json.loads((tmp_path / "plain" / "report.json").read_text())
     for kind, count in (("flip", 2), ("flip+crops", 6)):
-        code, _, err = run_cli(capsys, "eval", "--checkpoint", model_dir, "--shards", shards, "--out", tmp_path / kind, "--workers", "0",
-                               "--tta", kind)
+        code, out, err = run_cli(capsys, "eval", "--checkpoint", model_dir, "--shards", shards, "--out", tmp_path / kind, "--workers", "0",
+                                 "--tta", kind)
         assert code == 0, err
         report = json.loads((tmp_path / kind / "report.json").read_text())
         assert report["metrics"] == want["metrics"] and report["samples"] == want["samples"] == 39  # the centre view is the plain one
         assert report["tta"]["views"] == kind and report["tta"]["count"] == count
         assert set(report["tta"]["metrics"]) == set(want["metrics"])
         assert report["tta"]["headline"]["ensemble_top1"] == report["tta"]["metrics"]["ensemble_top1"]
+        assert f"with --tta {kind} ({count} views): ensemble top-1 {report['tta']['metrics']['ensemble_top1']:.2f}%" in out
     assert "tta" not in want
 
 

@@ -158,3 +158,39 @@ def test_report_holds_everything_and_draws_per_group_matrices_beyond_60_classes(
     assert report["files"]["confusion"] == ["confusion/first_half.png", "confusion/second_half.png"]
     for name in report["files"]["confusion"]:
         assert Image.open(tmp_path / "many" / name).format == "PNG"
+
+
+def cycle(n_classes: int) -> Predictions:
+    return Predictions(keys=[f"k{i:04d}" for i in range(2 * n_classes)], labels=[i % n_classes for i in range(2 * n_classes)],
+                       topk={"ensemble": [[(i * 7) % n_classes, 0, 1, 2, 3] for i in range(2 * n_classes)]}, scores=[[1.0] * 5] * (2 * n_classes))
+
+
+def test_many_classes_without_groups_get_no_picture_and_a_group_too_large_to_draw_is_left_out(tmp_path):
+    """A whole matrix of 1000 classes took 19 GB to draw (10,000 crashed before report.json was written)."""
+    names = [f"c{i}" for i in range(250)]
+    report = write_report(tmp_path / "r", cycle(250), names, [], {"data": {"name": "many"}})
+    assert report["files"]["confusion"] == [] and not (tmp_path / "r" / "confusion.png").exists()
+    assert report["confusion_note"] == "no confusion picture: 250 classes are too many for one (at most 60); --groups draws one per group"
+    groups = [ClassGroup("huge", tuple(range(240))), ClassGroup("small", tuple(range(240, 250)))]
+    report = write_report(tmp_path / "g", cycle(250), names, groups, {"data": {"name": "many"}})
+    assert report["files"]["confusion"] == ["confusion/small.png"]
+    assert report["confusion_note"] == "group 'huge' has 240 classes, too many for a picture (at most 200), and has none"
+    assert json.loads((tmp_path / "g" / "report.json").read_text())["confusion_note"] == report["confusion_note"]
+
+
+def test_a_report_written_over_an_earlier_one_leaves_none_of_its_pictures(tmp_path):
+    names = [f"c{i}" for i in range(70)]
+    groups = [ClassGroup("first", tuple(range(35))), ClassGroup("second", tuple(range(35, 70)))]
+    write_report(tmp_path, cycle(70), names, groups, {"data": {"name": "many"}})
+    assert (tmp_path / "confusion" / "first.png").is_file()
+    (tmp_path / "notes.txt").write_text("mine")
+    report = write_report(tmp_path, cycle(70), names, [], {"data": {"name": "many"}})
+    assert report["files"]["confusion"] == [] and not (tmp_path / "confusion").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "per_class.csv", "predictions.csv", "report.json"]
+
+
+def test_suffix_groups_take_the_last_word_after_an_underscore_or_a_space():
+    from herbs.data.source import suffix_groups
+
+    groups = suffix_groups(["Yellow Warbler", "Pine Warbler", "Black_footed_Albatross", "Laysan_Albatross", "Hawk"])
+    assert groups == [ClassGroup("Albatross", (2, 3)), ClassGroup("Hawk", (4,)), ClassGroup("Warbler", (0, 1))]

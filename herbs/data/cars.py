@@ -39,7 +39,7 @@ def read_cars(root: str | Path) -> SourceDataset:
         raise DataError(f"'{root}' holds neither Stanford Cars' devkit (devkit/cars_meta.mat) nor its CSV layout (anno_train.csv, "
                         "anno_test.csv, names.csv); point the command at the folder that holds one of them")
     splits = {split: to_samples(root, rows, names, annos, classes_file) for split, (annos, rows) in annotations.items()}
-    groups = suffix_groups([name.split(" ", 1)[0] for name in names], sep="\0")  # the whole make is the group key
+    groups = suffix_groups([name.split(" ", 1)[0] for name in names], separators="\0")  # the whole make is the group key
     return SourceDataset(kind="cars", root=root, class_names=names, original_ids=[str(i) for i in range(1, len(names) + 1)],
                          splits=splits, groups=groups)
 

@@ -41,6 +41,19 @@ class Location:
         """The local directory (local locations only)."""
         return Path(self.text[len("file://"):] if self.text.startswith("file://") else self.text)
 
+    @property
+    def name(self) -> str:
+        """The last folder of the location (`shards/cub200`, `https://host/cub200/`, `pipe:cat /x/cub200/{name}`: cub200)."""
+        if self.local:
+            return self.path.resolve().name
+        text = self.text.split(NAME)[0] if self.scheme == "pipe" else self.text
+        return text.rstrip("/ ").rsplit("/", 1)[-1].split(" ")[-1] or self.text
+
+    @property
+    def absolute(self) -> str:
+        """The location as written, a local folder as its absolute path."""
+        return str(self.path.resolve()) if self.local else self.text
+
     def __truediv__(self, name: str):
         """The file `name` here: a Path for a local directory, else the URL (or command) that opens it."""
         if self.local:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -149,9 +150,10 @@ def id_order(text: str) -> tuple:
     return (0, int(text), "") if text.isdigit() else (1, 0, text)
 
 
-def suffix_groups(class_names: list[str], sep: str = "_") -> list[ClassGroup]:
-    """Group classes by the last word of their name (e.g. every `*_Warbler`), as CUB is often grouped."""
+def suffix_groups(class_names: list[str], separators: str = "_ ") -> list[ClassGroup]:
+    """Group classes by the last word of their name, after any of `separators` (every `*_Warbler` of CUB, every
+    `* Warbler` of NABirds), as fine-grained classes are often grouped."""
     groups: dict[str, list[int]] = {}
     for index, name in enumerate(class_names):
-        groups.setdefault(name.rsplit(sep, 1)[-1], []).append(index)
+        groups.setdefault(re.split(f"[{re.escape(separators)}]", name)[-1], []).append(index)
     return [ClassGroup(name, tuple(members)) for name, members in sorted(groups.items())]

@@ -62,12 +62,12 @@ def register(subparsers) -> None:
     source = ev.add_mutually_exclusive_group(required=True)
     source.add_argument("--shards", metavar="DIR", help="a shards directory (manifest.json + tars) with the model's classes")
     source.add_argument("--images", metavar="ROOT", help="an image folder ROOT/<class>/<image>, class folders named as the model's classes")
-    ev.add_argument("--split", default="test", help="the split of --shards to evaluate (default: test)")
+    ev.add_argument("--split", help="the split of --shards to evaluate (default: test)")
     ev.add_argument("--out", metavar="DIR", help="where to write the report (default: CHECKPOINT-eval-<split> or CHECKPOINT-eval-<folder name>, beside the model)")
     ev.add_argument("--groups", default="auto", choices=("auto", "manifest", "suffix", "none"),
                     help="class groups for group accuracy and outer errors: auto = the manifest's hierarchy with --shards, "
                          "none with --images; suffix = the last word of each class name (CUB style) (default: auto)")
-    ev.add_argument("--group-level", type=positive, default=1, metavar="N",
+    ev.add_argument("--group-level", type=positive, metavar="N",
                     help="with a class tree (NABirds): group classes by their ancestor N levels up; 1 = parent (default: 1)")
     ev.add_argument("--tta", choices=("flip", "flip+crops"),
                     help="also report test-time augmentation: the ensemble averaged over the centre crop and its mirror image "

@@ -17,6 +17,7 @@ import torch
 
 from herbs.accel import build_accelerator, wants_cpu
 from herbs.data.folder import class_dirs, images_in
+from herbs.data.location import locate
 from herbs.data.manifest import Manifest, load_manifest
 from herbs.data.stream import eval_stream
 from herbs.errors import HerbsError, not_a_directory
@@ -91,19 +92,23 @@ def default_out(checkpoint: Path, shards: Optional[str], split: str, images: Opt
     return checkpoint.with_name(f"{checkpoint.name}-eval-{split.replace('/', '_') if shards else Path(images).resolve().name}")
 
 
-def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: str = "test", images: Optional[str] = None,
+def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: Optional[str] = None, images: Optional[str] = None,
              out: Optional[str | Path] = None, batch_size: Optional[int] = None, workers: Optional[int] = None,
-             precision: str = "no", groups: str = "auto", group_level: int = 1, max_image_pixels: Optional[int] = None,
+             precision: str = "no", groups: str = "auto", group_level: Optional[int] = None, max_image_pixels: Optional[int] = None,
              tta: Optional[str] = None) -> Optional[dict]:
-    """Evaluate and write the report; returns it on rank 0 (None on the other ranks). `tta`
-    (flip, flip+crops) adds the test-time-augmented numbers, from the same forward passes."""
+    """Evaluate and write the report; returns it on rank 0 (None on the other ranks). `split` of the shards
+    (default test); `tta` (flip, flip+crops) adds the test-time-augmented numbers, from the same forward passes."""
     if (shards is None) == (images is None):
         raise HerbsError("give exactly one of --shards DIR (with --split) or --images ROOT")
+    if images is not None and split is not None:
+        raise HerbsError("--split chooses a split of --shards, and an image folder has none; leave --split out with --images")
+    split = split or "test"
     checkpoint = Path(checkpoint)
     inference = load_for_inference(checkpoint, "cpu", max_image_pixels)
     config = inference.config
     check_precision(precision, torch.device("cpu" if wants_cpu() else "cuda"))
-    out = Path(out) if out is not None else default_out(checkpoint, shards, split, images)
+    named_out = out is not None
+    out = Path(out) if named_out else default_out(checkpoint, shards, split, images)
 
     manifest = load_manifest(shards) if shards is not None else None
     if manifest is not None:
@@ -113,8 +118,14 @@ def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: str
         paths, keys, labels = folder_samples(Path(images), inference)
     class_groups, groups_from = choose_groups(groups, inference.class_names, manifest, group_level)
 
+    if manifest is not None:
+        location = locate(shards)
+        described = {"kind": "shards", "shards": location.absolute, "split": split, "dataset": manifest.dataset,
+                     "name": f"{location.name}/{split}"}
+    else:
+        described = {"kind": "images", "images": str(Path(images).resolve()), "name": Path(images).resolve().name}
     # Every rank checks, before the process group exists: a refusal on one rank alone would leave the others in a collective.
-    check_report_folder(writable_dir(out, "--out"), "--out")
+    check_report_folder(writable_dir(out, "--out"), "--out", data=None if named_out else described)
     config.train.mixed_precision = precision
     accelerator = build_accelerator(config, out)
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
@@ -126,12 +137,10 @@ def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: str
     if manifest is not None:
         data = dataclasses.replace(config.data, shards=str(shards), eval_batch_size=batch_size, num_workers=workers)
         batches = eval_stream(data, split, crop=crop, rank=rank, world_size=world, pin_memory=device.type == "cuda")
-        described = {"kind": "shards", "shards": str(shards), "split": split, "dataset": manifest.dataset, "name": f"{Path(shards).name}/{split}"}
     else:
         dataset = ImageFiles(paths[rank::world], eval_transform(inference, crop), keys=keys[rank::world], labels=labels[rank::world],
                              max_pixels=config.data.max_image_pixels)
         batches = image_batches(dataset, batch_size=batch_size, workers=workers, pin_memory=device.type == "cuda")
-        described = {"kind": "images", "images": str(images), "name": Path(images).resolve().name}
     with autocast(device, precision):
         counted = Progress(len(batches), "eval", unit="batch", disable=not accelerator.is_main_process).wrap(batches)
         local = predict_batches(model, reported(counted, "eval"), device, config.data.mean, config.data.std, views=views)
@@ -167,8 +176,9 @@ def summary(report: dict, out: Path) -> str:
     metrics, name = report["metrics"], report["data"]["name"]
     lines = [f"{name}: {report['samples']} images evaluated, {report['skipped']} skipped"]
     if report["samples"]:
-        lines.append(f"ensemble top-1 {metrics['ensemble_top1']:.2f}%  top-3 {metrics.get('ensemble_top3', float('nan')):.2f}%  "
-                     f"top-5 {metrics.get('ensemble_top5', float('nan')):.2f}%  (chance {100.0 / report['num_classes']:.2f}%)")
+        lines.append(topk_line(metrics) + f"  (chance {100.0 / report['num_classes']:.2f}%)")
+        if report.get("tta"):
+            lines.append(f"with --tta {report['tta']['views']} ({report['tta']['count']} views): {topk_line(report['tta']['metrics'])}")
         heads = {k[: -len("_top1")]: v for k, v in metrics.items() if k.endswith("_top1") and not k.startswith("ensemble")}
         best = max(heads, key=heads.get)
         lines.append(f"best single head: {best} {heads[best]:.2f}% top-1")
@@ -176,7 +186,15 @@ def summary(report: dict, out: Path) -> str:
         total = report["groups"]["total"]
         lines.append(f"groups ({report['groups_from']}): {len(report['groups']['groups'])} groups, right group {total['group_top1']:.2f}%, "
                      f"{total['outer_errors']} of {total['errors']} errors fall outside the true class's group")
+    if report.get("confusion_note"):
+        lines.append(report["confusion_note"])
     files = report["files"]
     lines.append(f"wrote {out / files['report']} (+ {files['per_class']}, {files['predictions']}"
                  + "".join(f", {p}" for p in files.get("confusion", [])[:3]) + (", ..." if len(files.get("confusion", [])) > 3 else "") + ")")
     return "\n".join(lines)
+
+
+def topk_line(metrics: dict) -> str:
+    """`ensemble top-1 ..%  top-3 ..%  top-5 ..%`, for the k the classes allow (top-5 of 4 classes is not measured)."""
+    return "  ".join(f"{'ensemble ' if k == 1 else ''}top-{k} {metrics[f'ensemble_top{k}']:.2f}%" for k in (1, 3, 5)
+                     if f"ensemble_top{k}" in metrics)

@@ -2,7 +2,8 @@
 
 Up to `WHOLE_MATRIX_MAX` classes: one picture of the whole matrix. Beyond that a whole matrix is
 unreadable, so there is one picture per class group (of two classes or more, with samples): the
-group's classes against each other plus a last column "outside" counting the outer errors.
+group's classes against each other plus a last column "outside" counting the outer errors. A
+group of more than `GROUP_MAX` classes has none: drawing 1000 classes took 19 GB.
 Cells show the fraction of the true class's samples (rows sum to 1); counts are written in the
 cells when there are at most 25 columns.
 """
@@ -21,6 +22,7 @@ import numpy as np  # noqa: E402
 from herbs.data.source import ClassGroup  # noqa: E402
 
 WHOLE_MATRIX_MAX = 60
+GROUP_MAX = 200
 ANNOTATE_MAX = 25
 
 
@@ -56,14 +58,22 @@ def safe_name(name: str) -> str:
 CONFUSION = "confusion"  # confusion.png, or the folder confusion/ of one picture per group
 
 
-def plot_confusion(matrix: np.ndarray, class_names: list[str], groups: list[ClassGroup], out_dir: Path, title: str) -> list[Path]:
-    """The whole matrix as `confusion.png`, or one `confusion/<group>.png` per group for many classes."""
-    if len(class_names) <= WHOLE_MATRIX_MAX or not groups:
-        return [plot_matrix(matrix, class_names, class_names, out_dir / f"{CONFUSION}.png", title)]
-    written, used = [], set()
+def plot_confusion(matrix: np.ndarray, class_names: list[str], groups: list[ClassGroup], out_dir: Path,
+                   title: str) -> tuple[list[Path], str | None]:
+    """The whole matrix as `confusion.png`, or one `confusion/<group>.png` per group for many classes; and a
+    sentence on what could not be drawn."""
+    if len(class_names) <= WHOLE_MATRIX_MAX:
+        return [plot_matrix(matrix, class_names, class_names, out_dir / f"{CONFUSION}.png", title)], None
+    if not groups:
+        return [], (f"no confusion picture: {len(class_names)} classes are too many for one (at most {WHOLE_MATRIX_MAX}); "
+                    "--groups draws one per group")
+    written, used, too_large = [], set(), []
     for group in groups:
         members = list(group.classes)
         if len(members) < 2 or not matrix[members].sum():
+            continue
+        if len(members) > GROUP_MAX:
+            too_large.append(group)
             continue
         inside = matrix[np.ix_(members, members)]
         outside = matrix[members].sum(1, keepdims=True) - inside.sum(1, keepdims=True)
@@ -74,4 +84,8 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], groups: list[Clas
         names = [class_names[c] for c in members]
         written.append(plot_matrix(np.concatenate([inside, outside], 1), names, names + ["outside"],
                                    out_dir / CONFUSION / f"{name}.png", f"{title}: {group.name}"))
-    return written
+    if not too_large:
+        return written, None
+    more = f" (and {len(too_large) - 1} more)" if len(too_large) > 1 else ""
+    return written, (f"group '{too_large[0].name}'{more} has {len(too_large[0].classes)} classes, too many for a picture "
+                     f"(at most {GROUP_MAX}), and has none")

@@ -47,10 +47,17 @@ def hierarchy_groups(manifest: Manifest, level: int) -> list[ClassGroup]:
     return [ClassGroup(manifest.tree.get(node, (node, None))[0], tuple(m)) for node, m in members.items()]
 
 
-def choose_groups(how: str, class_names: list[str], manifest: Optional[Manifest], level: int) -> tuple[list[ClassGroup], str]:
-    """(groups, how they were made) for --groups auto|manifest|suffix|none."""
+def choose_groups(how: str, class_names: list[str], manifest: Optional[Manifest], level: Optional[int]) -> tuple[list[ClassGroup], str]:
+    """(groups, how they were made) for --groups auto|manifest|suffix|none and --group-level (None: 1)."""
     if how not in GROUPINGS:
         raise HerbsError(f"--groups must be one of {', '.join(GROUPINGS)}, got '{how}'")
+    if level is not None and how in ("suffix", "none"):
+        raise HerbsError(f"--group-level chooses a level of the manifest's class groups, and --groups {how} makes none; "
+                         "leave --group-level out, or use --groups manifest")
+    if level is not None and manifest is None:
+        raise HerbsError("--group-level chooses a level of the manifest's class groups, and an image folder has none; "
+                         "leave --group-level out with --images")
+    level = level or 1
     if how == "none" or (how == "auto" and manifest is None):
         return [], "none"
     if how == "suffix":
@@ -94,13 +101,19 @@ REPORT_FILE = "report.json"
 WRITTEN = (REPORT_FILE, "per_class.csv", "predictions.csv", f"{CONFUSION}.png", CONFUSION)  # what write_report may put in its folder
 
 
-def check_report_folder(out_dir: Path, option: str) -> None:
-    """One sentence when a report written into `out_dir` would replace a file that no earlier report put there."""
+def check_report_folder(out_dir: Path, option: str, data: Optional[dict] = None) -> None:
+    """One sentence when a report written into `out_dir` would replace a file that no earlier report put there,
+    or, given the `data` this one evaluates, an earlier report of other data (for a folder the user did not name)."""
     try:
         earlier = json.loads((out_dir / REPORT_FILE).read_text())
     except (OSError, UnicodeDecodeError, ValueError):
         earlier = None
     if isinstance(earlier, dict) and {"files", "metrics"} <= earlier.keys():  # an earlier report's folder: replaced
+        if data is not None and earlier.get("data") != data:
+            was = earlier.get("data") if isinstance(earlier.get("data"), dict) else {}
+            what = f"{was['shards']}, split {was.get('split')}" if "shards" in was else was.get("images", "other data")
+            raise HerbsError(f"'{out_dir}' holds the report of another evaluation ({what}), which this one would replace; "
+                             f"pass {option} for this one")
         return
     taken = [name for name in WRITTEN if (out_dir / name).exists()]
     if taken:
@@ -122,11 +135,28 @@ def write_report(out_dir: Path, preds: Predictions, class_names: list[str], grou
         ["key", "label", "class", *[f"{f}_{i}" for i in range(1, k + 1) for f in ("pred", "score")]],
         [[key, label, class_names[label], *[v for c, s in zip(top, scores) for v in (class_names[c], f"{s:.6f}")]]
          for key, label, top, scores in zip(preds.keys, preds.labels, preds.topk.get(ENSEMBLE, []), preds.scores)]))
+    earlier = earlier_pictures(out_dir)
+    report["files"] = files
+    write_atomic(out_dir / files["report"], json.dumps(report, indent=1) + "\n")  # the numbers first: drawing may fail
+    for picture in earlier:  # an earlier report's, which this one replaces: none of them may stay beside it
+        picture.unlink(missing_ok=True)
+    if (out_dir / CONFUSION).is_dir() and not any((out_dir / CONFUSION).iterdir()):
+        (out_dir / CONFUSION).rmdir()
     if len(preds):
         matrix = confusion_matrix(preds, len(class_names))
         title = f"{info.get('data', {}).get('name', 'evaluation')}: ensemble top-1 {report['headline']['ensemble_top1']:.2f}% ({len(preds)} images)"
-        pictures = plot_confusion(matrix, class_names, complete_groups(groups, class_names) if groups else [], out_dir, title)
+        pictures, report["confusion_note"] = plot_confusion(matrix, class_names, complete_groups(groups, class_names) if groups else [],
+                                                            out_dir, title)
         files["confusion"] = [str(p.relative_to(out_dir)) for p in pictures]
-    report["files"] = files
-    write_atomic(out_dir / files["report"], json.dumps(report, indent=1) + "\n")
+        write_atomic(out_dir / files["report"], json.dumps(report, indent=1) + "\n")
     return report
+
+
+def earlier_pictures(out_dir: Path) -> list[Path]:
+    """The confusion pictures an earlier report in `out_dir` lists (`check_report_folder` let it be replaced)."""
+    try:
+        listed = json.loads((out_dir / REPORT_FILE).read_text())["files"]["confusion"]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+        return []
+    return [out_dir / name for name in listed
+            if isinstance(name, str) and Path(name).parts[:1] in ((f"{CONFUSION}.png",), (CONFUSION,)) and ".." not in Path(name).parts]

@@ -23,6 +23,7 @@ from herbs.errors import CheckpointError
 from herbs.model.build import build_model
 from herbs.model.tapped import TappedModel
 from herbs.model.state_dict import load_matching
+from herbs.run import BEST_MODEL, CHECKPOINTS_DIR, EMA_MODEL, STATE_FILE
 
 FORMAT = "herbs-model"
 WEIGHTS, CONFIG, META = "model.safetensors", "config.yaml", "meta.json"
@@ -61,6 +62,10 @@ def read_meta(model_dir: str | Path) -> dict:
     if not model_dir.is_dir():
         raise CheckpointError(f"model directory '{model_dir}' does not exist; pass a directory written by herbs")
     if not meta_path.is_file() or not (model_dir / WEIGHTS).is_file() or not (model_dir / CONFIG).is_file():
+        run = model_dir if (model_dir / CHECKPOINTS_DIR).is_dir() else model_dir.parent.parent if (model_dir / STATE_FILE).is_file() else None
+        if run is not None:  # what training wrote: its models are beside its checkpoints
+            raise CheckpointError(f"'{model_dir}' is a training run's {'directory' if run == model_dir else 'checkpoint'}, not a model; "
+                                  f"pass the model it exported, {run / BEST_MODEL} (or {run / EMA_MODEL})")
         raise CheckpointError(
             f"'{model_dir}' is not a herbs model directory (it needs {WEIGHTS}, {CONFIG} and {META}); "
             "for a checkpoint of the original HERBS code run `herbs import-checkpoint` first"
