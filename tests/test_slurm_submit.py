@@ -206,8 +206,9 @@ def test_submitit_job_that_hits_its_time_limit_is_requeued_and_finishes(timeout_
 
 @pytest.mark.slow
 def test_a_job_that_slurm_requeues_itself_continues_from_its_checkpoint_whatever_resume_it_was_submitted_with(data):
-    """`scontrol requeue` does to a running job what a preemption with PreemptMode=REQUEUE does: SIGTERM, then
-    the same batch script again, which reruns the call submitit pickled at submission (here `--resume none`)."""
+    """`scancel --signal=USR1` (what a user or a preemption script sends to ask for a checkpoint) requeues the job
+    through submitit. Then `scontrol requeue` does to a running job what a preemption with PreemptMode=REQUEUE does:
+    SIGTERM, then the same batch script again, which reruns the call submitit pickled at submission (here `--resume none`)."""
     tmp, shards = data
     folder = tmp / "requeued-submission"
     args = ["--config", str(TINY_CONFIG),
@@ -221,14 +222,23 @@ def test_a_job_that_slurm_requeues_itself_continues_from_its_checkpoint_whatever
     show = lambda: logs(folder) + "\n" + tail(log_file(run_dir, job))  # noqa: E731
     try:
         wait_for(lambda: latest_step(run_dir) >= 10, 180, "the first checkpoint", on_timeout=show)
+        usr1 = subprocess.run(["scancel", "--signal=USR1", job], capture_output=True, text=True)
+        assert usr1.returncode == 0, usr1.stderr
+        # the task process hears it too, and SIGUSR1's default action killed it: the job FAILED
+        wait_for(lambda: sum(e["event"] == "start" for e in read_jsonl(run_dir / EVENTS_FILE)) == 2, 240, "the second start",
+                 on_timeout=show)
+        first = latest_step(run_dir)
+        wait_for(lambda: latest_step(run_dir) > first, 180, "a checkpoint of the second start", on_timeout=show)
         requeue = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
         assert requeue.returncode == 0, requeue.stderr
         assert wait_job_done(job, 300, on_timeout=show) == "COMPLETED", show()
     finally:
         cancel_leftovers(folder)
     events = read_jsonl(run_dir / EVENTS_FILE)
-    assert [(e["event"], e.get("exit_code")) for e in events] == [("start", None), ("end", 75), ("start", None), ("end", 0)], show()
-    second = events[2]
-    assert second["command"][second["command"].index("--resume") + 1] == "auto" and second["restart"] == 1
+    assert [(e["event"], e.get("exit_code")) for e in events] == [("start", None), ("end", 75)] * 2 + [("start", None), ("end", 0)], show()
+    assert [e.get("requeue") for e in events[1::2]] == [True, False, False]  # asked for by USR1; SLURM's own requeue (SIGTERM)
+    for start in events[2::2]:
+        assert start["command"][start["command"].index("--resume") + 1] == "auto"
+    assert [e["restart"] for e in events[0::2]] == [0, 1, 2]
     # every step trained once: the second attempt starts from the checkpoint the first wrote on SIGTERM
     assert [r["step"] for r in read_jsonl(run_dir / METRICS_FILE) if "loss" in r] == list(range(1, 401))

@@ -108,6 +108,8 @@ class TrainJob:
 
         signal.signal(usr_sig, on_usr_sig)
         signal.signal(signal.SIGTERM, lambda signum, frame: child.forward(signal.SIGTERM))
+        # `scancel --signal=USR1 JOBID` reaches this process too, whose default action for it is to die
+        signal.signal(signal.SIGUSR1, lambda signum, frame: child.forward(signal.SIGUSR1))
         code = child.start().wait()
         if code == EXIT_REQUEUE and signal.SIGTERM in child.sent:
             # scancel, or the hard end of the job: never undo a cancel by requeueing (a SLURM

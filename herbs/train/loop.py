@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,9 @@ def apply_debug(config: Config) -> None:
 
 @contextlib.contextmanager
 def recorded_attempt(run_dir: Path, enabled: bool):
-    """The attempt's start and end in the run's launch.jsonl, however it ends (`herbs status` reads them)."""
+    """The attempt's start and end in the run's launch.jsonl, however it ends (`herbs status` reads them). An
+    attempt stopped by SIGTERM (scancel, the hard time limit) or Ctrl-C was not asked to be requeued, as one
+    stopped by SIGUSR1 (SLURM's warning before the time limit) or by another rank's signal is."""
     if enabled:
         start_event(run_dir, command=sys.argv)
     outcome = {"exit_code": 1}  # what Python exits with when an exception leaves train()
@@ -87,8 +90,9 @@ def recorded_attempt(run_dir: Path, enabled: bool):
         raise
     finally:
         if enabled:
-            code = outcome["exit_code"]
-            append_event(run_dir, event="end", job=job_label(), exit_code=code, requeue=code == EXIT_REQUEUE)
+            code, stopped_by = outcome["exit_code"], outcome.get("stopped_by")
+            append_event(run_dir, event="end", job=job_label(), exit_code=code, requeue=code == EXIT_REQUEUE and stopped_by in (None, signal.SIGUSR1),
+                         **({"signal": signal.Signals(stopped_by).name} if stopped_by else {}))
 
 
 def train(config: Config, resume: str | None = None, overwrite: bool = False, watch: PreemptionWatch | None = None) -> int:
@@ -116,6 +120,7 @@ def train(config: Config, resume: str | None = None, overwrite: bool = False, wa
             (run_dir / REQUEUE_MARKER).unlink(missing_ok=True)
         with recorded_attempt(run_dir, is_main) as attempt, contextlib.nullcontext(watch) if watch else PreemptionWatch() as watch:
             attempt["exit_code"] = _train(config, run_dir, run, accelerator, plan, watch, resume, written)
+            attempt["stopped_by"] = watch.received
             return attempt["exit_code"]
 
 
