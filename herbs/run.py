@@ -121,15 +121,18 @@ def start_event(run_dir_: Path, command: list[str]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file (metrics.jsonl, launch.jsonl); a line still being written is left out."""
+    """The records of a JSON-lines file (metrics.jsonl, launch.jsonl); a line still being written, or one that
+    holds no JSON object (not herbs'), is left out."""
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

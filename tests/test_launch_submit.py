@@ -198,9 +198,20 @@ def test_status_table(tmp_path):
     write_run(requeued, [*earlier, {"event": "start", "job": "local-2"}, {"event": "end", "job": "local-2", "exit_code": 75, "requeue": True}],
               [{"step": 3, "loss": 2.0}])
     write_run(fresh, earlier, [])
+    stopped, lost = tmp_path / "runs" / "d", tmp_path / "runs" / "e"
+    write_run(stopped, [{"event": "start", "job": "local-4"}, {"event": "end", "job": "local-4", "exit_code": 75, "requeue": False,
+                                                                "signal": "SIGTERM"}], [{"step": 2, "loss": 2.0}])
+    with open(stopped / METRICS_FILE, "ab") as f:  # lines herbs did not write: a number, and bytes that are no UTF-8
+        f.write(b'\n7\n{"step": 3, "note": "\xff"}\n')
+    gone = subprocess.Popen(["true"])  # a local job whose process ended before training wrote a start
+    gone.wait()
+    dead_pid = str(gone.pid)
+    write_run(lost, [], [])
     record = {"executor": "local", "jobs": [{"name": "a", "job_id": "1", "run_dir": str(done)},
                                             {"name": "b", "job_id": "2", "run_dir": str(requeued)},
-                                            {"name": "c", "job_id": None, "run_dir": str(fresh)}]}
+                                            {"name": "c", "job_id": None, "run_dir": str(fresh)},
+                                            {"name": "d", "job_id": "4", "run_dir": str(stopped)},
+                                            {"name": "e", "job_id": dead_pid, "run_dir": str(lost)}]}
     (tmp_path / "sweep.json").write_text(json.dumps(record))
     out = run(["status", str(tmp_path)], tmp_path)
     assert out.returncode == 0, out.stderr
@@ -209,6 +220,8 @@ def test_status_table(tmp_path):
     assert rows[1] == ["a", "1", "COMPLETED", "1", "8", "40.00%", str(done)]
     assert rows[2] == ["b", "2", "REQUEUED", "0", "3", "-", str(requeued)]
     assert rows[3] == ["c", "-", "NOT", "SUBMITTED", "0", "-", "-", str(fresh)]
+    assert rows[4] == ["d", "4", "STOPPED", "0", "3", "-", str(stopped)]  # a checkpoint, and no requeue asked for (scancel, Ctrl-C)
+    assert rows[5] == ["e", dead_pid, "FAILED", "0", "-", "-", str(lost)]
     (tmp_path / "empty").mkdir()
     assert one_error(run(["status", str(tmp_path / "empty")], tmp_path)).startswith(f"'{tmp_path / 'empty'}' holds no sweep.json")
     for damaged in ('{"jobs": [', '{"jobs": [{"name": "a"}]}', "[]"):
@@ -277,6 +290,49 @@ def test_a_submission_directory_is_never_written_over(tmp_path):
         assert submit_py(["train.output_dir=runs"], tmp_path, env).returncode == 0
     folders = sorted((tmp_path / "runs" / "herbs-tiny" / "submitit").iterdir())
     assert len(folders) == 2 and all((f / "sweep.json").is_file() for f in folders)
+
+
+def test_submissions_at_once_each_get_their_own_directory(tmp_path):
+    env = fake_slurm(tmp_path, "echo 'Submitted batch job 44'")
+    command = [sys.executable, str(REPO / "launch" / "submit.py"), "--config", str(TINY_CONFIG), "--gpus-per-node", "0",
+               "--cpus-per-task", "1", "train.output_dir=runs"]
+    started = [subprocess.Popen([*command, f"train.seed={seed}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for seed in range(4)]
+    assert [p.wait(timeout=120) for p in started] == [0] * 4
+    folders = sorted((tmp_path / "runs" / "herbs-tiny" / "submitit").iterdir())
+    seeds = sorted(json.loads((f / "sweep.json").read_text())["overrides"][-1] for f in folders)
+    assert seeds == [f"train.seed={seed}" for seed in range(4)]  # none written over by another
+
+
+def test_a_job_trains_the_config_as_submitted_whatever_becomes_of_the_file(tmp_path):
+    """Every start of a job (and each requeued one) reads its config: an edit after submitting would change the run."""
+    env = fake_slurm(tmp_path, "echo 'Submitted batch job 45'")
+    config = tmp_path / "mine.yaml"
+    config.write_text(TINY_CONFIG.read_text())
+    out = subprocess.run([sys.executable, str(REPO / "launch" / "submit.py"), "--config", str(config), "--gpus-per-node", "0",
+                          "--cpus-per-task", "1", "--dir", "sub", "train.output_dir=runs"], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    config.write_text("log:\n  name: edited\n")
+    with open(tmp_path / "sub" / "logs" / "45_submitted.pkl", "rb") as f:
+        job = pickle.load(f).function
+    assert Path(job.config).parent.parent == tmp_path / "sub" and Path(job.config).name == "mine.yaml"  # the stem names the run
+    assert Path(job.config).read_text() == TINY_CONFIG.read_text()
+    assert json.loads((tmp_path / "sub" / "sweep.json").read_text())["submitted_config"] == job.config
+
+
+def test_a_submission_that_sbatch_refused_leaves_its_directory_free(tmp_path):
+    refusing = fake_slurm(tmp_path, "echo 'sbatch: error: Invalid feature specification' >&2; exit 1")
+    assert one_error(submit_py(["--dir", "sub"], tmp_path, refusing)) == "sbatch refused the job: Invalid feature specification"
+    (tmp_path / "bin" / "sbatch").write_text("#!/bin/bash\necho 'Submitted batch job 46'\n")
+    out = submit_py(["--dir", "sub"], tmp_path, refusing)
+    assert out.returncode == 0, out.stderr
+    assert [job["job_id"] for job in json.loads((tmp_path / "sub" / "sweep.json").read_text())["jobs"]] == ["46"]
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs a directory that cannot be written, even as root")
+def test_a_dir_that_cannot_be_written_is_one_sentence(tmp_path):
+    error = one_error(submit_py(["--dir", "/sys/kernel"], tmp_path, fake_slurm(tmp_path, "echo 'Submitted batch job 47'")))
+    assert error.startswith("cannot write --dir /sys/kernel (") and error.endswith("); pass a directory you can write")
 
 
 def test_jobs_that_sbatch_accepted_are_on_record_even_if_herbs_submit_is_killed_right_after(tmp_path):

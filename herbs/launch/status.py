@@ -15,9 +15,9 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
-from herbs.atomic import write_atomic
+from herbs.atomic import in_progress, write_atomic
 from herbs.errors import LaunchError, not_a_directory
-from herbs.run import CHECKPOINTS_DIR, METRICS_FILE, RUN_FILE, STATE_FILE, complete_checkpoints, read_events, read_jsonl
+from herbs.run import CHECKPOINTS_DIR, EXIT_REQUEUE, METRICS_FILE, RUN_FILE, STATE_FILE, complete_checkpoints, read_events, read_jsonl
 
 
 RECORD = "sweep.json"  # in a submission's directory: what `herbs submit` submitted, and the job ids
@@ -25,6 +25,19 @@ RECORD = "sweep.json"  # in a submission's directory: what `herbs submit` submit
 
 def write_record(folder: Path, record: dict) -> None:
     write_atomic(folder / RECORD, json.dumps(record, indent=2) + "\n")
+
+
+def create_record(folder: Path, record: dict) -> bool:
+    """Write a submission's first record, whole, where there is none; False where another submission's is."""
+    tmp = in_progress(folder / RECORD, str(os.getpid()))
+    try:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.link(tmp, folder / RECORD)  # fails where the name is taken, never replaces
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_metrics(run_dir: Path) -> tuple[int | None, float | None]:
@@ -66,7 +79,8 @@ def _pid_alive(pid: str) -> bool:
 
 
 def event_state(events: list[dict]) -> str | None:
-    """What the run's own start/end records say: RUNNING, COMPLETED, REQUEUED, FAILED."""
+    """What the run's own start/end records say: RUNNING, COMPLETED, REQUEUED, STOPPED (checkpoint written, no
+    requeue asked for: scancel, Ctrl-C), FAILED."""
     if not events:
         return None
     last = events[-1]
@@ -74,7 +88,9 @@ def event_state(events: list[dict]) -> str | None:
         return "RUNNING"
     if last.get("exit_code") == 0:
         return "COMPLETED"
-    return "REQUEUED" if last.get("requeue") else "FAILED"
+    if last.get("exit_code") == EXIT_REQUEUE:
+        return "REQUEUED" if last.get("requeue") else "STOPPED"
+    return "FAILED"
 
 
 def read_record(folder: Path) -> dict:
@@ -106,8 +122,8 @@ def status_rows(folder: Path) -> list[dict]:
             state = states.get(jid) or event_state(events) or ("UNKNOWN" if jid else "NOT SUBMITTED")
         else:
             state = event_state(events) or ("PENDING" if jid else "NOT SUBMITTED")
-            if state == "RUNNING" and jid and not _pid_alive(jid):
-                state = "FAILED"  # the local controller is gone without an end record
+            if state in ("RUNNING", "PENDING") and jid and not _pid_alive(jid):
+                state = "FAILED"  # the local job is gone without an end record (or before training began)
         starts = sum(1 for e in events if e.get("event") == "start")
         rows.append({"name": entry["name"], "job_id": jid, "state": state, "restarts": max(starts - 1, 0),
                      "last_step": last, "best_val_top1": best, "run_dir": str(run_dir)})

@@ -25,13 +25,14 @@ from pathlib import Path
 from herbs.config import load_config
 from herbs.errors import ConfigError, LaunchError, not_a_directory
 from herbs.launch import sweep
-from herbs.launch.status import RECORD, format_table, status_rows, write_record
+from herbs.launch.status import RECORD, create_record, format_table, status_rows, write_record
 from herbs.run import SUBMISSIONS, accelerate_env, run_dir, run_traces
 
 DEFAULT_MAX_JOBS = 100
 # SLURM checks time limits every 30 s and may signal up to 60 s before the delay asked for; a task
 # signalled before submitit has installed its handler dies of SIGUSR2 and is not requeued.
 SIGNAL_SLACK_S = 90
+SUBMITTED_CONFIG = "config"  # in a submission's directory: the config file as submitted, which its jobs read
 DESCRIPTION = ("Submit HERBS training (one run or a sweep as a job array) to SLURM through submitit; "
                "jobs are requeued on timeout and preemption and continue from their last checkpoint. "
                "`herbs status DIR` shows a submission's jobs.")
@@ -80,14 +81,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def plan_jobs(args: argparse.Namespace) -> tuple[str, list[sweep.Point], dict[str, Path]]:
     """Validate the config and the sweep; return the base name, the named points and their run directories
-    (and name the submission's directory, `args.dir`, when the user did not)."""
+    (and where the submission's directory goes, `args.submissions`, when the user names no --dir)."""
     base = load_config(args.config, args.overrides)
     name = args.name or base.log.name or Path(args.config).stem
-    args.dir = args.dir or new_submission_dir(Path(base.train.output_dir) / base.log.project / SUBMISSIONS, name)
-    if Path(args.dir).exists() and not Path(args.dir).is_dir():
+    args.submissions = Path(base.train.output_dir) / base.log.project / SUBMISSIONS
+    if args.dir and Path(args.dir).exists() and not Path(args.dir).is_dir():
         raise LaunchError(f"--dir {args.dir} is not a directory; pass a directory for the submission's files")
-    if (Path(args.dir) / RECORD).exists():
-        raise LaunchError(f"--dir {args.dir} already holds a submission ({RECORD}); choose another --dir, or leave it out for a new directory")
+    if args.dir and (Path(args.dir) / RECORD).exists():
+        raise taken_dir(args.dir)
     points = sweep.expand(sweep.load_sweep(args.sweep)) if args.sweep else [sweep.Point({})]
     if len(points) > args.max_jobs:
         raise LaunchError(f"the sweep expands to {len(points)} jobs, more than --max-jobs {args.max_jobs}; shrink the sweep or raise --max-jobs")
@@ -116,10 +117,24 @@ def plan_jobs(args: argparse.Namespace) -> tuple[str, list[sweep.Point], dict[st
     return name, points, run_dirs
 
 
-def new_submission_dir(parent: Path, name: str) -> str:
-    """`<parent>/<name>-<time>`, numbered when a submission of the same second has it already."""
+def taken_dir(folder) -> LaunchError:
+    return LaunchError(f"--dir {folder} already holds a submission ({RECORD}); choose another --dir, or leave it out for a new directory")
+
+
+def claim_submission_dir(args: argparse.Namespace, name: str, record: dict) -> Path:
+    """The submission's directory, holding its first record: --dir, or `<submissions>/<name>-<time>`, numbered
+    past one that a submission of the same second holds. The record is created only where none is, so of two
+    submissions at once each keeps its own."""
     stem = f"{name.replace('/', '-')}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    return str(next(d for d in (parent / (f"{stem}-{i}" if i else stem) for i in itertools.count()) if not d.exists()))
+    named = [Path(args.dir)] if args.dir else (args.submissions / (f"{stem}-{i}" if i else stem) for i in itertools.count())
+    for folder in named:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if create_record(folder, record):
+                return folder.resolve()
+        except OSError as err:
+            raise LaunchError(f"cannot write --dir {folder} ({err.strerror}); pass a directory you can write") from None
+    raise taken_dir(args.dir)
 
 
 def resources(args: argparse.Namespace) -> dict:
@@ -282,20 +297,26 @@ def submit(args: argparse.Namespace) -> int:
         print("dry run: nothing submitted")
         return 0
 
-    folder = Path(args.dir).resolve()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise LaunchError(f"cannot create --dir {args.dir} ({err.strerror}); pass a directory you can write") from None
-    executor = (submitit.LocalExecutor if args.local else submitit.SlurmExecutor)(folder / "logs", max_num_timeout=args.max_requeues)
-    executor.update_parameters(**params)
     record = {
         "name": name, "created": datetime.datetime.now().isoformat(timespec="seconds"), "executor": "local" if args.local else "slurm",
         "config": str(Path(args.config).resolve()), "overrides": args.overrides,
         "sweep": args.sweep and str(Path(args.sweep).resolve()), "parameters": params,
         "jobs": [{"name": p.name, "overrides": p.overrides(), "run_dir": str(run_dirs[p.name]), "job_id": None} for p in points],
     }
-    write_record(folder, record)  # before any job starts: a kill after that leaves the jobs named, if not their ids
+    folder = claim_submission_dir(args, name, record)  # before any job starts: a kill after that leaves the jobs named, if not their ids
+    # Every start of a job reads its config, a requeued one days later: each reads this copy, as it was when
+    # submitted, under the same file name (which names the run when the config does not).
+    submitted_config = folder / SUBMITTED_CONFIG / Path(args.config).name
+    try:
+        submitted_config.parent.mkdir(exist_ok=True)
+        shutil.copyfile(args.config, submitted_config)
+    except OSError as err:
+        raise LaunchError(f"cannot write --dir {folder} ({err.strerror}); pass a directory you can write") from None
+    for job in jobs:
+        job.config = record["submitted_config"] = str(submitted_config)
+    write_record(folder, record)
+    executor = (submitit.LocalExecutor if args.local else submitit.SlurmExecutor)(folder / "logs", max_num_timeout=args.max_requeues)
+    executor.update_parameters(**params)
     try:
         if args.local:
             submitted = run_local(executor, jobs, record, folder, args.array_parallelism or 1)
@@ -307,6 +328,7 @@ def submit(args: argparse.Namespace) -> int:
                 entry["job_id"] = job.job_id
             write_record(folder, record)
     except submitit.core.utils.FailedJobError as err:
+        (folder / RECORD).unlink()  # nothing was submitted: the directory is free for the corrected submission
         raise LaunchError(f"sbatch refused the job: {sbatch_message(str(err))}") from None
     ids = ", ".join(str(j.job_id) for j in submitted)
     print(f"submitted {len(submitted)} job(s): {ids}")
