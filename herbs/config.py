@@ -321,12 +321,12 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, (bool, int, float)) and _holds_text(section, key):  # YAML reads Off as false, 001 as 1
+    if isinstance(value, (bool, int, float)) and holds_text(section, key):  # YAML reads Off as false, 001 as 1
         value = raw.strip()
     return section, key, value
 
 
-def _holds_text(section: str, key: str) -> bool:
+def holds_text(section: str, key: str) -> bool:
     """Whether `section.key` is a known key whose value is text."""
     hints = typing.get_type_hints(_section_classes()[section]) if section in SECTIONS else {}
     annotation = hints.get(key)
@@ -399,16 +399,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     return config
 
 
-def _keep_text_as_written(data: dict, text: str) -> None:
-    """A key that holds text takes the unquoted value as written in the file, as it does on the command line:
-    YAML reads `name: 001` as 1 and `wandb_mode: off` as false."""
+def as_written(text: str) -> Any:
+    """A YAML document with each unquoted scalar as the text written, and None for each quoted one: YAML reads
+    `name: 001` as 1 and `wandb_mode: off` as false, where a key that holds text wants what was typed."""
+    def walk(node):
+        if isinstance(node, yaml.MappingNode):
+            return {key.value: walk(value) for key, value in node.value}
+        if isinstance(node, yaml.SequenceNode):
+            return [walk(item) for item in node.value]
+        return node.value if node.style is None else None
+
     root = yaml.compose(text, Loader=yaml.SafeLoader)
-    for section, values in root.value if isinstance(root, yaml.MappingNode) else ():
-        for key, value in values.value if isinstance(values, yaml.MappingNode) else ():
-            written = data.get(section.value)
-            if (isinstance(value, yaml.ScalarNode) and value.style is None and _holds_text(section.value, key.value)
-                    and isinstance(written, dict) and isinstance(written.get(key.value), (bool, int, float))):
-                written[key.value] = value.value
+    return None if root is None else walk(root)
+
+
+def text_as_written(value: Any, written: Any, dotted: str) -> Any:
+    """`value` of the key `section.key`, or the text it was written as where the key holds text (see `as_written`)."""
+    if isinstance(value, (bool, int, float)) and isinstance(written, str) and holds_text(*dotted.split(".", 1)):
+        return written
+    return value
+
+
+def _keep_text_as_written(data: dict, text: str) -> None:
+    """A key that holds text takes the unquoted value as written in the file, as it does on the command line."""
+    written = as_written(text)
+    for section, values in data.items():
+        raw = written.get(section) if isinstance(written, dict) else None
+        for key, value in values.items() if isinstance(values, dict) and isinstance(raw, dict) and isinstance(section, str) else ():
+            if isinstance(key, str):
+                values[key] = text_as_written(value, raw.get(key), f"{section}.{key}")
 
 
 def is_swin(backbone: str) -> bool:

@@ -104,6 +104,8 @@ def test_a_start_that_slurm_requeued_itself_continues_the_run_whatever_resume_wa
     (["--sweep", "SWEEP:grid: {optim.lrr: [1, 2]}"], "unknown config key 'optim.lrr' (did you mean 'lr'?)"),
     (["--sweep", "SWEEP:grid: {}"], "expands to no jobs"),
     (["--sweep", "SWEEP:grid: {train.seed: [1, 2, 3, 4]}", "--max-jobs", "3"], "the sweep expands to 4 jobs, more than --max-jobs 3"),
+    (["--sweep", "SWEEP:grid: {" + ", ".join(f"optim.k{i}: [{', '.join(map(str, range(10)))}]" for i in range(10)) + "}"],
+     "the sweep expands to 10000000000 jobs, more than --max-jobs 100"),  # said at once, without making them
     (["--sweep", "SWEEP:zip: {log.name: [same, same], train.seed: [1, 2]}"], "would share the run directory"),
     (["--sweep", "SWEEP:grid: {train.seed: [1, 1]}"], "the sweep gives train.seed=1 twice; list each value once"),
     (["--sweep", "SWEEP:zip: {optim.lr: [1, 2], train.seed: [1]}"], "must have one length"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from herbs.config import parse_override
+from herbs.config import load_config, parse_override
 from herbs.errors import LaunchError
 from herbs.launch import sweep
 
@@ -107,3 +107,28 @@ def test_broken_text_is_one_sentence(tmp_path):
     bad.write_bytes(b"grid: {train.seed: [\xff]}\n")
     with pytest.raises(LaunchError, match="is not UTF-8 text"):
         sweep.load_sweep(bad)
+
+
+def test_a_sweep_file_reads_as_a_config_file_does(tmp_path):
+    """A key given twice is refused, not the last kept; a key that holds text takes its values as written."""
+    path = tmp_path / "s.yaml"
+    path.write_text("grid: {optim.lr: [0.1], optim.lr: [0.2]}\n")
+    with pytest.raises(LaunchError) as err:
+        sweep.load_sweep(path)
+    assert str(err.value) == f"sweep file '{path}' has the key 'optim.lr' twice (lines 1 and 1); keep one"
+    path.write_text("grid:\n  train.mixed_precision: [no, bf16]\n  log.name: [001, 'x']\nzip:\n  - {optim.lr: [0.1, 1e-3], log.project: [off, 2024]}\n")
+    points = sweep.expand(sweep.load_sweep(path))
+    assert points[0].values == {"train.mixed_precision": "no", "log.name": "001", "optim.lr": 0.1, "log.project": "off"}
+    assert points[-1].values == {"train.mixed_precision": "bf16", "log.name": "x", "optim.lr": "1e-3", "log.project": "2024"}
+    config = load_config(None, points[0].overrides())
+    assert (config.train.mixed_precision, config.log.name, config.log.project) == ("no", "001", "off")
+    assert load_config(None, points[-1].overrides()).optim.lr == 0.001
+    with pytest.raises(LaunchError) as err:
+        sweep.load_sweep(tmp_path)
+    assert str(err.value) == f"sweep file '{tmp_path}' is a directory; pass a YAML file"
+
+
+def test_a_sweep_too_large_is_refused_before_its_points_are_made():
+    """10 keys of 10 values: 10**10 points, which took hours and all memory to build only to be refused."""
+    grid = {f"optim.k{i}": list(range(10)) for i in range(10)}
+    assert sweep.count(sweep.parse_sweep({"grid": grid, "zip": {"train.seed": [1, 2]}})) == 2 * 10**10

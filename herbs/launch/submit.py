@@ -89,9 +89,10 @@ def plan_jobs(args: argparse.Namespace) -> tuple[str, list[sweep.Point], dict[st
         raise LaunchError(f"--dir {args.dir} is not a directory; pass a directory for the submission's files")
     if args.dir and (Path(args.dir) / RECORD).exists():
         raise taken_dir(args.dir)
-    points = sweep.expand(sweep.load_sweep(args.sweep)) if args.sweep else [sweep.Point({})]
-    if len(points) > args.max_jobs:
-        raise LaunchError(f"the sweep expands to {len(points)} jobs, more than --max-jobs {args.max_jobs}; shrink the sweep or raise --max-jobs")
+    swept = sweep.load_sweep(args.sweep) if args.sweep else None
+    if swept and sweep.count(swept) > args.max_jobs:
+        raise LaunchError(f"the sweep expands to {sweep.count(swept)} jobs, more than --max-jobs {args.max_jobs}; shrink the sweep or raise --max-jobs")
+    points = sweep.expand(swept) if swept else [sweep.Point({})]
     sweep.name_points(points)
     run_dirs: dict[str, Path] = {}
     for point in points:
