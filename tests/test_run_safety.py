@@ -65,6 +65,13 @@ def test_a_fresh_run_never_reuses_a_directory_and_overwrite_moves_the_old_run_as
     assert "already holds a run" in line and "--resume auto" in line and "log.name" in line and "--overwrite" in line
     assert steps(run) == [5, 10] and latest_step(run) == 10  # untouched
 
+    nested = run / "lr-0.1"  # a sweep point's run (herbs submit names it <name>/<point>), which --overwrite would carry off
+    shutil.copytree(run, nested, ignore=shutil.ignore_patterns("lr-0.1", "run.lock"))
+    line = error_line(run_training(1, TINY, *other, "--overwrite", check=False))
+    assert line.endswith(f"run directory '{run}' holds the run directory '{nested}' of another run, which --overwrite would move "
+                         "aside with it; choose another log.name, or move that run out")
+    assert steps(nested) == [5, 10] and steps(run) == [5, 10]
+    shutil.rmtree(nested)
     run_training(1, TINY, *other, "--overwrite")
     [aside] = run.parent.glob("tiny.old-*")
     assert steps(aside) == [5, 10] and json.loads((aside / "run.json").read_text())["id"] == first["id"]

@@ -33,7 +33,7 @@ from herbs.config import Config
 from herbs.errors import HerbsError
 from herbs.atomic import in_progress, restore_replaced, write_atomic
 from herbs.model.checkpoint import META
-from herbs.run import (BEST_MODEL, CHECKPOINTS, CHECKPOINTS_DIR, EMA_MODEL, METRICS_FILE, RUN_FILE, checkpoint_step,
+from herbs.run import (BEST_MODEL, CHECKPOINTS, CHECKPOINTS_DIR, EMA_MODEL, EVENTS_FILE, METRICS_FILE, RUN_FILE, checkpoint_step,
                        complete_checkpoints, run_traces, step_name)
 from herbs.train.checkpoints import BEING_WRITTEN, LATEST, CheckpointDir
 
@@ -90,6 +90,11 @@ def _claim(run_dir: Path, config: Config, resume: str | None, overwrite: bool) -
                 f"run directory '{run_dir}' already holds a run{started}; continue it with --resume auto, "
                 "choose another log.name, or pass --overwrite to move it aside"
             )
+        nested = next((d for d in sorted(run_dir.iterdir()) if d.is_dir() and ((d / RUN_FILE).is_file() or (d / EVENTS_FILE).is_file())), None)
+        if nested is not None:
+            lock.close()
+            raise HerbsError(f"run directory '{run_dir}' holds the run directory '{nested}' of another run, which --overwrite would "
+                             "move aside with it; choose another log.name, or move that run out")
         aside = _aside_name(run_dir)
         run_dir.rename(aside)  # the lock file moves with it: take the new directory's lock before letting go
         run_dir.mkdir()
