@@ -376,3 +376,17 @@ def test_local_runs_through_submitits_local_executor(tmp_path):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["log"]["name"] == ODD
     assert (run_dir / "checkpoints" / "latest").is_file()
     assert list(run_dir.glob("local-*.log"))
+
+
+@pytest.mark.slow
+def test_a_local_job_that_fails_says_where_and_why_and_the_submission_fails(tmp_path):
+    (tmp_path / "empty").mkdir()  # a --resume that training refuses on the node, after the wait in the queue
+    out = run(["--config", str(TINY_CONFIG), "train.output_dir=runs", "--local", "--gpus-per-node", "0", "--cpus-per-task", "1",
+               "--resume", str(tmp_path / "empty"), "--dir", "sub"], tmp_path, timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    record = json.loads((tmp_path / "sub" / "sweep.json").read_text())
+    log = tmp_path / "runs" / "herbs-tiny" / "tiny" / f"local-{record['jobs'][0]['job_id']}.log"
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"herbs submit: job {record['jobs'][0]['job_id']} (tiny) failed: herbs train: error: --resume ")
+    assert line.endswith(f"(the whole output is in {log})")
+    assert out.stdout.splitlines()[-1].split()[2] == "FAILED"  # the status table

@@ -26,7 +26,7 @@ from herbs.config import load_config
 from herbs.errors import ConfigError, LaunchError, not_a_directory
 from herbs.launch import sweep
 from herbs.launch.status import RECORD, create_record, format_table, status_rows, write_record
-from herbs.run import SUBMISSIONS, accelerate_env, run_dir, run_traces
+from herbs.run import SUBMISSIONS, accelerate_env, log_file, run_dir, run_traces
 
 DEFAULT_MAX_JOBS = 100
 # SLURM checks time limits every 30 s and may signal up to 60 s before the delay asked for; a task
@@ -319,8 +319,9 @@ def submit(args: argparse.Namespace) -> int:
     executor = (submitit.LocalExecutor if args.local else submitit.SlurmExecutor)(folder / "logs", max_num_timeout=args.max_requeues)
     executor.update_parameters(**params)
     try:
+        failed = 0
         if args.local:
-            submitted = run_local(executor, jobs, record, folder, args.array_parallelism or 1)
+            submitted, failed = run_local(executor, jobs, record, folder, args.array_parallelism or 1)
         else:
             # submitit prints sbatch's complaint itself; it comes back below as one sentence instead
             with contextlib.redirect_stderr(io.StringIO()), executor.batch():
@@ -339,7 +340,7 @@ def submit(args: argparse.Namespace) -> int:
             job.wait()
     if args.wait or args.local:
         print(format_table(status_rows(folder)))
-    return 0
+    return 1 if failed else 0
 
 
 def sbatch_message(text: str) -> str:
@@ -347,18 +348,31 @@ def sbatch_message(text: str) -> str:
     return "; ".join(lines) if lines else text.strip().splitlines()[-1] if text.strip() else "no reason given"
 
 
-def run_local(executor, jobs, record: dict, folder: Path, parallel: int) -> list:
-    """The local executor starts every job at once: submit them in waves of `parallel`, waiting for each."""
-    submitted = []
+def run_local(executor, jobs, record: dict, folder: Path, parallel: int) -> tuple[list, int]:
+    """The local executor starts every job at once: submit them in waves of `parallel`, waiting for each.
+    Returns the jobs and how many failed."""
+    submitted, failed = [], 0
     for start in range(0, len(jobs), parallel):
         wave = [executor.submit(job) for job in jobs[start:start + parallel]]
-        for entry, job in zip(record["jobs"][start:start + parallel], wave):
+        entries = record["jobs"][start:start + parallel]
+        for entry, job in zip(entries, wave):
             entry["job_id"] = job.job_id
         write_record(folder, record)
-        for job in wave:
+        for entry, job in zip(entries, wave):
             try:
                 job.result()
-            except Exception as err:  # the table says which failed; the log says why
-                print(f"job {job.job_id} failed: {str(err).strip().splitlines()[-1] if str(err).strip() else err}", file=sys.stderr)
+            except Exception:  # submitit's error holds the job's traceback; training's own output says why
+                failed += 1
+                log = log_file(Path(entry["run_dir"]), f"local-{job.job_id}")
+                print(f"herbs submit: job {job.job_id} ({entry['name']}) failed: {last_line(log)} (the whole output is in {log})",
+                      file=sys.stderr)
         submitted += wave
-    return submitted
+    return submitted, failed
+
+
+def last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "it wrote no output"
+    return lines[-1] if lines else "it wrote no output"
