@@ -7,11 +7,14 @@ everything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell tool that dies of SIGPIPE exits with
 
 
 class HerbsError(Exception):
@@ -42,7 +45,12 @@ class LaunchError(HerbsError):
 def exit_code(prog: str, command: Callable[[], int | None], debug: bool = False) -> int:
     """Run a command; a `HerbsError` becomes `<prog>: error: <sentence>` on stderr and exit code 2."""
     try:
-        return int(command() or 0)
+        code = int(command() or 0)
+        sys.stdout.flush()  # here, not at exit, where a reader that went away (`| head`) is a traceback
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail again
+        return EXIT_BROKEN_PIPE
     except HerbsError as err:
         if debug:
             raise

@@ -182,3 +182,14 @@ def test_a_command_without_its_arguments_names_only_the_missing_ones(capsys):
         herbs(["run-dir"])
     err = capsys.readouterr().err
     assert err.rstrip().endswith("error: the following arguments are required: CONFIG")  # the overrides are optional
+
+
+def test_output_into_a_pipe_closed_early_ends_quietly(tmp_path):
+    """`herbs status DIR | head`: the reader went away; no traceback over the user's terminal."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "herbs", "run-dir", str(CONFIGS / "tiny.yaml")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command writes its line
+    assert proc.wait(timeout=60) == 141 and proc.stderr.read() == b""  # 128 + SIGPIPE, as a shell tool dies of it
