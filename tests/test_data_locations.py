@@ -7,9 +7,11 @@ import contextlib
 import functools
 import http.server
 import logging
+import os
 import shutil
 import socket
 import struct
+import subprocess
 import threading
 from pathlib import Path
 
@@ -270,6 +272,16 @@ def test_a_shard_that_never_arrives_is_skipped_after_the_timeout(shards, caplog)
         with caplog.at_level(logging.WARNING):
             result = eval_keys(manifest, FetchPolicy(timeout=1, retries=0), world_size=1)
     assert all_keys(result) == [] and sum(len(batch[3]) for batch in result[0]) == 20
+
+
+def test_a_pipe_command_that_times_out_is_stopped_with_all_it_started(tmp_path):
+    """The shell's children kept running (holding the output of a `herbs ... | tail` open forever)."""
+    sleep = f"sleep 300.{os.getpid()}"  # a command line of its own, to look for
+    with pytest.raises(DataError, match="sent nothing for 1 s"):
+        load_manifest(f"pipe:{sleep} && echo {{name}} | cat", fetch=FetchPolicy(timeout=1, retries=1))
+    left = subprocess.run(["pgrep", "-f", f"^{sleep}$"], capture_output=True, text=True).stdout.split()
+    subprocess.run(["pkill", "-f", f"^{sleep}$"])
+    assert left == [], "the pipe command's processes are still running"
 
 
 def test_a_failing_pipe_command_is_retried(shards, tmp_path):

@@ -32,6 +32,7 @@ import logging
 import os
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -112,7 +113,10 @@ class Source:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            try:  # the command's whole group (`command` starts one): a shell's children would outlive it
+                os.killpg(self.proc.pid, signal.SIGKILL) if os.getpgid(self.proc.pid) == self.proc.pid else self.proc.kill()
+            except ProcessLookupError:
+                pass
             self.proc.wait()
 
     def __enter__(self) -> "Source":
@@ -131,24 +135,37 @@ def gopen_handle(url: str, scheme: str, timeout: float, offset: int = 0):
     retries and timeout: http(s) (its curl retries 30 times inside curl, has no deadline and asks
     for no byte range) and object stores without a gopen handler (s3) or without their CLI
     (fsspec then). `offset` is where to start, for a RANGED scheme only."""
-    from webdataset.gopen import Pipe, gopen  # webdataset imports torch: only remote locations pay for it
+    from webdataset.gopen import gopen  # webdataset imports torch: only remote locations pay for it
 
     if scheme in RANGED:
         start = ["--continue-at", str(offset)] if offset else []
-        command = ["curl", "--fail", "--silent", "--show-error", "--location", "--connect-timeout", f"{timeout:g}", *start, url]
-        return Pipe(command, mode="rb", stderr=subprocess.PIPE, ignore_status=[141, 23])
+        return command(["curl", "--fail", "--silent", "--show-error", "--location", "--connect-timeout", f"{timeout:g}", *start, url],
+                       ignore=[141, 23])
     if scheme in STORES and shutil.which(STORES[scheme][0]) is None:
         import fsspec
 
         return fsspec.open(url, "rb").open()
     if scheme == "s3":
-        return Pipe(["aws", "s3", "cp", "--only-show-errors", url, "-"], mode="rb", stderr=subprocess.PIPE, ignore_status=[141])
+        return command(["aws", "s3", "cp", "--only-show-errors", url, "-"], ignore=[141])
+    if scheme == "gs":  # as webdataset's gopen_gsutil, in a group of its own
+        return command(["gsutil", "cat", url], ignore=[141, 23])
+    if scheme == "pipe":  # as webdataset's gopen_pipe: the user's shell command
+        return command(url[len("pipe:"):], ignore=[141], shell=True, stderr=None)  # its own messages go where herbs' go
     try:
         return gopen(url, "rb")
     except ValueError:  # no gopen handler for the scheme: one fsspec knows (location.locate checked)
         import fsspec
 
         return fsspec.open(url, "rb").open()
+
+
+def command(args, ignore: list[int], shell: bool = False, stderr=subprocess.PIPE):
+    """webdataset's Pipe reading a command's output, the command in a process group of its own, which
+    `Source.stop` ends whole: a shell's or a CLI's children would otherwise outlive a read given up on.
+    Its stderr is kept for the error message (the known clients say little)."""
+    from webdataset.gopen import Pipe
+
+    return Pipe(args, mode="rb", stderr=stderr, ignore_status=ignore, shell=shell, bufsize=8192, start_new_session=True)
 
 
 def read_url(location: Location, name: str, policy: FetchPolicy) -> bytes:
