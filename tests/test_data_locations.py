@@ -274,6 +274,19 @@ def test_a_shard_that_never_arrives_is_skipped_after_the_timeout(shards, caplog)
     assert all_keys(result) == [] and sum(len(batch[3]) for batch in result[0]) == 20
 
 
+@pytest.mark.parametrize("verify", [False, True])
+def test_a_shard_the_server_does_not_have_stops_the_read_as_a_missing_local_shard_does(shards, tmp_path, verify):
+    """A 404 is no transient failure: it was skipped and its samples replaced, where a local folder refuses to start."""
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    (copy / "test-000001.tar").unlink()
+    with serve(copy) as url:
+        with pytest.raises(DataError) as err:
+            eval_keys(url, FetchPolicy(timeout=5, retries=1, verify=verify), world_size=1)
+    assert str(err.value).startswith(f"shard '{url}/test-000001.tar' listed in the manifest is not at its location (")
+    assert str(err.value).endswith("); copy it back, or write the shards there again")
+
+
 def test_a_pipe_command_that_times_out_is_stopped_with_all_it_started(tmp_path):
     """The shell's children kept running (holding the output of a `herbs ... | tail` open forever)."""
     sleep = f"sleep 300.{os.getpid()}"  # a command line of its own, to look for

@@ -16,7 +16,8 @@ A piece (samples `start` .. `stop - 1` of a shard) is read in one of two ways:
     without the network.
 
 Either way a piece gives exactly `stop - start` items, and samples that could not be had come
-back as ("<shard>#<index>", None), to be counted and named as skipped like a damaged local shard's.
+back as ("<shard>#<index>", None), to be counted and named as skipped like a damaged local shard's;
+except for a shard the server does not have (HTTP 4xx), which is a DataError, as a missing local one is.
 
 Why ranges: a training lane's part of the epoch starts at a random sample of some shard (see
 `plan.py`), so without them every lane reads on average half a shard it does not use, each
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from herbs.data.location import STORES, Location
+from herbs.errors import DataError
 from herbs.data.tario import DamagedShard, Fields, ShardInfo, parse_index, read_samples, report_missing, stream_samples
 
 log = logging.getLogger(__name__)
@@ -186,6 +188,12 @@ def read_url(location: Location, name: str, policy: FetchPolicy) -> bytes:
     raise AssertionError("unreachable")
 
 
+def not_there(url: str, err: OSError) -> DataError:
+    """A shard the server says it does not have (HTTP 4xx): no retry brings it, and reading on would train on
+    less than the manifest lists, as a missing local shard is refused for."""
+    return DataError(f"shard '{url}' listed in the manifest is not at its location ({err}); copy it back, or write the shards there again")
+
+
 def read_piece(location: Location, shard: ShardInfo, start: int, stop: int, policy: FetchPolicy) -> Iterator[tuple[str, Optional[Fields]]]:
     """Samples `start` .. `stop - 1` of `shard`, exactly `stop - start` items (see the module's doc)."""
     if location.local:
@@ -236,8 +244,7 @@ def streamed(location: Location, shard: ShardInfo, start: int, stop: int, policy
             log.warning("shard %s is damaged after sample %d: %s", url, delivered, err)
             break
         except FileNotFoundError as err:
-            log.warning("shard %s cannot be read: %s", url, err)
-            break
+            raise not_there(url, err) from None
         except OSError as err:
             if attempt == policy.retries:
                 log.warning("shard %s failed after sample %d, %d attempts: %s", url, delivered, attempt + 1, err)
@@ -297,8 +304,7 @@ def fetched(location: Location, shard: ShardInfo, policy: FetchPolicy) -> tuple[
                     stale.unlink(missing_ok=True)
             return target, policy.cache_dir is not None
         except FileNotFoundError as err:
-            log.warning("shard %s cannot be read: %s", url, err)
-            return None, False
+            raise not_there(url, err) from None
         except OSError as err:
             if attempt == policy.retries:
                 log.warning("shard %s failed, %d attempts: %s", url, attempt + 1, err)
