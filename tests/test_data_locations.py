@@ -338,6 +338,14 @@ def test_cache_dir_keeps_verified_shards_for_later_epochs(shards, tmp_path):
     assert same(first, eval_keys(shards, FetchPolicy(), world_size=1))
 
 
+def test_a_cache_dir_that_cannot_be_made_is_one_sentence(shards, server, tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(DataError) as err:
+        eval_keys(server, FetchPolicy(timeout=5, retries=1, cache_dir=str(tmp_path / "afile" / "cache")), world_size=1)
+    assert str(err.value).startswith(f"data.cache_dir '{tmp_path / 'afile' / 'cache'}' cannot be written (")
+    assert str(err.value).endswith("); pass a folder on a local disk you can write, or leave data.cache_dir out")
+
+
 def test_a_cached_shard_is_never_served_for_a_shard_rewritten_at_its_location(shards, tmp_path):
     """Same name and size, other samples (here one label changed): the manifest's sha256 tells them apart."""
     site = tmp_path / "site"

@@ -281,7 +281,11 @@ def fetched(location: Location, shard: ShardInfo, policy: FetchPolicy) -> tuple[
         target = cache_path(location, shard, policy.cache_dir)
         if target.is_file() and target.stat().st_size == shard.bytes:
             return target, True
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DataError(f"data.cache_dir '{policy.cache_dir}' cannot be written ({err.strerror}); pass a folder on a local disk "
+                            "you can write, or leave data.cache_dir out") from None
     else:
         target = Path(tempfile.gettempdir()) / f"herbs-{uuid.uuid4().hex}-{shard.name}"
     url = location / shard.name
