@@ -450,4 +450,5 @@ def test_a_failing_write_command_is_one_sentence(tmp_path):
         write_tiny_shards("pipe:cat > /nonexistent-dir/{name}")
     message = str(err.value)
     # The first file written is the placeholder manifest, before any shard is made.
-    assert "writing manifest.json through 'pipe:cat > /nonexistent-dir/manifest.json' failed" in message and "\n" not in message
+    assert message == ("writing manifest.json through 'pipe:cat > /nonexistent-dir/manifest.json' failed (the command exited with "
+                       "status 2); run the command by hand to see why, then write again")  # not webdataset's repr of its arguments

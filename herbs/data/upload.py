@@ -56,11 +56,16 @@ class UploadOutput:
 def upload(path: Path, url: str) -> None:
     from webdataset.gopen import gopen  # webdataset imports torch: only remote outputs pay for it
 
+    target = None
     try:
-        with open(path, "rb") as source, gopen(url, "wb") as target:
-            shutil.copyfileobj(source, target, 1 << 20)
+        with open(path, "rb") as source:
+            target = gopen(url, "wb")
+            with target:
+                shutil.copyfileobj(source, target, 1 << 20)
     except ValueError as err:  # gopen has no writer for the scheme
         raise DataError(f"shards cannot be written to '{url}' ({err}); write through a command instead, "
                         "e.g. 'pipe:aws s3 cp - s3://bucket/shards/{name}'") from None
     except OSError as err:  # the command exited non-zero, or closed its input early
-        raise DataError(f"writing {path.name} through '{url}' failed ({err}); run the command by hand to see why, then write again") from None
+        status = getattr(target, "status", None)  # webdataset's error text is the repr of its Popen arguments
+        why = f"the command exited with status {status}" if status else err.strerror or str(err)
+        raise DataError(f"writing {path.name} through '{url}' failed ({why}); run the command by hand to see why, then write again") from None
