@@ -338,6 +338,21 @@ def test_a_manifest_that_is_not_text_is_one_sentence_for_readers_and_writers(tmp
     assert f"'{out / MANIFEST}' cannot be read, so which files herbs wrote is unknown" in capsys.readouterr().err
 
 
+def test_a_split_an_edited_manifest_lists_empty_is_one_sentence(tmp_path):
+    import json
+
+    from herbs.data.manifest import load_manifest
+
+    src, out = image_folder(tmp_path / "imgs", per_class=3), tmp_path / "out"
+    assert main(["shard", "folder", str(src), str(out)]) == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["splits"]["holdout"] = {"num_samples": 0, "shards": []}
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DataError) as err:
+        load_manifest(out).split("holdout")
+    assert str(err.value).startswith(f"split 'holdout' of {out / MANIFEST} lists no samples; choose another split, or ")
+
+
 def test_a_directory_that_cannot_be_written_is_one_sentence(capsys):
     unwritable = Path("/sys/kernel")  # refuses new files even to root
     if not unwritable.is_dir():

@@ -73,6 +73,8 @@ class Manifest:
                 f"split '{name}' is not in {self.root / MANIFEST} (it has {', '.join(sorted(self.splits))}); "
                 "choose one of those, or write a val split with `herbs shard ... --val-fraction 0.1`"
             )
+        if not self.splits[name].num_samples:  # herbs shard leaves an empty split out: an edited manifest
+            raise DataError(f"split '{name}' of {self.root / MANIFEST} lists no samples; choose another split, or {RESHARD}")
         return self.splits[name]
 
     def path(self, shard: ShardInfo) -> "Path | str":
