@@ -18,6 +18,7 @@ from PIL import Image
 from herbs.data.stream import eval_stream
 from herbs.metrics import topk_accuracy
 from herbs.model.checkpoint import load_model
+from herbs.errors import HerbsError
 from herbs.evaluate.tta import views as tta_views
 from herbs.model.herbs_model import head_logits
 from herbs.predictions import ENSEMBLE, Predictions, predict_batches
@@ -234,6 +235,12 @@ def test_tta_reports_beside_the_plain_numbers_which_stay_as_they_were(shards, mo
         assert report["tta"]["headline"]["ensemble_top1"] == report["tta"]["metrics"]["ensemble_top1"]
         assert f"with --tta {kind} ({count} views): ensemble top-1 {report['tta']['metrics']['ensemble_top1']:.2f}%" in out
     assert "tta" not in want
+
+
+def test_corner_crops_of_an_image_no_larger_than_the_crop_are_refused():
+    with pytest.raises(HerbsError, match="every corner is the centre; use --tta flip"):
+        tta_views("flip+crops", 224, 224)
+    assert tta_views("flip", 224, 224).count == 2
 
 
 def test_tta_averages_the_ensemble_over_the_mirror_image(model_dir):

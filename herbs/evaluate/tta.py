@@ -10,12 +10,16 @@ from __future__ import annotations
 import torch
 
 from herbs.data.transforms import center_offset
+from herbs.errors import HerbsError
 from herbs.predictions import Views
 
 
 def views(kind: str, size: int, crop: int) -> Views:
     """The `kind` views (`flip` or `flip+crops`, as `herbs eval --tta` offers them) of
     [B, 3, size, size] images, each [B, 3, crop, crop]."""
+    if kind == "flip+crops" and size == crop:  # six views, two of them different
+        raise HerbsError(f"--tta flip+crops cuts the corners of the image resized to data.resize {size}, which is the model's "
+                         f"crop (model.img_size {crop}): every corner is the centre; use --tta flip")
     at = center_offset(size, crop)
     corners = [(0, 0), (0, size - crop), (size - crop, 0), (size - crop, size - crop)]
 
