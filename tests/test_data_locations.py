@@ -13,6 +13,7 @@ import socket
 import struct
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -295,6 +296,21 @@ def test_a_pipe_command_that_times_out_is_stopped_with_all_it_started(tmp_path):
     left = subprocess.run(["pgrep", "-f", f"^{sleep}$"], capture_output=True, text=True).stdout.split()
     subprocess.run(["pkill", "-f", f"^{sleep}$"])
     assert left == [], "the pipe command's processes are still running"
+
+
+def test_a_command_that_does_not_exist_is_not_retried(shards):
+    """Exit status 127: no retry (1 + 2 + 4 s of pauses) finds the command."""
+    started = time.monotonic()
+    with pytest.raises(DataError) as err:
+        load_manifest("pipe:no-such-command-herbs {name}", fetch=FetchPolicy(timeout=5, retries=3))
+    assert time.monotonic() - started < 3
+    assert str(err.value).startswith("manifest pipe:no-such-command-herbs manifest.json cannot be read (")
+    assert "exit status 127" in str(err.value) and str(err.value).endswith("); check the command or URL in data.shards")
+    manifest = load_manifest(shards)
+    manifest.root = locate("pipe:no-such-command-herbs {name}")
+    with pytest.raises(DataError) as err:
+        eval_keys(manifest, FetchPolicy(timeout=5, retries=3), world_size=1)
+    assert str(err.value).startswith("shard 'pipe:no-such-command-herbs test-000000.tar' cannot be read (")
 
 
 def test_a_failing_pipe_command_is_retried(shards, tmp_path):

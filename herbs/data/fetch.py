@@ -58,6 +58,14 @@ class RangeRefused(OSError):
     """The server does not serve byte ranges."""
 
 
+class Unworkable(OSError):
+    """A command that cannot run at all (not found, not executable, a URL curl cannot parse): no retry changes it."""
+
+
+# exit statuses that say so: the shell's 126 (not executable) and 127 (not found); curl's 3 (a malformed URL)
+UNWORKABLE, CURL_MALFORMED_URL = (126, 127), 3
+
+
 @dataclass(frozen=True)
 class FetchPolicy:
     timeout: float = 60.0  # seconds a read may wait for a byte before the attempt fails
@@ -80,7 +88,7 @@ class Source:
     webdataset's Pipe does not bound (a server that accepts and never answers would hang it)."""
 
     def __init__(self, url: str, scheme: str, timeout: float, offset: int = 0):
-        self.url, self.timeout = url, timeout
+        self.url, self.scheme, self.timeout = url, scheme, timeout
         self.handle = gopen_handle(url, scheme, timeout, offset)
         self.proc: Optional[subprocess.Popen] = getattr(self.handle, "proc", None)
         self.ignore = getattr(self.handle, "ignore_status", [0])
@@ -109,6 +117,8 @@ class Source:
         message = f"{self.url}: exit status {status}" + (f" ({said.splitlines()[-1]})" if said else "")
         if status == CURL_RANGE_REFUSED:
             raise RangeRefused(message)
+        if status in UNWORKABLE or (status == CURL_MALFORMED_URL and self.scheme in RANGED):
+            raise Unworkable(message)
         if said and " returned error: 4" in said:  # curl --fail on HTTP 4xx: no retry will change it
             raise FileNotFoundError(message)
         raise OSError(message)
@@ -178,7 +188,7 @@ def read_url(location: Location, name: str, policy: FetchPolicy) -> bytes:
         try:
             with Source(url, location.scheme, policy.timeout) as source:
                 return b"".join(iter(source.read, b""))
-        except FileNotFoundError:
+        except (FileNotFoundError, Unworkable):
             raise
         except OSError as err:
             if attempt == policy.retries:
@@ -192,6 +202,10 @@ def not_there(url: str, err: OSError) -> DataError:
     """A shard the server says it does not have (HTTP 4xx): no retry brings it, and reading on would train on
     less than the manifest lists, as a missing local shard is refused for."""
     return DataError(f"shard '{url}' listed in the manifest is not at its location ({err}); copy it back, or write the shards there again")
+
+
+def unworkable(url: str, err: OSError) -> DataError:
+    return DataError(f"shard '{url}' cannot be read ({err}); check the command or URL in data.shards")
 
 
 def read_piece(location: Location, shard: ShardInfo, start: int, stop: int, policy: FetchPolicy) -> Iterator[tuple[str, Optional[Fields]]]:
@@ -245,6 +259,8 @@ def streamed(location: Location, shard: ShardInfo, start: int, stop: int, policy
             break
         except FileNotFoundError as err:
             raise not_there(url, err) from None
+        except Unworkable as err:
+            raise unworkable(url, err) from None
         except OSError as err:
             if attempt == policy.retries:
                 log.warning("shard %s failed after sample %d, %d attempts: %s", url, delivered, attempt + 1, err)
@@ -309,6 +325,8 @@ def fetched(location: Location, shard: ShardInfo, policy: FetchPolicy) -> tuple[
             return target, policy.cache_dir is not None
         except FileNotFoundError as err:
             raise not_there(url, err) from None
+        except Unworkable as err:
+            raise unworkable(url, err) from None
         except OSError as err:
             if attempt == policy.retries:
                 log.warning("shard %s failed, %d attempts: %s", url, attempt + 1, err)

@@ -21,7 +21,7 @@ from typing import Optional
 import numpy as np
 
 from herbs.errors import DataError
-from herbs.data.fetch import FetchPolicy, fetched, read_url
+from herbs.data.fetch import FetchPolicy, Unworkable, fetched, read_url
 from herbs.data.location import Location, locate
 from herbs.data.source import ClassGroup
 from herbs.data.tario import DamagedShard, ShardInfo, parse_index, sample_starts, sha256_file
@@ -163,6 +163,8 @@ def fetch_manifest(root: Location, fetch: FetchPolicy) -> str:
         data = read_url(root, MANIFEST, fetch)
     except FileNotFoundError as err:
         raise DataError(f"manifest {url} does not exist ({err}); {fix}") from None
+    except Unworkable as err:
+        raise DataError(f"manifest {url} cannot be read ({err}); check the command or URL in data.shards") from None
     except OSError as err:
         raise DataError(f"manifest {url} could not be read in {fetch.retries + 1} attempts ({err}); check that the server "
                         f"or command works and the location is right, or raise data.timeout ({fetch.timeout:g} s) or data.retries") from None
