@@ -33,6 +33,7 @@ from herbs.data.source import Sample, SourceDataset
 from herbs.data.stream import TrainStream
 from herbs.data.transforms import TrainTransform, decode_image
 from herbs.data.writer import write_shards
+from herbs.data.commands import positive  # argparse: 1 or more, one line on anything else
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 ORIGINAL = T.Compose([
@@ -68,8 +69,8 @@ def timed(run) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=positive, default=200)
+    parser.add_argument("--rounds", type=positive, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)

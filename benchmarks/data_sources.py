@@ -48,6 +48,7 @@ from herbs.data.stream import TrainStream
 from herbs.data.tario import ShardInfo
 from herbs.data.transforms import TrainTransform
 from herbs.data.writer import ShardSize, write_shards
+from herbs.data.commands import positive  # argparse: 1 or more, one line on anything else
 
 
 def throughput(location: str, fetch: FetchPolicy, images: int, rounds: int, lanes: int = 1) -> float:
@@ -125,8 +126,8 @@ def serve(directory: Path, server_module: str = "RangeHTTPServer"):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--images", type=positive, default=200)
+    parser.add_argument("--rounds", type=positive, default=2)
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.disable(logging.WARNING)

@@ -33,6 +33,7 @@ from herbs.loss import HERBSLoss
 from herbs.model import HERBSModel
 from herbs.train.optim import build_optimizer
 from herbs.train.throughput import peak_flops, train_flops_per_image
+from herbs.data.commands import positive  # argparse: 1 or more, one line on anything else
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = dict(backbone="swin_large_patch4_window12_384", pretrained=False, img_size=384, num_classes=200,
@@ -125,7 +126,7 @@ def train_checks(tmp: Path, cpu: bool) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="CPU-sized checks (micro model, bf16 only)")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps per setting")
+    parser.add_argument("--steps", type=positive, default=10, help="timed training steps per setting (GPU; the CPU smoke times 1)")
     args = parser.parse_args()
     started = time.perf_counter()
     cpu = args.cpu_smoke

@@ -21,6 +21,7 @@ import torch
 from herbs.config import load_config
 from herbs.model.build import build_model
 from herbs.train.optim import build_optimizer
+from herbs.data.commands import positive  # argparse: 1 or more, one line on anything else
 from timing import median_times
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,8 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "cub200.yaml"))
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--steps", type=positive, default=5)
+    parser.add_argument("--threads", type=positive, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

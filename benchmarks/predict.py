@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from herbs.data.commands import positive  # argparse: 1 or more, one line on anything else
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,12 +34,12 @@ def make_images(folder: Path, count: int, side: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--images", type=positive, default=256)
+    parser.add_argument("--batch", type=positive, default=16)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--side", type=int, default=320, help="side of the JPEGs (the model resizes to 256 and crops 224)")
+    parser.add_argument("--side", type=positive, default=320, help="side of the JPEGs (the model resizes to 256 and crops 224)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--threads", type=positive, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 

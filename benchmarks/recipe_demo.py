@@ -35,6 +35,7 @@ from pathlib import Path
 from herbs.config import load_config
 from herbs.data.manifest import MANIFEST
 from herbs.run import METRICS_FILE, read_events, read_jsonl, run_dir
+from herbs.data.commands import positive  # argparse: 1 or more, one line on anything else
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -62,13 +63,15 @@ TEST_TOP1 = "test/ensemble_top1"
 
 def demo_shards(where: Path) -> Path:
     if not (where / MANIFEST).is_file():
-        subprocess.run([sys.executable, "-m", "herbs", "shard", "demo", str(where)], check=True, capture_output=True)
+        done = subprocess.run([sys.executable, "-m", "herbs", "shard", "demo", str(where)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"recipe_demo: {(done.stderr.strip().splitlines() or ['herbs shard demo failed'])[-1]}")
     return where
 
 
 def overrides(setup: str, seed: int, shards: Path, out: Path, extra: list[str]) -> list[str]:
-    # Runs with other --set overrides get other names, so a finished run is only reused for the same setup.
-    tag = "-" + hashlib.sha256(json.dumps(extra).encode()).hexdigest()[:8] if extra else ""
+    # Runs on other shards or with other --set overrides get other names: a finished run is only reused for the same setup.
+    tag = "-" + hashlib.sha256(json.dumps([str(shards), extra]).encode()).hexdigest()[:8]
     return [*SETUPS[setup], f"data.shards={shards}", f"train.output_dir={out}", "log.project=recipe-demo",
             f"log.name={setup}-s{seed}{tag}", f"train.seed={seed}", *extra]
 
@@ -121,11 +124,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--setups", nargs="+", choices=list(SETUPS), default=list(SETUPS))
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--jobs", type=positive, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/herbs-recipe-demo"), help="runs and demo shards go here")
     parser.add_argument("--shards", type=Path, default=None, help="demo shards (default: made under --out)")
     parser.add_argument("--set", nargs="*", default=[], help="more section.key=value overrides for every run (e.g. train.epochs=2)")
     args = parser.parse_args()
+    if len(set(args.seeds)) < len(args.seeds):  # two threads would train the same run
+        parser.error(f"--seeds lists a seed twice ({' '.join(map(str, args.seeds))}); list each once")
     args.out = args.out.resolve()
     args.shards = demo_shards((args.shards or args.out / "shards").resolve())
     jobs = [(setup, seed) for seed in args.seeds for setup in args.setups]

@@ -18,18 +18,21 @@ import time
 from pathlib import Path
 
 from herbs.run import METRICS_FILE
+from herbs.data.commands import positive  # argparse: 1 or more, one line on anything else
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=positive, default=60)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=4, help="epochs of the stream whose first batch is timed")
+    parser.add_argument("--batch", type=positive, default=8)
+    parser.add_argument("--epochs", type=positive, default=4, help="epochs of the stream whose first batch is timed")
     parser.add_argument("--shards", help="an existing 20-class demo shards directory")
     args = parser.parse_args()
+    if args.steps < 2 or args.epochs < 2 or args.workers < 0:  # the medians leave out the first window and the first epoch
+        parser.error(f"--steps and --epochs must be 2 or more and --workers 0 or more, got {args.steps}, {args.epochs}, {args.workers}")
 
     with tempfile.TemporaryDirectory() as tmp:
         shards = args.shards
@@ -45,7 +48,9 @@ def main() -> None:
                    f"train.max_steps={args.steps}", f"train.checkpoint_every={10 * args.steps}", f"log.every={every}",
                    f"data.num_workers={args.workers}", f"data.batch_size={args.batch}", "data.verify_checksums=false",
                    "log.wandb=false"]
-        subprocess.run(command, check=True, capture_output=True, text=True)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"train_loop: training failed (exit {done.returncode}): {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
         records = [json.loads(line) for line in (Path(tmp) / "runs" / "herbs-tiny" / "tiny" / METRICS_FILE).read_text().splitlines()]
         first_batch = first_batch_seconds(shards, args.workers, args.batch, args.epochs) if args.workers else None
     windows = [r for r in records if "images_per_s" in r][1:]  # the first window includes start-up

@@ -19,6 +19,7 @@ from herbs.loss import HERBSLoss
 from herbs.model import HERBSModel
 from herbs.model.backbone import SwinTaps
 from herbs.model.selector import select_tokens, select_tokens_loop
+from herbs.data.commands import positive  # argparse: 1 or more, one line on anything else
 from timing import median_times, step_fn
 
 FIXTURE_MODEL = dict(
@@ -41,9 +42,9 @@ class PlainClassifier(nn.Module):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--batch", type=positive, default=8)
+    parser.add_argument("--steps", type=positive, default=10)
+    parser.add_argument("--threads", type=positive, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

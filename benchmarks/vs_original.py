@@ -213,6 +213,9 @@ def main() -> int:
     parser.add_argument("--side", choices=["original", "herbs"], help=argparse.SUPPRESS)  # a child process
     parser.add_argument("--weights", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for flag in ("repeats", "steps", "threads"):  # herbs is not imported here: this file also runs beside the original code
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag} must be 1 or more, got {getattr(args, flag)}")
     args.checkout = args.checkout.resolve()
     problem = original_code.check_checkout(args.checkout)
     if problem:

@@ -25,6 +25,7 @@ import torch
 from herbs.config import load_config
 from herbs.model import HERBSModel
 from herbs.train.zero_resize import partitions, recut
+from herbs.data.commands import positive  # argparse: 1 or more, one line on anything else
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,9 +49,11 @@ def published_parameters() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--params", type=float, default=20e6)
-    parser.add_argument("--written", type=int, default=4, help="processes that wrote the checkpoint")
-    parser.add_argument("--resumed", type=int, default=2, help="processes that resume it")
+    parser.add_argument("--written", type=positive, default=4, help="processes that wrote the checkpoint")
+    parser.add_argument("--resumed", type=positive, default=2, help="processes that resume it")
     args = parser.parse_args()
+    if not args.params >= 1:
+        parser.error(f"--params must be 1 or more, got {args.params:g}")
     params = int(args.params)
     with tempfile.TemporaryDirectory() as tmp:
         write_partitions(Path(tmp), params, args.written)
