@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from herbs.run import CHECKPOINTS_DIR, EVENTS_FILE, METRICS_FILE, RUN_FILE, STATE_FILE
-from helpers import REPO, TINY_CONFIG
+from herbs.run import CHECKPOINTS_DIR, EVENTS_FILE, EXIT_REQUEUE, METRICS_FILE, RUN_FILE, STATE_FILE, read_events, read_jsonl
+from helpers import REPO, TINY_CONFIG, wait_for
 from helpers.runs import micro, write_demo_shards
 from herbs.launch import submit
 from herbs.launch.job import TrainJob
@@ -390,3 +391,30 @@ def test_a_local_job_that_fails_says_where_and_why_and_the_submission_fails(tmp_
     assert line.startswith(f"herbs submit: job {record['jobs'][0]['job_id']} (tiny) failed: herbs train: error: --resume ")
     assert line.endswith(f"(the whole output is in {log})")
     assert out.stdout.splitlines()[-1].split()[2] == "FAILED"  # the status table
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_local_submission_stops_its_jobs_at_a_checkpoint_in_one_sentence(tmp_path):
+    shards = tmp_path / "shards"
+    write_demo_shards(shards)
+    command = [sys.executable, str(REPO / "launch" / "submit.py"), "--config", str(TINY_CONFIG),
+               *micro(shards, tmp_path / "runs", "data.num_workers=0", "train.max_steps=100000", "train.epochs=10000",
+                      "train.eval_every=100000", "log.every=1"),
+               "--local", "--gpus-per-node", "0", "--cpus-per-task", "1", "--time", "10", "--dir", "sub"]
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + "/usr/bin:/bin"}
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # a terminal's foreground group: Ctrl-C reaches every process in it
+    run_dir = tmp_path / "runs" / "herbs-tiny" / "tiny"
+    try:
+        wait_for(lambda: any("loss" in r for r in read_jsonl(run_dir / METRICS_FILE)), 180, "training steps")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 2 and err.strip().splitlines()[-1] == (
+        "herbs submit: error: interrupted: the local jobs stop at a checkpoint; run the same command to continue them "
+        "(--resume auto)"), err
+    assert "Traceback" not in err  # neither herbs submit's nor submitit's controller's
+    wait_for(lambda: (read_events(run_dir) or [{}])[-1].get("event") == "end", 60, "the job's end record")
+    assert read_events(run_dir)[-1]["exit_code"] == EXIT_REQUEUE and not read_events(run_dir)[-1]["requeue"]

@@ -110,11 +110,13 @@ class TrainJob:
         signal.signal(signal.SIGTERM, lambda signum, frame: child.forward(signal.SIGTERM))
         # `scancel --signal=USR1 JOBID` reaches this process too, whose default action for it is to die
         signal.signal(signal.SIGUSR1, lambda signum, frame: child.forward(signal.SIGUSR1))
+        interrupted = []  # Ctrl-C on `herbs submit --local` reaches training itself, in the same process group
+        signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
         code = child.start().wait()
-        if code == EXIT_REQUEUE and signal.SIGTERM in child.sent:
-            # scancel, or the hard end of the job: never undo a cancel by requeueing (a SLURM
+        if code == EXIT_REQUEUE and (signal.SIGTERM in child.sent or interrupted):
+            # scancel, the hard end of the job, Ctrl-C: never undo a stop by requeueing (a SLURM
             # preemption that requeues does so itself)
-            raise RuntimeError(f"training was stopped by SIGTERM (job cancelled or preempted) after writing a checkpoint; "
+            raise RuntimeError(f"training was stopped (job cancelled, preempted or interrupted) after writing a checkpoint; "
                                f"a job that SLURM requeues continues from it, or resubmit with --resume auto ({self.run_dir})")
         if code == EXIT_REQUEUE:
             if task.global_rank == 0:

@@ -18,6 +18,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -329,6 +330,8 @@ def submit(args: argparse.Namespace) -> int:
             for entry, job in zip(record["jobs"], submitted):
                 entry["job_id"] = job.job_id
             write_record(folder, record)
+    except KeyboardInterrupt:  # Ctrl-C reached the jobs too: training writes a checkpoint and stops
+        raise LaunchError("interrupted: the local jobs stop at a checkpoint; run the same command to continue them (--resume auto)") from None
     except submitit.core.utils.FailedJobError as err:
         (folder / RECORD).unlink()  # nothing was submitted: the directory is free for the corrected submission
         raise LaunchError(f"sbatch refused the job: {sbatch_message(str(err))}") from None
@@ -353,7 +356,13 @@ def run_local(executor, jobs, record: dict, folder: Path, parallel: int) -> tupl
     Returns the jobs and how many failed."""
     submitted, failed = [], 0
     for start in range(0, len(jobs), parallel):
-        wave = [executor.submit(job) for job in jobs[start:start + parallel]]
+        # submitit's controller inherits an ignored SIGINT: Ctrl-C is for training to take (a checkpoint, then it
+        # stops), and the controller waits for that instead of dying with a traceback
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            wave = [executor.submit(job) for job in jobs[start:start + parallel]]
+        finally:
+            signal.signal(signal.SIGINT, previous)
         entries = record["jobs"][start:start + parallel]
         for entry, job in zip(entries, wave):
             entry["job_id"] = job.job_id
