@@ -330,7 +330,9 @@ def submit(args: argparse.Namespace) -> int:
             for entry, job in zip(record["jobs"], submitted):
                 entry["job_id"] = job.job_id
             write_record(folder, record)
-    except KeyboardInterrupt:  # Ctrl-C reached the jobs too: training writes a checkpoint and stops
+    except KeyboardInterrupt:  # Ctrl-C reached the local jobs too: training writes a checkpoint and stops
+        if not args.local:
+            raise
         raise LaunchError("interrupted: the local jobs stop at a checkpoint; run the same command to continue them (--resume auto)") from None
     except submitit.core.utils.FailedJobError as err:
         (folder / RECORD).unlink()  # nothing was submitted: the directory is free for the corrected submission
