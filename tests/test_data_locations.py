@@ -387,6 +387,9 @@ def test_herbs_shard_verify_reads_a_url(shards, server, capsys):
     ("pipe:aws s3 cp s3://bucket/shards/manifest.json -", "pipe: command without {name}"),
     ("s3:/bucket/shards", "looks like a s3:// URL with a slash missing; write it as 's3://bucket/shards'"),
     ("https:host/shards", "looks like a https:// URL with a slash missing; write it as 'https://host/shards'"),
+    # herbs takes the folder that holds manifest.json, not a list of shards or the manifest itself
+    ("demo/train-{000000..000023}.tar", "names shards one by one; pass the location that holds them and their manifest.json: 'demo'"),
+    ("https://host/demo/manifest.json", "names the manifest itself; pass the location that holds it: 'https://host/demo'"),
 ])
 def test_locations_that_cannot_work_are_one_sentence(location, expected, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a typo read as a local folder must not create one

@@ -77,6 +77,11 @@ def locate(shards: "str | Path | Location") -> Location:
     if isinstance(shards, Location):
         return shards
     text = str(shards)
+    listed = re.search(r"\{[^{}/]*(\.\.|,)[^{}/]*\}", text) if not text.startswith("pipe:") else None  # brace expansion
+    if listed:  # as webdataset's shard lists are written: herbs finds the shards through their manifest
+        parent = text[:listed.start()].rsplit("/", 1)[0] if "/" in text[:listed.start()] else "."
+        raise DataError(f"data location '{text}' names shards one by one; pass the location that holds them and their manifest.json: "
+                        f"'{parent}'")
     if text.startswith("pipe:"):
         if NAME not in text:
             raise DataError(f"data location '{text}' is a pipe: command without {NAME}, where herbs puts each file's name "

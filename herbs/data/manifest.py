@@ -145,6 +145,9 @@ def checked_shard(fields: dict) -> ShardInfo:
 def read_manifest(shards: "str | Path | Location", fetch: FetchPolicy = FetchPolicy()) -> Manifest:
     """The manifest at `shards` as written, or one sentence on why there is none to read."""
     root = locate(shards)
+    if not root.local and root.text.rstrip("/").endswith("/" + MANIFEST):
+        raise DataError(f"data location '{root}' names the manifest itself; pass the location that holds it: "
+                        f"'{root.text.rstrip('/')[:-len(MANIFEST) - 1]}'")
     if not root.local:
         return Manifest.parsed(root, fetch_manifest(root, fetch))
     directory, path = root.path, root / MANIFEST
