@@ -21,7 +21,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from herbs.errors import ConfigError
+from herbs.errors import ConfigError, HerbsError
 
 TAPS = ("layer1", "layer2", "layer3", "layer4")
 HEADS = ("herbs", "linear")  # model.head
@@ -358,34 +358,47 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def read_yaml_mapping(path: str | Path, hint: str = "pass an existing YAML file (see configs/)") -> dict:
-    """The mapping stored in a YAML file, or one sentence saying why there is none."""
+def read_yaml(path: str | Path, *, what: str = "config file", error: type[HerbsError] = ConfigError,
+              missing: str = "pass an existing YAML file (see configs/)", fix: str = "pass a YAML file (see configs/)") -> tuple[Any, Any]:
+    """The document in a YAML file, and `as_written` of it, from one parse; or one sentence (an `error`) naming the
+    `what` and why there is none. A key written twice in one mapping is refused (`UniqueKeyLoader`)."""
     path = Path(path)
     if path.is_dir():
-        raise ConfigError(f"config file '{path}' is a directory; pass a YAML file (see configs/)")
+        raise error(f"{what} '{path}' is a directory; {fix}")
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist; {hint}")
+        raise error(f"{what} '{path}' does not exist; {missing}")
     try:
-        data = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
+        loader = UniqueKeyLoader(path.read_text())
+        try:  # yaml.load's steps, keeping the node for as_written
+            node = loader.get_single_node()
+            data = None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
     except UnicodeDecodeError:
-        raise ConfigError(f"config file '{path}' is not UTF-8 text; pass a YAML file (see configs/)") from None
+        raise error(f"{what} '{path}' is not UTF-8 text; {fix}") from None
     except DuplicateKey as twice:
-        raise ConfigError(f"config file '{path}' has the key '{twice.key}' twice (lines {twice.lines[0]} and {twice.lines[1]}); keep one") from None
+        raise error(f"{what} '{path}' has the key '{twice.key}' twice (lines {twice.lines[0]} and {twice.lines[1]}); keep one") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: {err.problem}" if mark is not None else err.__class__.__name__
-        raise ConfigError(f"config file '{path}' is not valid YAML ({where}); fix its syntax") from err
+        raise error(f"{what} '{path}' is not valid YAML ({where}); fix its syntax") from err
+    return data, as_written(node)
+
+
+def read_yaml_mapping(path: str | Path, hint: str = "pass an existing YAML file (see configs/)") -> tuple[dict, Any]:
+    """The mapping stored in a YAML file and `as_written` of it, or one sentence saying why there is none."""
+    data, written = read_yaml(path, missing=hint)
+    data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys to values, not {type(data).__name__}")
-    return data
+    return data, written
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
     """Read a YAML config (or start from the defaults), apply overrides, validate."""
-    data = read_yaml_mapping(path) if path is not None else {}
+    data, written = read_yaml_mapping(path) if path is not None else ({}, None)
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
-    if path is not None:
-        _keep_text_as_written(data, Path(path).read_text())
+    _keep_text_as_written(data, written)
     for text in overrides:
         section, key, value = parse_override(text)
         if data.get(section) is None:  # absent, or `section:` with nothing under it
@@ -399,18 +412,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
     return config
 
 
-def as_written(text: str) -> Any:
-    """A YAML document with each unquoted scalar as the text written, and None for each quoted one: YAML reads
+def as_written(node: Optional[yaml.Node]) -> Any:
+    """A YAML node's document with each unquoted scalar as the text written, and None for each quoted one: YAML reads
     `name: 001` as 1 and `wandb_mode: off` as false, where a key that holds text wants what was typed."""
-    def walk(node):
-        if isinstance(node, yaml.MappingNode):
-            return {key.value: walk(value) for key, value in node.value}
-        if isinstance(node, yaml.SequenceNode):
-            return [walk(item) for item in node.value]
-        return node.value if node.style is None else None
-
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    return None if root is None else walk(root)
+    if isinstance(node, yaml.MappingNode):
+        return {key.value: as_written(value) for key, value in node.value}
+    if isinstance(node, yaml.SequenceNode):
+        return [as_written(item) for item in node.value]
+    return node.value if isinstance(node, yaml.ScalarNode) and node.style is None else None
 
 
 def text_as_written(value: Any, written: Any, dotted: str) -> Any:
@@ -420,9 +429,9 @@ def text_as_written(value: Any, written: Any, dotted: str) -> Any:
     return value
 
 
-def _keep_text_as_written(data: dict, text: str) -> None:
-    """A key that holds text takes the unquoted value as written in the file, as it does on the command line."""
-    written = as_written(text)
+def _keep_text_as_written(data: dict, written: Any) -> None:
+    """A key that holds text takes the unquoted value as written in the file (`written`, from `read_yaml`), as it
+    does on the command line."""
     for section, values in data.items():
         raw = written.get(section) if isinstance(written, dict) else None
         for key, value in values.items() if isinstance(values, dict) and isinstance(raw, dict) and isinstance(section, str) else ():

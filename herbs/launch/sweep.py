@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from herbs.config import DuplicateKey, UniqueKeyLoader, as_written, text_as_written
+from herbs.config import read_yaml, text_as_written
 from herbs.errors import LaunchError
 
 
@@ -69,20 +69,8 @@ def override(key: str, value: Any) -> str:
 def load_sweep(path: str | Path) -> dict:
     """Read and check a sweep file: {'grid': {key: [values]}, 'zip': [{key: [values]}, ...]}. It reads as a
     config file does: a key given twice is refused, and a key that holds text takes its values as written."""
-    path = Path(path)
-    if not path.is_file():
-        raise LaunchError(f"sweep file '{path}' {'is a directory' if path.is_dir() else 'does not exist'}; pass a YAML file")
-    try:
-        text = path.read_text()
-        data = yaml.load(text, Loader=UniqueKeyLoader)
-    except UnicodeDecodeError:
-        raise LaunchError(f"sweep file '{path}' is not UTF-8 text; pass a YAML file") from None
-    except DuplicateKey as twice:
-        raise LaunchError(f"sweep file '{path}' has the key '{twice.key}' twice (lines {twice.lines[0]} and {twice.lines[1]}); keep one") from None
-    except yaml.YAMLError as err:
-        raise LaunchError(f"sweep file '{path}' is not valid YAML ({err.__class__.__name__}); fix its syntax") from err
+    data, written = read_yaml(path, what="sweep file", error=LaunchError, missing="pass a YAML file", fix="pass a YAML file")
     sweep = parse_sweep(data, f"sweep file '{path}'")
-    written = as_written(text)
     for group, raw in [(data.get("grid"), written.get("grid")), *zip(as_list(data.get("zip")), as_list(written.get("zip")))]:
         for key, values in (group or {}).items():  # the lists `sweep` holds
             texts = raw.get(key) if isinstance(raw, dict) and isinstance(raw.get(key), list) else []

@@ -43,7 +43,7 @@ BACKBONE_ARGS = ("patch_size", "window_size", "embed_dim", "depths", "num_heads"
 
 def config_from_original(path: str | Path) -> Config:
     """Translate the original code's flat YAML config into a herbs Config."""
-    orig = read_yaml_mapping(path, hint="pass the YAML the checkpoint was trained with")
+    orig, _ = read_yaml_mapping(path, hint="pass the YAML the checkpoint was trained with")
     if "num_classes" not in orig:
         raise ConfigError(f"'{path}' is not a config of the original HERBS code (it has no num_classes)")
     if orig.get("model_name", "swin-t") != "swin-t":
