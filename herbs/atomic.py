@@ -24,11 +24,19 @@ def in_progress(path: Path, writer: str = "") -> Path:
     return path.with_name(f".{path.name}.tmp" + (f"-{writer}" if writer else ""))
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str, *, replace: bool = True) -> bool:
+    """`text` at `path`, whole. `replace=False`: only where nothing is at `path` yet, so of two writers at once
+    one wins, whole; False for the other."""
     tmp = in_progress(path, str(os.getpid()))
     try:
         tmp.write_text(text, encoding="utf-8", errors="surrogateescape")  # a file name that is not UTF-8 keeps its bytes
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails where the name is taken, never replaces
+        return True
+    except FileExistsError:
+        return False
     finally:
         tmp.unlink(missing_ok=True)
 

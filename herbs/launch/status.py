@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
-from herbs.atomic import in_progress, write_atomic
+from herbs.atomic import write_atomic
 from herbs.errors import LaunchError, not_a_directory
 from herbs.run import CHECKPOINTS_DIR, EXIT_REQUEUE, METRICS_FILE, RUN_FILE, STATE_FILE, complete_checkpoints, read_events, read_jsonl
 
@@ -23,21 +23,9 @@ from herbs.run import CHECKPOINTS_DIR, EXIT_REQUEUE, METRICS_FILE, RUN_FILE, STA
 RECORD = "sweep.json"  # in a submission's directory: what `herbs submit` submitted, and the job ids
 
 
-def write_record(folder: Path, record: dict) -> None:
-    write_atomic(folder / RECORD, json.dumps(record, indent=2) + "\n")
-
-
-def create_record(folder: Path, record: dict) -> bool:
-    """Write a submission's first record, whole, where there is none; False where another submission's is."""
-    tmp = in_progress(folder / RECORD, str(os.getpid()))
-    try:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.link(tmp, folder / RECORD)  # fails where the name is taken, never replaces
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
+def write_record(folder: Path, record: dict, *, first: bool = False) -> bool:
+    """The submission's record, replaced whole; `first`: only where no submission's is yet (False then)."""
+    return write_atomic(folder / RECORD, json.dumps(record, indent=2) + "\n", replace=not first)
 
 
 def read_metrics(run_dir: Path) -> tuple[int | None, float | None]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from herbs.config import load_config
 from herbs.errors import ConfigError, LaunchError, not_a_directory
 from herbs.launch import sweep
-from herbs.launch.status import RECORD, create_record, format_table, status_rows, write_record
+from herbs.launch.status import RECORD, format_table, status_rows, write_record
 from herbs.run import SUBMISSIONS, accelerate_env, log_file, run_dir, run_traces
 
 DEFAULT_MAX_JOBS = 100
@@ -91,8 +91,8 @@ def plan_jobs(args: argparse.Namespace) -> tuple[str, list[sweep.Point], dict[st
     if args.dir and (Path(args.dir) / RECORD).exists():
         raise taken_dir(args.dir)
     swept = sweep.load_sweep(args.sweep) if args.sweep else None
-    if swept and sweep.count(swept) > args.max_jobs:
-        raise LaunchError(f"the sweep expands to {sweep.count(swept)} jobs, more than --max-jobs {args.max_jobs}; shrink the sweep or raise --max-jobs")
+    if swept and (n_jobs := sweep.count(swept)) > args.max_jobs:
+        raise LaunchError(f"the sweep expands to {n_jobs} jobs, more than --max-jobs {args.max_jobs}; shrink the sweep or raise --max-jobs")
     points = sweep.expand(swept) if swept else [sweep.Point({})]
     sweep.name_points(points)
     run_dirs: dict[str, Path] = {}
@@ -123,17 +123,22 @@ def taken_dir(folder) -> LaunchError:
     return LaunchError(f"--dir {folder} already holds a submission ({RECORD}); choose another --dir, or leave it out for a new directory")
 
 
-def claim_submission_dir(args: argparse.Namespace, name: str, record: dict) -> Path:
-    """The submission's directory, holding its first record: --dir, or `<submissions>/<name>-<time>`, numbered
-    past one that a submission of the same second holds. The record is created only where none is, so of two
-    submissions at once each keeps its own."""
+def claim_submission_dir(args: argparse.Namespace, name: str, record: dict) -> tuple[Path, Path]:
+    """The submission's directory, holding its first record, and the config as submitted in it: --dir, or
+    `<submissions>/<name>-<time>`, numbered past one that a submission of the same second holds. The record is
+    created only where none is, so of two submissions at once each keeps its own."""
     stem = f"{name.replace('/', '-')}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     named = [Path(args.dir)] if args.dir else (args.submissions / (f"{stem}-{i}" if i else stem) for i in itertools.count())
     for folder in named:
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            if create_record(folder, record):
-                return folder.resolve()
+            if write_record(folder, record, first=True):
+                # Every start of a job reads its config, a requeued one days later: each reads this copy, as it was
+                # when submitted, under the same file name (which names the run when the config does not).
+                copy = folder.resolve() / SUBMITTED_CONFIG / Path(args.config).name
+                copy.parent.mkdir(exist_ok=True)
+                shutil.copyfile(args.config, copy)
+                return folder.resolve(), copy
         except OSError as err:
             raise LaunchError(f"cannot write --dir {folder} ({err.strerror}); pass a directory you can write") from None
     raise taken_dir(args.dir)
@@ -305,17 +310,11 @@ def submit(args: argparse.Namespace) -> int:
         "sweep": args.sweep and str(Path(args.sweep).resolve()), "parameters": params,
         "jobs": [{"name": p.name, "overrides": p.overrides(), "run_dir": str(run_dirs[p.name]), "job_id": None} for p in points],
     }
-    folder = claim_submission_dir(args, name, record)  # before any job starts: a kill after that leaves the jobs named, if not their ids
-    # Every start of a job reads its config, a requeued one days later: each reads this copy, as it was when
-    # submitted, under the same file name (which names the run when the config does not).
-    submitted_config = folder / SUBMITTED_CONFIG / Path(args.config).name
-    try:
-        submitted_config.parent.mkdir(exist_ok=True)
-        shutil.copyfile(args.config, submitted_config)
-    except OSError as err:
-        raise LaunchError(f"cannot write --dir {folder} ({err.strerror}); pass a directory you can write") from None
+    # before any job starts: a kill after that leaves the jobs named, if not their ids
+    folder, copy = claim_submission_dir(args, name, record)
+    record["submitted_config"] = str(copy)
     for job in jobs:
-        job.config = record["submitted_config"] = str(submitted_config)
+        job.config = record["submitted_config"]
     write_record(folder, record)
     executor = (submitit.LocalExecutor if args.local else submitit.SlurmExecutor)(folder / "logs", max_num_timeout=args.max_requeues)
     executor.update_parameters(**params)
