@@ -17,7 +17,6 @@ import torch
 
 from herbs.accel import build_accelerator, wants_cpu
 from herbs.data.folder import class_dirs, images_in
-from herbs.data.location import locate
 from herbs.data.manifest import Manifest, load_manifest
 from herbs.data.stream import eval_stream
 from herbs.errors import HerbsError, not_a_directory
@@ -119,9 +118,8 @@ def evaluate(checkpoint: str | Path, *, shards: Optional[str] = None, split: Opt
     class_groups, groups_from = choose_groups(groups, inference.class_names, manifest, group_level)
 
     if manifest is not None:
-        location = locate(shards)
-        described = {"kind": "shards", "shards": location.absolute, "split": split, "dataset": manifest.dataset,
-                     "name": f"{location.name}/{split}"}
+        described = {"kind": "shards", "shards": manifest.root.absolute, "split": split, "dataset": manifest.dataset,
+                     "name": f"{manifest.root.name}/{split}"}
     else:
         described = {"kind": "images", "images": str(Path(images).resolve()), "name": Path(images).resolve().name}
     # Every rank checks, before the process group exists: a refusal on one rank alone would leave the others in a collective.
